@@ -1,0 +1,77 @@
+"""The sandbox policy: the one contract between the host (which writes it) and the runner (which enforces it).
+
+Stdlib only. The host's ``launch`` module is the only writer; it serialises a :class:`Policy` to JSON with
+:func:`Policy.to_json` and passes the file to ``python -I -m sandbox_runner --policy FILE -- CMD...``.
+Unknown keys are an error, so host and runner cannot silently disagree about what is enforced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# Layer names, as printed by `host doctor` and used in Policy.required.
+LAYERS = ("namespaces", "rlimits", "uid", "no_new_privs", "landlock", "seccomp", "cgroup")
+
+Backend = Literal["auto", "bwrap", "syscalls"]
+
+
+@dataclass(frozen=True)
+class Network:
+    """Network access. ``enabled=False`` (the default) means: new empty netns + no AF_INET sockets."""
+
+    enabled: bool = False
+    # When enabled: TCP ports the plugin may connect to (Landlock); empty tuple = any port.
+    connect_ports: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Resource ceilings; ``None`` means no limit from this layer."""
+
+    memory_bytes: int | None = 256 * 1024 * 1024
+    cpu_seconds: int | None = None  # RLIMIT_CPU per process (soft; hard = soft + 1 → SIGXCPU first)
+    cpu_percent: int | None = None  # cgroup CPU quota, 100 = one core
+    processes: int | None = 64  # RLIMIT_NPROC (per uid) and cgroup pids.max
+    open_files: int | None = 1024  # RLIMIT_NOFILE
+    file_size_bytes: int | None = 100 * 1024 * 1024  # RLIMIT_FSIZE → SIGXFSZ / EFBIG
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Everything the runner needs to confine one plugin process tree."""
+
+    name: str  # plugin name, used in messages and cgroup names
+    # Filesystem allow-list. Everything else is invisible (bwrap) and/or denied (Landlock).
+    ro_paths: tuple[str, ...] = ()  # read + execute
+    rw_paths: tuple[str, ...] = ()  # read + write + create (data dir, socket dir)
+    env: dict[str, str] = field(default_factory=dict)  # the COMPLETE environment of CMD
+    cwd: str = "/"
+    uid: int | None = None  # root host: drop to this uid/gid; None: keep (non-root uses a user namespace)
+    gid: int | None = None
+    network: Network = Network()
+    resources: Resources = Resources()
+    backend: Backend = "auto"
+    # cgroup directory names are created under this relative path inside each controller hierarchy
+    # (below the runner's own cgroup). None: no cgroup layer.
+    cgroup_name: str | None = None
+    # Layers that MUST be enforced; if one is unavailable the runner exits with LAYER_UNAVAILABLE.
+    required: tuple[str, ...] = LAYERS
+    # File to which the runner writes one JSON line describing the layers actually applied (for doctor/UI).
+    report_path: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Policy:
+        raw: dict[str, Any] = json.loads(text)
+        net = Network(**_tupled(raw.pop("network", {})))
+        res = Resources(**raw.pop("resources", {}))
+        return cls(network=net, resources=res, **_tupled(raw))
+
+
+def _tupled(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
