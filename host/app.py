@@ -1,0 +1,209 @@
+"""The web tier's Flask app (factory, no import-time side effects): index, /healthz and the plugin proxy."""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.datastructures import Headers
+from werkzeug.exceptions import HTTPException
+
+from host import control
+from host.directory import Directory
+from host.errors import HostError
+from host.layout import Layout
+from host.proxy import (
+    CHUNK,
+    Pool,
+    ProxyError,
+    Unavailable,
+    body_stream,
+    escapes_prefix,
+    request_headers,
+    response_headers,
+    upstream_errors,
+    upstream_path,
+)
+from host.registry import Registry
+from host.settings import HostSettings
+
+log = logging.getLogger(__name__)
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def problem(status: int, title: str, detail: str, retry_after: int | None = None, **extra: Any) -> Response:
+    """An RFC 9457 problem-details response."""
+    resp = jsonify({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra})
+    resp.status_code = status
+    resp.mimetype = "application/problem+json"
+    if retry_after is not None:
+        resp.headers["Retry-After"] = str(retry_after)
+    return resp
+
+
+def create_app(settings: HostSettings | None = None) -> Flask:
+    settings = settings or HostSettings()
+    layout = Layout(settings.home_dir)
+    registry = Registry(layout.registry)
+    directory = Directory(registry)
+    pool = Pool()
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = None
+    app.extensions["plugin_host"] = {"settings": settings, "pool": pool, "registry": registry}
+
+    def supervisor_status() -> dict[str, Any] | None:
+        try:
+            return control.call(layout.control_socket, "status", timeout=2.0)
+        except HostError:
+            return None
+
+    @app.get("/")
+    def index() -> str:
+        status = supervisor_status() or {}
+        states = {n: p["state"] for n, p in status.get("plugins", {}).items()}
+        return render_template("index.html", plugins=[p for p in directory.all() if p.enabled], states=states)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        status = supervisor_status()
+        plugins: dict[str, Any] = {}
+        for entry in directory.all():
+            live = (status or {}).get("plugins", {}).get(entry.name, {})
+            plugins[entry.name] = {"version": entry.version, "enabled": entry.enabled,
+                                   "state": live.get("state", "unknown"), "pid": live.get("pid"),
+                                   "restarts": live.get("restarts", 0), "reason": live.get("reason")}
+        body = {"status": "ok" if status else "degraded",
+                "supervisor": "running" if status else "unreachable", "plugins": plugins}
+        resp = jsonify(body)
+        resp.status_code = 200 if status else 503
+        return resp
+
+    @app.route("/plugins/<name>", defaults={"subpath": ""}, methods=METHODS, provide_automatic_options=False)
+    @app.route("/plugins/<name>/", defaults={"subpath": ""}, methods=METHODS, provide_automatic_options=False)
+    @app.route("/plugins/<name>/<path:subpath>", methods=METHODS, provide_automatic_options=False)
+    def proxy_root(name: str, subpath: str) -> Response:
+        entry = directory.get(name)
+        if entry is None or not entry.enabled:
+            return problem(404, "Unknown plugin", f"no enabled plugin named {name!r}")
+        if escapes_prefix(subpath):
+            return problem(400, "Bad path", "path segments '.' and '..' are not allowed")
+        try:
+            return forward(name, subpath, entry.limits.timeout, entry.limits.max_body)
+        except ProxyError as exc:
+            return problem(exc.status, exc.title, exc.detail, exc.retry_after, plugin=name)
+
+    def forward(name: str, subpath: str, timeout: float, max_body: int) -> Response:
+        prefix = f"/plugins/{name}"
+        env = request.environ
+        length = request.headers.get("Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > max_body):
+            raise ProxyError(413, "Request body too large", f"the plugin accepts at most {max_body} bytes")
+        chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        has_body = chunked or (length is not None and int(length) > 0)
+        headers = request_headers(
+            list(request.headers.items()), prefix=prefix, client_ip=request.remote_addr or "",
+            scheme=request.scheme, host=request.host, content_length=length if not chunked else None,
+        )
+        path = upstream_path(env.get("RAW_URI") or env.get("REQUEST_URI"), prefix, subpath)
+        query = env.get("QUERY_STRING", "")
+        url = path + (f"?{query}" if query else "")
+        sock = layout.socket(name)
+        client = pool.client(sock)
+        req = client.build_request(
+            request.method, url, headers=headers,
+            content=body_stream(request.stream, max_body) if has_body else None,
+            timeout=httpx.Timeout(timeout, connect=5.0, pool=5.0),
+        )
+        upstream = None
+        for attempt in range(2):
+            try:
+                with upstream_errors(name, timeout):
+                    upstream = client.send(req, stream=True)
+                break
+            except Unavailable:
+                if attempt:
+                    raise
+                wait_until_available(name)
+            except ProxyError as exc:
+                # A pooled keep-alive connection the plugin already closed: safe to retry without a body.
+                if attempt or exc.status != 502 or has_body or request.method not in IDEMPOTENT:
+                    raise
+        assert upstream is not None
+        return stream_response(upstream, name, prefix, timeout)
+
+    def stream_response(upstream: httpx.Response, name: str, prefix: str, timeout: float) -> Response:
+        def body() -> Iterator[bytes]:
+            try:
+                with upstream_errors(name, timeout):
+                    yield from upstream.iter_raw(CHUNK)
+            except ProxyError:
+                # Headers are gone already; abort the connection so the client sees a truncated body,
+                # never a short body passed off as complete.
+                log.warning("plugin %s failed mid-response; aborting the client connection", name)
+                raise
+            finally:
+                upstream.close()
+
+        resp = Response(body(), status=upstream.status_code, direct_passthrough=True)
+        resp.headers = Headers(response_headers(upstream.headers, prefix))
+        return resp
+
+    def wait_until_available(name: str) -> None:
+        """The plugin's socket refused us: wait while it (re)starts, wake it if it scaled to zero,
+        or fail fast with 503 + Retry-After when it is backing off for long or quarantined."""
+        deadline = time.monotonic() + settings.request_wait
+        woke = False
+        while True:
+            status = supervisor_status()
+            st = (status or {}).get("plugins", {}).get(name)
+            remaining = deadline - time.monotonic()
+            if st is None:
+                raise ProxyError(503, "Plugin unavailable", "the supervisor is not running this plugin", 5)
+            state = st["state"]
+            if state == "quarantined":
+                raise ProxyError(503, "Plugin quarantined", f"plugin {name!r} is quarantined: {st['reason']}", 60)
+            if state == "backoff" and (st.get("retry_in") or 0) > remaining:
+                raise ProxyError(503, "Plugin restarting", f"plugin {name!r} is restarting: {st['reason']}",
+                                 max(1, math.ceil(st["retry_in"])))
+            if state in ("stopped", "stopping") and not woke:
+                woke = True
+                try:
+                    control.call(layout.control_socket, "wake", name=name)
+                except HostError:
+                    pass
+            if state == "running" and _connectable(layout.socket(name)):
+                return
+            if remaining <= 0:
+                raise ProxyError(503, "Plugin unavailable", f"plugin {name!r} is {state}", 1)
+            time.sleep(0.05)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        return problem(exc.code or 500, exc.name, exc.description or "")
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return problem(500, "Internal error", "the host failed to handle this request; see the host log")
+
+    return app
+
+
+def _connectable(path: Any) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()

@@ -1,0 +1,291 @@
+"""The `host` command line (also installed as `plugin-host`). Tiny main(); each command calls one module."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from host import control
+from host.errors import HostError, SupervisorUnavailable
+from host.installer import Installer
+from host.layout import Layout
+from host.registry import Registry
+from host.settings import HostSettings
+from manifests import Manifest, ManifestError, json_schema, load_manifest
+
+
+class Ctx:
+    def __init__(self, home: Path | None) -> None:
+        self.overrides: dict[str, Any] = {"home": home} if home else {}
+
+    def settings(self, **more: Any) -> HostSettings:
+        return HostSettings(**{**self.overrides, **{k: v for k, v in more.items() if v is not None}})
+
+    def layout(self) -> Layout:
+        layout = Layout(self.settings().home_dir)
+        layout.ensure()
+        return layout
+
+    def registry(self) -> Registry:
+        return Registry(self.layout().registry)
+
+
+def progress(msg: str) -> None:
+    click.echo(f"==> {msg}", err=True)
+
+
+def _supervisor(layout: Layout, op: str, **args: Any) -> dict[str, Any] | None:
+    """Tell a running supervisor; None when none runs (the change applies at the next `host serve`)."""
+    try:
+        return control.call(layout.control_socket, op, **args)
+    except SupervisorUnavailable:
+        return None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(path_type=Path), envvar="HOST_HOME",
+              help="Home directory (registry, plugins, data, sockets, logs). Default: $HOST_HOME or ./var.")
+@click.version_option(package_name="plugin-host")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None) -> None:
+    """Plugin Host: run untrusted Flask plugins in sandboxed subprocesses behind one reverse proxy."""
+    ctx.obj = Ctx(home)
+
+
+def permission_summary(m: Manifest) -> list[str]:
+    p = m.permissions
+    r = p.resources
+    net = "none" if not p.network.outbound else (
+        f"outbound TCP to ports {', '.join(map(str, p.network.ports))}" if p.network.ports else "outbound, any port")
+    return [
+        f"plugin:      {m.name} {m.version} — {m.description or 'no description'}",
+        f"entrypoint:  {m.entrypoint} ({'WSGI app' if m.is_wsgi_entrypoint else 'PluginBase module'})",
+        f"packages:    {', '.join(m.requirements) or 'none beyond the runtime (flask, gunicorn)'}",
+        f"network:     {net}",
+        f"files:       own data dir (rw){''.join(f', {x} (ro)' for x in p.filesystem.read)}"
+        f"{''.join(f', {x} (rw)' for x in p.filesystem.write)}",
+        f"environment: {', '.join(p.environment) or 'none'}",
+        f"resources:   {r.memory_mb} MiB memory, {r.processes} processes, {r.open_files} open files, "
+        f"{r.file_size_mb} MiB max file, {r.workers} worker(s) x {r.threads} threads"
+        + (f", {r.cpu_seconds} CPU s/process" if r.cpu_seconds else ""),
+        f"requests:    {p.requests.timeout_seconds:g}s timeout, {p.requests.max_body_mb} MiB max body",
+    ]
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--yes", "-y", is_flag=True, help="Grant the requested permissions without asking.")
+@click.option("--no-enable", is_flag=True, help="Install but leave disabled.")
+@click.option("--force", is_flag=True, help="Reinstall even if this version is already installed.")
+@click.pass_obj
+def install(obj: Ctx, path: Path, yes: bool, no_enable: bool, force: bool) -> None:
+    """Install the plugin in directory PATH into its own virtualenv."""
+    def confirm(m: Manifest) -> bool:
+        for line in permission_summary(m):
+            click.echo(f"    {line}", err=True)
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise click.UsageError("grant these permissions interactively or pass --yes")
+        return click.confirm("Install with these permissions?", default=False, err=True)
+
+    settings = obj.settings()
+    layout = obj.layout()
+    registry = Registry(layout.registry)
+    t0 = time.monotonic()
+    result = Installer(settings, registry, progress).install(path, enable=not no_enable, force=force,
+                                                             confirm=confirm)
+    if not result.changed:
+        return
+    name = result.manifest.name
+    progress(f"installed {name} {result.manifest.version} in {time.monotonic() - t0:.1f}s")
+    if no_enable:
+        return
+    if _supervisor(layout, "reload") is None:
+        progress(f"run `host serve` to start it; it will be at /plugins/{name}/")
+        return
+    progress("starting")
+    reply = control.call(layout.control_socket, "start", name=name, wait=settings.start_timeout + 5,
+                         timeout=settings.start_timeout + 10)
+    state = reply["plugin"]["state"]
+    if state != "running":
+        raise HostError(f"installed, but it is {state}: {reply['plugin'].get('reason')}", plugin=name)
+    progress(f"healthy: serving at /plugins/{name}/")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--keep-data", is_flag=True, help="Keep the plugin's data directory.")
+@click.pass_obj
+def uninstall(obj: Ctx, name: str, keep_data: bool) -> None:
+    """Stop and remove plugin NAME."""
+    layout = obj.layout()
+    registry = Registry(layout.registry)
+    registry.require(name)
+    if registry.set_enabled(name, False):
+        _supervisor(layout, "reload")
+    _supervisor(layout, "stop", name=name, wait=30)
+    Installer(obj.settings(), registry, progress).uninstall(name, keep_data=keep_data)
+    _supervisor(layout, "reload")
+    progress(f"uninstalled {name}" + (" (data kept)" if keep_data else ""))
+
+
+@cli.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def list_(obj: Ctx, as_json: bool) -> None:
+    """Installed plugins: name, version, state, pid, restarts."""
+    layout = obj.layout()
+    records = Registry(layout.registry).all()
+    status = _supervisor(layout, "status") or {}
+    live = status.get("plugins", {})
+    rows = []
+    for r in records:
+        st = live.get(r.name, {})
+        state = st.get("state") or ("stopped" if status else "not serving")
+        rows.append({"name": r.name, "version": r.version, "enabled": r.enabled,
+                     "state": state if r.enabled else "disabled", "pid": st.get("pid"),
+                     "restarts": st.get("restarts", 0), "reason": st.get("reason")})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no plugins installed")
+        return
+    click.echo(f"{'NAME':<20} {'VERSION':<10} {'STATE':<12} {'PID':<8} {'RESTARTS':<8} REASON")
+    for row in rows:
+        click.echo(f"{row['name']:<20} {row['version']:<10} {row['state']:<12} {row['pid'] or '-'!s:<8} "
+                   f"{row['restarts']:<8} {row['reason'] or ''}")
+
+
+def _set_enabled(obj: Ctx, name: str, enabled: bool) -> None:
+    layout = obj.layout()
+    changed = Registry(layout.registry).set_enabled(name, enabled)
+    reply = _supervisor(layout, "reload")
+    verb = "enabled" if enabled else "disabled"
+    progress(f"{name} {verb}" + ("" if changed else " (already)") + ("" if reply else "; takes effect at `host serve`"))
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_obj
+def enable(obj: Ctx, name: str) -> None:
+    """Enable plugin NAME (starts it if the host is serving; clears quarantine)."""
+    _set_enabled(obj, name, True)
+    _supervisor(obj.layout(), "start", name=name)
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_obj
+def disable(obj: Ctx, name: str) -> None:
+    """Disable plugin NAME (stops it; requests get 404)."""
+    _set_enabled(obj, name, False)
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_obj
+def restart(obj: Ctx, name: str) -> None:
+    """Restart plugin NAME with no downtime (clears quarantine)."""
+    settings = obj.settings()
+    layout = obj.layout()
+    Registry(layout.registry).require(name)
+    reply = control.call(layout.control_socket, "restart", name=name, wait=settings.start_timeout + 5,
+                         timeout=settings.start_timeout + 10)
+    st = reply["plugin"]
+    if st["state"] != "running":
+        raise HostError(f"is {st['state']}: {st.get('reason')}", plugin=name)
+    progress(f"{name} restarted (pid {st['pid']})")
+
+
+@cli.command()
+@click.option("--bind", help="HOST:PORT for the web tier (default 127.0.0.1:8000).")
+@click.option("--workers", type=int, help="Web tier worker processes.")
+@click.option("-v", "--verbose", is_flag=True, help="Also echo plugin output to the console.")
+@click.pass_obj
+def serve(obj: Ctx, bind: str | None, workers: int | None, verbose: bool) -> None:
+    """Run the supervisor, every enabled plugin and the web tier until SIGTERM/Ctrl-C."""
+    from host.supervisor.core import Supervisor
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("plugins").setLevel(logging.INFO)
+    settings = obj.settings(bind=bind, web_workers=workers)
+    sys.exit(Supervisor(settings).run())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-n", "lines", type=int, default=50, show_default=True, help="Lines to show.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output.")
+@click.option("--previous", is_flag=True, help="The previous instance's log.")
+@click.pass_obj
+def logs(obj: Ctx, name: str, lines: int, follow: bool, previous: bool) -> None:
+    """Show plugin NAME's output (stdout and stderr)."""
+    from host.supervisor.logs import CURRENT, PREVIOUS
+
+    layout = obj.layout()
+    Registry(layout.registry).require(name)
+    path = layout.logs(name) / (PREVIOUS if previous else CURRENT)
+    if not path.exists():
+        raise HostError(f"no {'previous ' if previous else ''}log yet ({path})", plugin=name)
+    with open(path, "rb") as fh:
+        tail = fh.read().splitlines()[-lines:] if lines > 0 else []
+        for ln in tail:
+            click.echo(ln.decode(errors="replace"))
+        while follow:
+            chunk = fh.read()
+            if chunk:
+                click.echo(chunk.decode(errors="replace"), nl=False)
+            else:
+                time.sleep(0.2)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def check(path: Path) -> None:
+    """Validate the plugin in directory PATH and show what it would be allowed to do."""
+    m = load_manifest(path)
+    for line in permission_summary(m):
+        click.echo(line)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of plugin.toml."""
+    click.echo(json_schema())
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted; nothing was changed", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ManifestError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except HostError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; nothing was changed", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("HOST_DEBUG"):
+            raise
+        click.echo(f"error: unexpected {exc.__class__.__name__}: {exc} (set HOST_DEBUG=1 for a traceback)",
+                   err=True)
+        sys.exit(1)

@@ -1,0 +1,49 @@
+"""The supervisor's private control socket (<home>/run/control.sock, 0600): JSON lines, one request per
+connection. The client side is used by the CLI and the web tier; the server side lives in the supervisor."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from host.errors import HostError, SupervisorUnavailable
+
+MAX_MESSAGE = 1024 * 1024
+
+
+def call(path: Path, op: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+    """Send one request; raise SupervisorUnavailable when no supervisor listens there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise SupervisorUnavailable(f"no supervisor is running for this home ({path})") from exc
+        sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            if len(buf) > MAX_MESSAGE:
+                raise HostError("control socket answer too large")
+    except TimeoutError as exc:
+        raise HostError(f"supervisor did not answer {op!r} within {timeout:.0f}s") from exc
+    finally:
+        sock.close()
+    reply: dict[str, Any] = json.loads(buf or b"{}")
+    if "error" in reply:
+        raise HostError(reply["error"], plugin=args.get("name"))
+    return reply
+
+
+def available(path: Path) -> bool:
+    try:
+        call(path, "ping", timeout=2.0)
+    except HostError:
+        return False
+    return True

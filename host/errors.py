@@ -1,0 +1,46 @@
+"""Errors of the host package; each carries the plugin (and file/field where known).
+
+HostError                       exit code 1 unless stated
+ ├── UsageError                 bad input from the user (exit 2)
+ │    └── PluginNotFound        no such installed plugin
+ ├── InstallError               an install step failed; ``step`` names it, ``log`` points at the kept log
+ ├── RegistryError              the registry could not be read or written
+ └── SupervisorUnavailable      no `host serve` is running for this home (control socket absent)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HostError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, plugin: str | None = None) -> None:
+        self.plugin = plugin
+        super().__init__(f"{plugin}: {message}" if plugin else message)
+
+
+class UsageError(HostError):
+    exit_code = 2
+
+
+class PluginNotFound(UsageError):
+    def __init__(self, plugin: str) -> None:
+        super().__init__("is not installed (see `host list`)", plugin=plugin)
+
+
+class InstallError(HostError):
+    def __init__(self, plugin: str | None, step: str, message: str, log: Path | None = None) -> None:
+        self.step = step
+        self.log = log
+        hint = f" (full log: {log})" if log else ""
+        super().__init__(f"install failed while {step}: {message}{hint}", plugin=plugin)
+
+
+class RegistryError(HostError):
+    pass
+
+
+class SupervisorUnavailable(HostError):
+    pass

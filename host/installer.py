@@ -1,0 +1,213 @@
+"""Install and uninstall plugins: validate, copy, build a private venv, check the entrypoint, then commit.
+
+Nothing is visible until the final registry commit. Every install builds into a fresh
+``plugins/<name>/<install_id>/`` marked with a ``.partial`` file; a failure, Ctrl-C or kill -9 before the
+commit leaves only that marked directory, which is removed at once or by the next sweep (under the home lock).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from host.bundle import BundleError, copy_bundle
+from host.errors import InstallError, UsageError
+from host.layout import Layout
+from host.registry import Registry
+from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
+from host.settings import HostSettings
+from manifests import Manifest, ManifestError, load_manifest
+
+PARTIAL_MARKER = ".partial"
+# The plugin runtime every venv gets next to the plugin's own requirements. pip resolves them together,
+# so a plugin pinning its own Flask keeps it.
+RUNTIME_REQUIREMENTS = ("flask>=2.2", "gunicorn>=23")
+PIP_TIMEOUT = 900.0
+CHECK_TIMEOUT = 60.0
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    manifest: Manifest
+    install_id: str
+    changed: bool  # False when the same version was already installed (no-op)
+    skipped_symlinks: tuple[str, ...] = ()
+
+
+@contextmanager
+def home_lock(layout: Layout) -> Iterator[None]:
+    """Serialise installs/uninstalls/sweeps across processes."""
+    layout.ensure()
+    with open(layout.lock, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def sweep(layout: Layout, registry: Registry) -> list[Path]:
+    """Remove half-finished installs (call under home_lock). Returns what was removed."""
+    removed: list[Path] = []
+    if not layout.plugins.is_dir():
+        return removed
+    for root in layout.plugins.iterdir():
+        if not root.is_dir():
+            continue
+        rec = registry.get(root.name)
+        for d in root.iterdir():
+            if not (d / PARTIAL_MARKER).exists():
+                continue
+            if rec is not None and rec.install_id == d.name:
+                (d / PARTIAL_MARKER).unlink()  # killed between the commit and the marker removal
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        if rec is None and not any(root.iterdir()):
+            root.rmdir()
+    return removed
+
+
+class Installer:
+    def __init__(self, settings: HostSettings, registry: Registry, progress: Progress) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.home_dir)
+        self.registry = registry
+        self.progress = progress
+
+    def install(self, source: Path, *, enable: bool = True, force: bool = False,
+                confirm: Callable[[Manifest], bool] | None = None) -> InstallResult:
+        self.progress(f"resolving {source}")
+        if not source.is_dir():
+            raise UsageError(f"{source}: not a plugin directory")
+        try:
+            manifest = load_manifest(source)
+        except ManifestError as exc:
+            raise InstallError(None, "reading the manifest", str(exc)) from exc
+        name = manifest.name
+        self.layout.check_socket_length(name)
+        existing = self.registry.get(name)
+        if existing and existing.version == manifest.version and not force:
+            self.progress(f"{name} {manifest.version} is already installed (use --force to reinstall)")
+            return InstallResult(manifest, existing.install_id, changed=False)
+        if confirm is not None and not confirm(manifest):
+            raise InstallError(name, "asking for consent", "declined; nothing was installed")
+
+        with home_lock(self.layout):
+            sweep(self.layout, self.registry)
+            install_id = f"{manifest.version}-{secrets.token_hex(3)}"
+            target = self.layout.install_dir(name, install_id)
+            log_path = self.layout.logs(name) / f"install-{install_id}.log"
+            try:
+                skipped = self._build(source, manifest, target, log_path)
+                self.progress("registering")
+                self.registry.put(name, manifest.version, install_id, manifest.model_dump(mode="json"),
+                                  enabled=enable if existing is None else (existing.enabled and enable))
+                (target / PARTIAL_MARKER).unlink()
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                sweep(self.layout, self.registry)
+                raise
+            self._drop_old_installs(name, keep={install_id, existing.install_id if existing else ""})
+        return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped))
+
+    def _build(self, source: Path, manifest: Manifest, target: Path, log_path: Path) -> list[str]:
+        name = manifest.name
+        target.mkdir(parents=True)
+        (target / PARTIAL_MARKER).touch()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+
+        self.progress("copying bundle")
+        try:
+            report = copy_bundle(source, target / "bundle")
+        except (BundleError, OSError) as exc:
+            raise InstallError(name, "copying the bundle", str(exc)) from exc
+        for s in report.skipped_symlinks:
+            self.progress(f"warning: skipped symlink {s} (points outside the plugin directory)")
+        self.progress(f"copied {report.files} files ({report.bytes // 1024} KiB)")
+
+        self.progress("creating venv")
+        venv = target / "venv"
+        self._run(name, "creating the venv", [sys.executable, "-m", "virtualenv", "--no-download",
+                  "--no-periodic-update", "--quiet", "-p", _base_python(), str(venv)], log_path, 300.0)
+
+        reqs = [*manifest.requirements, *RUNTIME_REQUIREMENTS]
+        self.progress(f"installing {len(reqs)} packages: {', '.join(reqs)}")
+        req_file = target / "requirements.txt"
+        req_file.write_text("\n".join(reqs) + "\n")
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+               "--no-input", "--progress-bar", "off", *shlex.split(self.settings.pip_args), "-r", str(req_file)]
+        self._run(name, "installing packages", pip, log_path, PIP_TIMEOUT)
+
+        site = _site_packages(venv)
+        for mod in RUNTIME_MODULES:
+            shutil.copyfile(RUNTIME_DIR / mod, site / mod)
+
+        self.progress(f"checking entrypoint {manifest.entrypoint}")
+        check = [str(venv / "bin" / "python"), "-I", "-c",
+                 "import sys, plugin_host_wsgi as w; sys.path.insert(0, sys.argv[1]); w.load(sys.argv[2])",
+                 str(target / "bundle"), manifest.entrypoint]
+        self._run(name, "checking the entrypoint", check, log_path, CHECK_TIMEOUT, cwd=target / "bundle")
+        return report.skipped_symlinks
+
+    def _run(self, name: str, step: str, argv: list[str], log_path: Path, timeout: float,
+             cwd: Path | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HOST_", "PYTHON"))}
+        env["PIP_NO_INPUT"] = "1"
+        with open(log_path, "ab") as log:
+            log.write(f"\n$ {shlex.join(argv)}\n".encode())
+            log.flush()
+            try:
+                proc = subprocess.run(argv, stdout=log, stderr=subprocess.PIPE, timeout=timeout, cwd=cwd,
+                                      env=env, check=False, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired as exc:
+                raise InstallError(name, step, f"timed out after {timeout:.0f}s", log_path) from exc
+            log.write(proc.stderr)
+        if proc.returncode != 0:
+            raise InstallError(name, step, _last_line(proc.stderr), log_path)
+
+    def _drop_old_installs(self, name: str, keep: set[str]) -> None:
+        """Keep the live install and the one before it (a running instance may still use it)."""
+        for d in self.layout.plugin_root(name).iterdir():
+            if d.is_dir() and d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def uninstall(self, name: str, *, keep_data: bool = False) -> None:
+        with home_lock(self.layout):
+            self.registry.require(name)
+            self.registry.remove(name)
+            shutil.rmtree(self.layout.plugin_root(name), ignore_errors=True)
+            shutil.rmtree(self.layout.run_dir(name), ignore_errors=True)
+            if not keep_data:
+                shutil.rmtree(self.layout.data(name), ignore_errors=True)
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    # pip puts the useful sentence in the last ERROR line; tracebacks end with the exception line
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    pick = errors[0] if errors else (lines[-1] if lines else "failed with no output")
+    return pick[:300]
+
+
+def _base_python() -> str:
+    """The real interpreter behind the host (not the host's own venv)."""
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+def _site_packages(venv: Path) -> Path:
+    found = sorted(venv.glob("lib/python3*/site-packages"))
+    if not found:
+        raise InstallError(None, "creating the venv", f"no site-packages under {venv}")
+    return found[0]

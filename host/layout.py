@@ -1,0 +1,71 @@
+"""Where everything lives under <home>: the single source of on-disk paths."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SOCKET_NAME = "http.sock"
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the NUL
+
+
+@dataclass(frozen=True)
+class Layout:
+    home: Path
+
+    @property
+    def registry(self) -> Path:
+        return self.home / "registry.db"
+
+    @property
+    def plugins(self) -> Path:
+        return self.home / "plugins"
+
+    @property
+    def run(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.run / "control.sock"
+
+    @property
+    def lock(self) -> Path:
+        return self.home / ".lock"
+
+    @property
+    def cache(self) -> Path:
+        return self.home / "cache"
+
+    def plugin_root(self, name: str) -> Path:
+        return self.plugins / name
+
+    def install_dir(self, name: str, install_id: str) -> Path:
+        """One immutable install (bundle + venv); the registry says which one is live."""
+        return self.plugins / name / install_id
+
+    def data(self, name: str) -> Path:
+        return self.home / "data" / name
+
+    def run_dir(self, name: str) -> Path:
+        return self.run / name
+
+    def socket(self, name: str) -> Path:
+        return self.run / name / SOCKET_NAME
+
+    def logs(self, name: str) -> Path:
+        return self.home / "logs" / name
+
+    def ensure(self) -> None:
+        """Create the top-level directories with owner-only permissions."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        for d, mode in ((self.plugins, 0o711), (self.run, 0o711), (self.home / "data", 0o711),
+                        (self.home / "logs", 0o700), (self.cache, 0o700)):
+            d.mkdir(exist_ok=True)
+            os.chmod(d, mode)
+
+    def check_socket_length(self, name: str) -> None:
+        path = str(self.socket(name))
+        if len(path.encode()) > MAX_SOCKET_PATH:
+            raise ValueError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --home")

@@ -1,0 +1,192 @@
+"""Reverse proxy from the web tier to plugin sockets: streaming both ways, pooled per socket, header hygiene,
+and every httpx error mapped to an HTTP status in ONE place (:func:`upstream_errors`).
+
+Routes by socket path only; must not import the supervisor.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+
+CHUNK = 64 * 1024
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+# Headers only the host may set; client-sent copies are dropped before the host sets its own.
+HOST_SET = frozenset({
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix", "x-forwarded-port",
+    "forwarded", "x-real-ip", "x-plugin-host-user", "x-plugin-host-identity", "host", "content-length",
+})
+HOST_COOKIE = "plugin_host_session"  # the admin UI's session cookie: never forwarded to plugins
+HOST_TOKEN_PREFIX = "phk_"  # admin API tokens: an Authorization carrying one is never forwarded
+_COOKIE_ATTR = re.compile(r";\s*(path|domain)=[^;]*", re.IGNORECASE)
+
+
+class ProxyError(Exception):
+    """A request could not be proxied; ``status`` is what the client gets."""
+
+    def __init__(self, status: int, title: str, detail: str, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class Unavailable(ProxyError):
+    """Nothing accepts on the plugin's socket (starting, restarting, stopped)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(503, "Plugin unavailable", detail, retry_after=1)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout: float
+    max_body: int
+
+
+@contextmanager
+def upstream_errors(plugin: str, timeout: float) -> Iterator[None]:
+    """Translate httpx's exceptions into ProxyError at this one boundary."""
+    try:
+        yield
+    except BodyTooLarge as exc:
+        raise ProxyError(413, "Request body too large", str(exc)) from exc
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise Unavailable(f"plugin {plugin!r} is not accepting connections") from exc
+    except httpx.PoolTimeout as exc:
+        raise ProxyError(503, "Plugin busy", f"plugin {plugin!r} has no free connection", 1) from exc
+    except httpx.TimeoutException as exc:
+        raise ProxyError(504, "Plugin timed out", f"plugin {plugin!r} did not answer within {timeout:g}s") from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.LocalProtocolError) as exc:
+        raise ProxyError(502, "Bad gateway", f"plugin {plugin!r} closed the connection or answered garbage") from exc
+    except httpx.HTTPError as exc:
+        raise ProxyError(502, "Bad gateway", f"plugin {plugin!r}: {exc.__class__.__name__}") from exc
+
+
+class Pool:
+    """One pooled httpx client per plugin socket path."""
+
+    def __init__(self) -> None:
+        self._clients: dict[Path, httpx.Client] = {}
+        self._lock = threading.Lock()
+
+    def client(self, socket: Path) -> httpx.Client:
+        c = self._clients.get(socket)
+        if c is None:
+            with self._lock:
+                c = self._clients.get(socket)
+                if c is None:
+                    transport = httpx.HTTPTransport(uds=str(socket), retries=0,
+                                                    limits=httpx.Limits(max_connections=256,
+                                                                        max_keepalive_connections=32))
+                    c = httpx.Client(transport=transport, timeout=30.0, follow_redirects=False,
+                                     base_url="http://plugin")
+                    self._clients[socket] = c
+        return c
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._clients.values():
+                c.close()
+            self._clients.clear()
+
+
+def request_headers(incoming: list[tuple[str, str]], *, prefix: str, client_ip: str, scheme: str,
+                    host: str, content_length: str | None) -> list[tuple[str, str]]:
+    """Headers to send to the plugin: no hop-by-hop, no spoofed identity, no host credentials."""
+    named_by_connection = {
+        token.strip().lower() for k, v in incoming if k.lower() == "connection" for token in v.split(",")
+    }
+    out: list[tuple[str, str]] = []
+    for k, v in incoming:
+        lk = k.lower()
+        if lk in HOP_BY_HOP or lk in HOST_SET or lk in named_by_connection:
+            continue
+        if lk == "authorization" and HOST_TOKEN_PREFIX in v:
+            continue
+        if lk == "cookie":
+            v = _strip_cookie(v, HOST_COOKIE)
+            if not v:
+                continue
+        out.append((k, v))
+    out += [
+        ("Host", host),
+        ("X-Forwarded-For", client_ip),
+        ("X-Forwarded-Proto", scheme),
+        ("X-Forwarded-Host", host),
+        ("X-Forwarded-Prefix", prefix),
+    ]
+    if content_length is not None:
+        out.append(("Content-Length", content_length))
+    return out
+
+
+def response_headers(upstream: httpx.Headers, prefix: str) -> list[tuple[str, str]]:
+    named_by_connection = {t.strip().lower() for t in upstream.get("connection", "").split(",")}
+    out: list[tuple[str, str]] = []
+    for k, v in upstream.multi_items():
+        lk = k.lower()
+        if lk in HOP_BY_HOP or lk in named_by_connection:
+            continue
+        if lk == "set-cookie":
+            v = scope_cookie(v, prefix)
+        out.append((k, v))
+    return out
+
+
+def scope_cookie(header: str, prefix: str) -> str:
+    """Confine a plugin's cookie to its own prefix: rewrite Path under it, drop Domain."""
+    path = "/"
+    m = re.search(r";\s*path=([^;]*)", header, re.IGNORECASE)
+    if m:
+        path = m.group(1).strip() or "/"
+    if not (path == prefix or path.startswith(prefix + "/")):
+        path = prefix + (path if path.startswith("/") else "/" + path)
+    return _COOKIE_ATTR.sub("", header) + f"; Path={path}"
+
+
+def _strip_cookie(header: str, name: str) -> str:
+    parts = [p.strip() for p in header.split(";")]
+    return "; ".join(p for p in parts if p and p.split("=", 1)[0].strip() != name)
+
+
+def upstream_path(raw_uri: str | None, prefix: str, subpath: str) -> str:
+    """The path the plugin sees (``/<path>``), percent-encoding preserved from the client's request line."""
+    if raw_uri:
+        raw_path = raw_uri.split("?", 1)[0]
+        if raw_path.startswith(prefix + "/") or raw_path == prefix:
+            rest = raw_path[len(prefix):] or "/"
+            return rest
+    return "/" + quote(subpath, safe="/:@!$&'()*+,;=-._~")
+
+
+def escapes_prefix(subpath: str) -> bool:
+    """True when a decoded path has a '.' or '..' segment (it could climb out of the plugin's prefix)."""
+    segments = subpath.replace("\\", "/").split("/")
+    return any(s in ("..", ".") for s in segments) or "\x00" in subpath
+
+
+def body_stream(stream: object, max_body: int) -> Iterator[bytes]:
+    """Read the client's body in chunks, failing once it exceeds ``max_body``."""
+    read = getattr(stream, "read")  # noqa: B009 - a wsgi.input or werkzeug stream
+    total = 0
+    while chunk := read(CHUNK):
+        total += len(chunk)
+        if total > max_body:
+            raise BodyTooLarge(f"request body exceeds the plugin's limit of {max_body} bytes")
+        yield chunk

@@ -1,0 +1,195 @@
+"""The registry: installed plugins, desired state and the audit log, in SQLite (WAL) at <home>/registry.db.
+
+Every process opens its own connection; nothing is cached across calls except by ``data_version``
+(see :meth:`Registry.generation`), which changes whenever another connection commits.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from host.errors import PluginNotFound, RegistryError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS plugins (
+    name        TEXT PRIMARY KEY,
+    version     TEXT NOT NULL,
+    install_id  TEXT NOT NULL,
+    manifest    TEXT NOT NULL,           -- the validated manifest as JSON
+    enabled     INTEGER NOT NULL DEFAULT 1,
+    uid_index   INTEGER NOT NULL UNIQUE, -- plugin uid = settings.uid_base + uid_index
+    installed_at REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      REAL NOT NULL,
+    plugin  TEXT,
+    kind    TEXT NOT NULL,
+    detail  TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_plugin ON events(plugin, id);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class PluginRecord:
+    name: str
+    version: str
+    install_id: str
+    manifest: dict[str, Any]
+    enabled: bool
+    uid_index: int
+    installed_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    ts: float
+    plugin: str | None
+    kind: str
+    detail: dict[str, Any]
+
+
+class Registry:
+    """Thread-safe handle on the registry database (one connection per thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        try:
+            self._conn().executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot initialise registry {path}: {exc}") from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=True)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA busy_timeout=10000")
+            except sqlite3.Error as exc:
+                raise RegistryError(f"cannot open registry {self.path}: {exc}") from exc
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def generation(self) -> int:
+        """Changes whenever any other connection commits: a cheap cache key."""
+        row = self._conn().execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    # -- plugins ---------------------------------------------------------------------------------------
+
+    def get(self, name: str) -> PluginRecord | None:
+        row = self._conn().execute("SELECT * FROM plugins WHERE name = ?", (name,)).fetchone()
+        return _record(row) if row else None
+
+    def require(self, name: str) -> PluginRecord:
+        rec = self.get(name)
+        if rec is None:
+            raise PluginNotFound(name)
+        return rec
+
+    def all(self) -> list[PluginRecord]:
+        rows = self._conn().execute("SELECT * FROM plugins ORDER BY name").fetchall()
+        return [_record(r) for r in rows]
+
+    def put(self, name: str, version: str, install_id: str, manifest: dict[str, Any], enabled: bool) -> None:
+        """Insert or replace a plugin's live install, in one transaction together with its audit event."""
+        now = time.time()
+        with self._tx() as db:
+            old = db.execute("SELECT uid_index FROM plugins WHERE name = ?", (name,)).fetchone()
+            if old is None:
+                nxt = db.execute("SELECT COALESCE(MAX(uid_index), 0) + 1 FROM plugins").fetchone()[0]
+                db.execute(
+                    "INSERT INTO plugins VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, version, install_id, json.dumps(manifest), int(enabled), nxt, now, now),
+                )
+            else:
+                db.execute(
+                    "UPDATE plugins SET version=?, install_id=?, manifest=?, enabled=?, updated_at=? WHERE name=?",
+                    (version, install_id, json.dumps(manifest), int(enabled), now, name),
+                )
+            _event(db, name, "installed", {"version": version, "install_id": install_id})
+
+    def remove(self, name: str) -> None:
+        with self._tx() as db:
+            if db.execute("DELETE FROM plugins WHERE name = ?", (name,)).rowcount == 0:
+                raise PluginNotFound(name)
+            _event(db, name, "uninstalled", {})
+
+    def set_enabled(self, name: str, enabled: bool) -> bool:
+        """Set desired state; returns whether it changed."""
+        with self._tx() as db:
+            row = db.execute("SELECT enabled FROM plugins WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise PluginNotFound(name)
+            if bool(row[0]) == enabled:
+                return False
+            db.execute("UPDATE plugins SET enabled=?, updated_at=? WHERE name=?", (int(enabled), time.time(), name))
+            _event(db, name, "enabled" if enabled else "disabled", {})
+            return True
+
+    # -- audit log -------------------------------------------------------------------------------------
+
+    def record(self, plugin: str | None, kind: str, **detail: Any) -> None:
+        with self._tx() as db:
+            _event(db, plugin, kind, detail)
+
+    def events(self, plugin: str | None = None, limit: int = 100) -> list[Event]:
+        q = "SELECT * FROM events" + (" WHERE plugin = ?" if plugin else "") + " ORDER BY id DESC LIMIT ?"
+        args: tuple[Any, ...] = (plugin, limit) if plugin else (limit,)
+        rows = self._conn().execute(q, args).fetchall()
+        return [Event(r["id"], r["ts"], r["plugin"], r["kind"], json.loads(r["detail"])) for r in rows]
+
+
+def _event(db: sqlite3.Connection, plugin: str | None, kind: str, detail: dict[str, Any]) -> None:
+    db.execute(
+        "INSERT INTO events (ts, plugin, kind, detail) VALUES (?, ?, ?, ?)",
+        (time.time(), plugin, kind, json.dumps(detail, default=str)),
+    )
+
+
+def _record(row: sqlite3.Row) -> PluginRecord:
+    return PluginRecord(
+        name=row["name"],
+        version=row["version"],
+        install_id=row["install_id"],
+        manifest=json.loads(row["manifest"]),
+        enabled=bool(row["enabled"]),
+        uid_index=row["uid_index"],
+        installed_at=row["installed_at"],
+        updated_at=row["updated_at"],
+    )

@@ -1,0 +1,11 @@
+"""Files copied verbatim into every plugin's venv; they run inside the sandbox and import nothing of the host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RUNTIME_DIR = Path(__file__).parent
+# module files installed into the plugin venv's site-packages
+RUNTIME_MODULES = ("plugin_base.py", "plugin_host_wsgi.py")
+# gunicorn loads this WSGI callable; it reads the real entrypoint from PLUGIN_ENTRYPOINT
+WSGI_TARGET = "plugin_host_wsgi:application"

@@ -1,0 +1,107 @@
+"""Runs inside a plugin's sandbox: turns the manifest entrypoint into the WSGI app gunicorn serves.
+
+``PLUGIN_ENTRYPOINT`` is ``module:attr`` (a WSGI app, or a zero-argument factory returning one) or a bare
+``module`` holding a seed-style ``PluginBase`` subclass. ``PLUGIN_PREFIX`` (``/plugins/<name>``) becomes
+SCRIPT_NAME so ``url_for`` and redirects stay under the plugin's prefix. Imports nothing of the host.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from typing import Any
+
+ENTRYPOINT_ERROR = 3  # exit code: the entrypoint could not be loaded (gunicorn's WORKER_BOOT_ERROR too)
+
+
+class EntrypointError(Exception):
+    pass
+
+
+def load(entrypoint: str) -> Any:
+    """Import the entrypoint and return a WSGI callable, or raise EntrypointError with one clear line."""
+    module_name, _, attr = entrypoint.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name.split(".")[0]:
+            raise EntrypointError(f"entrypoint {entrypoint!r}: no module named {module_name!r} in the bundle") from exc
+        raise
+    if attr:
+        if not hasattr(module, attr):
+            raise EntrypointError(f"entrypoint {entrypoint!r}: module {module_name!r} has no attribute {attr!r}")
+        target = getattr(module, attr)
+        if _is_factory(target):
+            target = target()
+        if not callable(target):
+            raise EntrypointError(f"entrypoint {entrypoint!r} is not a WSGI application")
+        return target
+    return _seed_app(module, entrypoint)
+
+
+def _is_factory(obj: Any) -> bool:
+    """A plain function with no required parameters is an app factory (a WSGI function takes two)."""
+    if not inspect.isfunction(obj):
+        return False
+    params = inspect.signature(obj).parameters.values()
+    return not any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+def _seed_app(module: Any, entrypoint: str) -> Any:
+    from flask import Flask
+    from plugin_base import PluginBase
+
+    classes = [
+        obj for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, PluginBase) and obj is not PluginBase
+        and obj.__module__ == module.__name__
+    ]
+    if not classes:
+        raise EntrypointError(
+            f"entrypoint {entrypoint!r}: module defines no PluginBase subclass "
+            "(use 'module:app' for a Flask app)"
+        )
+    root = os.path.dirname(getattr(module, "__file__", None) or os.getcwd())
+    app = Flask(module.__name__, root_path=root)
+    for cls in classes:
+        cls(app).register()
+    return app
+
+
+class _Prefixed:
+    """Set SCRIPT_NAME to the plugin's public prefix; trust X-Forwarded-* (only the host reaches our socket)."""
+
+    def __init__(self, app: Any, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        environ["SCRIPT_NAME"] = self.prefix
+        fwd_for = environ.get("HTTP_X_FORWARDED_FOR")
+        if fwd_for:
+            environ["REMOTE_ADDR"] = fwd_for.split(",")[-1].strip()
+        proto = environ.get("HTTP_X_FORWARDED_PROTO")
+        if proto in ("http", "https"):
+            environ["wsgi.url_scheme"] = proto
+        host = environ.get("HTTP_X_FORWARDED_HOST")
+        if host:
+            environ["HTTP_HOST"] = host
+        return self.app(environ, start_response)
+
+
+def _application() -> Any:
+    entrypoint = os.environ.get("PLUGIN_ENTRYPOINT", "")
+    bundle = os.environ.get("PLUGIN_BUNDLE")
+    if bundle and bundle not in sys.path:
+        sys.path.insert(0, bundle)
+    try:
+        app = load(entrypoint)
+    except EntrypointError as exc:
+        print(f"plugin_host: {exc}", file=sys.stderr, flush=True)
+        sys.exit(ENTRYPOINT_ERROR)
+    return _Prefixed(app, os.environ.get("PLUGIN_PREFIX", ""))
+
+
+application = _application() if os.environ.get("PLUGIN_ENTRYPOINT") else None

@@ -1,0 +1,48 @@
+"""HostSettings: the one settings object, read from HOST_* environment variables and passed explicitly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HostSettings(BaseSettings):
+    """Operator settings. Every field can be set as ``HOST_<FIELD>`` (e.g. ``HOST_HOME=/srv/plugins``)."""
+
+    model_config = SettingsConfigDict(env_prefix="HOST_", frozen=True, extra="forbid")
+
+    home: Path = Field(Path("./var"), description="Where the registry, plugins, data, sockets and logs live.")
+    bind: str = "127.0.0.1:8000"
+    web_workers: int = Field(2, ge=1, le=64)
+    web_threads: int = Field(16, ge=1, le=512)
+    # Start-up handshake: a plugin must answer its health path within this deadline.
+    start_timeout: float = Field(30.0, gt=0)
+    # Liveness: probe every N seconds; kill after `probe_failures` consecutive failed probes.
+    probe_interval: float = Field(5.0, gt=0)
+    probe_timeout: float = Field(3.0, gt=0)
+    probe_failures: int = Field(2, ge=1)
+    stop_grace: float = Field(5.0, ge=0)
+    # A request that finds its plugin starting or restarting waits up to this long before getting a 503.
+    request_wait: float = Field(10.0, ge=0)
+    # Restart policy (see host.supervisor.state).
+    backoff_initial: float = Field(0.1, gt=0)
+    backoff_max: float = Field(30.0, gt=0)
+    max_failures: int = Field(5, ge=1)
+    failure_window: float = Field(60.0, gt=0)
+    stable_after: float = Field(10.0, gt=0)
+    # Scale to zero: stop a plugin after this many idle seconds (0 = never), start it on the next request.
+    idle_timeout: float = Field(0.0, ge=0)
+    # Per-plugin uids when the host runs as root: plugin N runs as uid_base + N.
+    uid_base: int = Field(700000, ge=1000)
+    # Sandbox strength: "strict" refuses to start a plugin when a layer is missing; "weak" starts it anyway
+    # with whatever layers exist and says so loudly in logs, `host list` and /healthz.
+    sandbox: str = Field("strict", pattern="^(strict|weak)$")
+    # Extra pip arguments for plugin installs (e.g. "--index-url https://mirror/simple").
+    pip_args: str = ""
+    log_max_bytes: int = Field(5 * 1024 * 1024, ge=4096)
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()

@@ -1,0 +1,189 @@
+"""The supervisor process (`host serve`): owns every plugin worker and the web tier, serves the control
+socket, reconciles desired state from the registry, and stops everything on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from host.errors import HostError
+from host.layout import Layout
+from host.registry import Registry
+from host.settings import HostSettings
+from host.supervisor.control_server import ControlServer
+from host.supervisor.state import State
+from host.supervisor.worker import PluginWorker
+
+log = logging.getLogger(__name__)
+WEB_RESTART_DELAY = (0.1, 5.0)  # first and maximum delay between web tier restarts
+
+
+def settings_env(settings: HostSettings) -> dict[str, str]:
+    """Settings as HOST_* variables, so child processes rebuild the very same HostSettings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
+    for key, value in settings.model_dump().items():
+        env[f"HOST_{key.upper()}"] = str(settings.home_dir if key == "home" else value)
+    return env
+
+
+class Supervisor:
+    def __init__(self, settings: HostSettings, *, web: bool = True) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.home_dir)
+        self.layout.ensure()
+        self.registry = Registry(self.layout.registry)
+        self.web_enabled = web
+        self.workers: dict[str, PluginWorker] = {}
+        self._lock = threading.Lock()
+        self._sig_r, self._sig_w = os.pipe()
+        os.set_blocking(self._sig_w, False)
+        self.web: subprocess.Popen[bytes] | None = None
+        self._web_delay = WEB_RESTART_DELAY[0]
+        self.started = time.time()
+
+    # -- control requests (any thread) ------------------------------------------------------------------
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req["op"]
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if op == "status":
+            return self.status()
+        if op == "reload":
+            self.reconcile()
+            return {"ok": True}
+        if op in ("start", "stop", "restart", "wake"):
+            name = str(req.get("name", ""))
+            self.reconcile()
+            worker = self.workers.get(name)
+            if worker is None:
+                raise HostError("is not installed or not enabled", plugin=name)
+            wait = req.get("wait")
+            worker.submit(op, wait=float(wait) if wait is not None else None)
+            return {"ok": True, "plugin": worker.snapshot()}
+        raise HostError(f"unknown op {op!r}")
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            workers = dict(self.workers)
+        return {
+            "supervisor": {"pid": os.getpid(), "uptime": round(time.time() - self.started, 1)},
+            "web": {"pid": self.web.pid if self.web and self.web.poll() is None else None},
+            "plugins": {name: w.snapshot() for name, w in sorted(workers.items())},
+        }
+
+    def reconcile(self) -> None:
+        """Make the set of workers and their desired state match the registry."""
+        with self._lock:
+            records = {r.name: r for r in self.registry.all()}
+            for name, rec in records.items():
+                worker = self.workers.get(name)
+                if worker is None:
+                    worker = PluginWorker(name, self.settings, self.registry)
+                    self.workers[name] = worker
+                    worker.start()
+                if rec.enabled and not worker.want_running:
+                    worker.submit("start")
+                elif not rec.enabled and worker.want_running:
+                    worker.submit("stop")
+                elif rec.enabled and worker.lc.state == State.RUNNING and worker.instance is not None \
+                        and worker.instance.spec.install_id != rec.install_id:
+                    worker.submit("restart")  # a new version was installed: switch with no downtime
+            for name in set(self.workers) - set(records):
+                self.workers.pop(name).submit("shutdown")
+
+    # -- main loop --------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        lock = open(self.layout.run / "supervisor.lock", "a+")  # noqa: SIM115 - held for our lifetime
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise HostError(f"another `host serve` is already running for {self.layout.home}") from exc
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        control = ControlServer(self.layout.control_socket, self.handle)
+        control.start()
+        log.info("supervisor %s serving %s", os.getpid(), self.layout.home)
+        try:
+            self.reconcile()
+            if self.web_enabled:
+                self._start_web()
+            self._loop()
+        finally:
+            log.info("shutting down")
+            self._stop_web()
+            self._shutdown_workers()
+            control.close()
+            lock.close()
+        return 0
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # Handlers only enqueue; the main loop acts (no logging here).
+        try:
+            os.write(self._sig_w, bytes([signum]))
+        except BlockingIOError:
+            pass
+
+    def _loop(self) -> None:
+        while True:
+            web_fd = None
+            if self.web is not None and self.web.poll() is None:
+                web_fd = os.pidfd_open(self.web.pid)
+            fds = [self._sig_r] + ([web_fd] if web_fd is not None else [])
+            try:
+                ready, _, _ = select.select(fds, [], [], 1.0)
+            finally:
+                if web_fd is not None:
+                    os.close(web_fd)
+            if self._sig_r in ready:
+                sig = os.read(self._sig_r, 1)
+                log.info("received %s", signal.Signals(sig[0]).name)
+                return
+            if self.web_enabled and (self.web is None or self.web.poll() is not None):
+                self._web_died()
+
+    # -- web tier ---------------------------------------------------------------------------------------
+
+    def _start_web(self) -> None:
+        self.web = subprocess.Popen([sys.executable, "-m", "host.webtier"], env=settings_env(self.settings),
+                                    stdin=subprocess.DEVNULL)
+        self._web_started = time.monotonic()
+        log.info("web tier %s on http://%s", self.web.pid, self.settings.bind)
+
+    def _web_died(self) -> None:
+        rc = self.web.returncode if self.web else None
+        if self.web is not None and time.monotonic() - self._web_started > 30:
+            self._web_delay = WEB_RESTART_DELAY[0]  # it had been up a while: restart promptly
+        log.error("web tier exited (%s); restarting it in %.1fs (plugins keep running)", rc, self._web_delay)
+        self.registry.record(None, "web_restarted", returncode=rc)
+        time.sleep(self._web_delay)
+        self._web_delay = min(self._web_delay * 2, WEB_RESTART_DELAY[1])
+        self._start_web()
+
+    def _stop_web(self) -> None:
+        if self.web is None or self.web.poll() is not None:
+            return
+        self.web.terminate()
+        try:
+            self.web.wait(self.settings.stop_grace + 5)
+        except subprocess.TimeoutExpired:
+            self.web.kill()
+            self.web.wait()
+
+    def _shutdown_workers(self) -> None:
+        with self._lock:
+            workers = list(self.workers.values())
+        for w in workers:
+            w.submit("shutdown")
+        deadline = time.monotonic() + self.settings.stop_grace + 10
+        for w in workers:
+            w.join(max(0.1, deadline - time.monotonic()))

@@ -1,0 +1,320 @@
+"""One thread per plugin drives its Lifecycle: start, watch, probe, back off, quarantine, restart, stop.
+
+A plugin that hangs or crash-loops only ever blocks its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from host import launch
+from host.layout import Layout
+from host.registry import PluginRecord, Registry
+from host.settings import HostSettings
+from host.supervisor.health import probe
+from host.supervisor.logs import LogSink
+from host.supervisor.process import Instance, Readiness
+from host.supervisor.state import ExitInfo, Lifecycle, RestartPolicy, State
+from sandbox_runner.errors import SETUP_EXIT_CODES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Command:
+    op: str  # start | stop | restart | wake | reload | shutdown
+    done: threading.Event | None = None
+
+
+class PluginWorker(threading.Thread):
+    def __init__(self, name: str, settings: HostSettings, registry: Registry,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(name=f"plugin-{name}", daemon=True)
+        self.plugin = name
+        self.settings = settings
+        self.registry = registry
+        self.layout = Layout(settings.home_dir)
+        self.lc = Lifecycle(
+            RestartPolicy(initial=settings.backoff_initial, cap=settings.backoff_max,
+                          max_failures=settings.max_failures, window=settings.failure_window,
+                          stable_after=settings.stable_after),
+            clock=clock,
+        )
+        self.sink = LogSink(self.layout.logs(name), name, settings.log_max_bytes)
+        self.instance: Instance | None = None
+        self.generation = 0
+        self.want_running = False
+        self.exiting = False
+        self._cmds: deque[Command] = deque()
+        self._cmd_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._waiters: list[threading.Event] = []  # released when the plugin is RUNNING or gives up
+        self._probe_failures = 0
+        self._next_probe = 0.0
+
+    # -- called from other threads ----------------------------------------------------------------------
+
+    def submit(self, op: str, wait: float | None = None) -> None:
+        done = threading.Event() if wait is not None else None
+        with self._cmd_lock:
+            self._cmds.append(Command(op, done))
+        os.write(self._wake_w, b"x")
+        if done is not None:
+            done.wait(wait)
+
+    def snapshot(self) -> dict[str, Any]:
+        inst = self.instance
+        last = self.lc.last_exit
+        return {
+            "name": self.plugin,
+            "state": str(self.lc.state),
+            "pid": inst.pid if inst and inst.poll() is None else None,
+            "restarts": self.lc.restarts,
+            "reason": self.lc.reason,
+            "last_exit": None if last is None else {
+                "returncode": last.returncode, "reason": last.reason, "stderr": list(last.stderr_tail)},
+            "retry_in": round(max(0.0, self.lc.backoff_until - time.monotonic()), 2)
+            if self.lc.state == State.BACKOFF else None,
+        }
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            log.exception("%s: supervisor thread crashed", self.plugin)
+            self._stop_instance()
+        finally:
+            self._release_waiters()
+
+    def _loop(self) -> None:
+        while True:
+            self._drain()
+            st = self.lc.state
+            if self.exiting and st in (State.STOPPED, State.QUARANTINED):
+                return
+            if st == State.STOPPED:
+                if self.want_running:
+                    self.lc.start()
+                    self._start()
+                else:
+                    self._sleep(None)
+            elif st == State.BACKOFF:
+                if not self.want_running:
+                    self.lc.stop()
+                    self.lc.stopped()
+                elif self.lc.backoff_elapsed():
+                    self._start()
+                else:
+                    self._sleep(self.lc.backoff_until - time.monotonic())
+            elif st == State.RUNNING:
+                self._watch()
+            else:  # QUARANTINED: wait for an operator
+                self._release_waiters()
+                self._sleep(None)
+
+    def _drain(self) -> None:
+        while True:
+            with self._cmd_lock:
+                if not self._cmds:
+                    return
+                cmd = self._cmds.popleft()
+            self._handle(cmd)
+
+    def _handle(self, cmd: Command) -> None:
+        op = cmd.op
+        if op in ("start", "wake"):
+            self.want_running = True
+            if self.lc.state in (State.QUARANTINED, State.BACKOFF) and op == "start":
+                self.lc.start()
+                self._start()
+        elif op == "stop":
+            self.want_running = False
+            self._stop_instance()
+        elif op == "shutdown":
+            self.want_running = False
+            self.exiting = True
+            self._stop_instance()
+        elif op == "restart":
+            self.want_running = True
+            if self.lc.state == State.RUNNING:
+                self._replace()
+            elif self.lc.state in (State.QUARANTINED, State.BACKOFF, State.STOPPED):
+                self.lc.start()
+                self._start()
+        if cmd.done is not None:
+            if op in ("start", "wake", "restart") and self.lc.state not in (State.RUNNING, State.QUARANTINED):
+                self._waiters.append(cmd.done)  # released once it is running or gives up
+            else:
+                cmd.done.set()
+
+    def _sleep(self, timeout: float | None) -> None:
+        import select
+
+        select.select([self._wake_r], [], [], None if timeout is None else max(0.0, timeout))
+        self._consume_wake()
+
+    def _consume_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _cancelled(self) -> bool:
+        with self._cmd_lock:
+            return any(c.op in ("stop", "shutdown") for c in self._cmds)
+
+    # -- starting ---------------------------------------------------------------------------------------
+
+    def _record(self) -> PluginRecord | None:
+        return self.registry.get(self.plugin)
+
+    def _spawn(self) -> Instance | ExitInfo:
+        rec = self._record()
+        if rec is None:
+            return ExitInfo(None, True, "not installed", setup_failure=True)
+        self.generation += 1
+        try:
+            spec = launch.build(self.settings, rec, self.generation)
+            launch.prepare(spec, launch.plugin_uid(self.settings, rec))
+            inst = Instance(spec, self.sink, spec.manifest.health_path)
+            inst.spawn()
+        except Exception as exc:  # a broken install or host: not worth retrying
+            log.exception("%s: cannot spawn", self.plugin)
+            return ExitInfo(None, True, f"cannot start: {exc}", setup_failure=True)
+        return inst
+
+    def _bring_up(self) -> Instance | ExitInfo | None:
+        """Spawn a new instance and wait until it answers. None means cancelled."""
+        inst = self._spawn()
+        if isinstance(inst, ExitInfo):
+            return inst
+        result = inst.wait_ready(self.settings.start_timeout, self._cancelled)
+        if result == Readiness.READY:
+            return inst
+        if result == Readiness.CANCELLED:
+            inst.stop(self.settings.stop_grace)
+            return None
+        if result == Readiness.TIMEOUT:
+            inst.stop(self.settings.stop_grace)
+            return ExitInfo(None, True, f"{result.value} within {self.settings.start_timeout:.0f}s",
+                            stderr_tail=self.sink.last_lines())
+        rc = inst.poll()
+        time.sleep(0.05)  # let the log pump catch the last lines
+        return ExitInfo.from_returncode(rc if rc is not None else -1, True, SETUP_EXIT_CODES,
+                                        self.sink.last_lines())
+
+    def _start(self) -> None:
+        # precondition: lc.state == STARTING
+        outcome = self._bring_up()
+        if outcome is None:
+            self.lc.stop()
+            self.lc.stopped()
+            return
+        if isinstance(outcome, ExitInfo):
+            self._failed(outcome)
+            return
+        self._go_live(outcome)
+        self.lc.ready()
+        log.info("%s: ready (pid %s, %.2fs)", self.plugin, outcome.pid, time.monotonic() - outcome.started_at)
+        self.registry.record(self.plugin, "ready", pid=outcome.pid)
+        self._release_waiters()
+
+    def _go_live(self, inst: Instance) -> None:
+        """Point the stable socket path at this instance (atomic symlink swap)."""
+        public = inst.spec.socket
+        tmp = public.with_name(f".{public.name}.{self.generation}")
+        tmp.unlink(missing_ok=True)
+        os.symlink(inst.spec.instance_socket.name, tmp)
+        os.replace(tmp, public)
+        self.instance = inst
+        self._probe_failures = 0
+        self._next_probe = time.monotonic() + self.settings.probe_interval
+
+    def _replace(self) -> None:
+        """Zero-downtime restart: bring up a new instance, switch, then drain the old one."""
+        old = self.instance
+        outcome = self._bring_up()
+        if not isinstance(outcome, Instance):
+            why = outcome.reason if outcome else "cancelled"
+            log.error("%s: restart failed, the old instance keeps serving: %s", self.plugin, why)
+            self.registry.record(self.plugin, "restart_failed", reason=why)
+            return
+        self._go_live(outcome)
+        self.lc.restarts += 1
+        self.registry.record(self.plugin, "restarted", pid=outcome.pid)
+        if old is not None:
+            threading.Thread(target=old.stop, args=(self.settings.stop_grace,), daemon=True).start()
+
+    def _failed(self, info: ExitInfo) -> None:
+        self.instance = None
+        state = self.lc.failed(info)
+        if state == State.QUARANTINED:
+            log.error("%s: QUARANTINED — %s%s", self.plugin, self.lc.reason,
+                      "".join(f"\n    {ln}" for ln in info.stderr_tail))
+            self.registry.record(self.plugin, "quarantined", reason=self.lc.reason,
+                                 returncode=info.returncode, stderr=list(info.stderr_tail))
+            self._release_waiters()
+        else:
+            log.warning("%s: %s; restarting in %.2fs", self.plugin, info.reason,
+                        self.lc.backoff_until - time.monotonic())
+            self.registry.record(self.plugin, "crashed", reason=info.reason, returncode=info.returncode)
+
+    # -- running ----------------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        inst = self.instance
+        assert inst is not None
+        timeout = max(0.0, self._next_probe - time.monotonic())
+        if inst.wait_exit(timeout, extra_fd=self._wake_r):
+            rc = inst.poll()
+            time.sleep(0.02)
+            self._failed(ExitInfo.from_returncode(rc if rc is not None else -1, False, SETUP_EXIT_CODES,
+                                                  self.sink.last_lines()))
+            return
+        self._consume_wake()
+        if time.monotonic() >= self._next_probe:
+            self._liveness(inst)
+
+    def _liveness(self, inst: Instance) -> None:
+        self._next_probe = time.monotonic() + self.settings.probe_interval
+        why = probe(inst.spec.instance_socket, inst.health_path, self.settings.probe_timeout)
+        if why is None:
+            self._probe_failures = 0
+            return
+        self._probe_failures += 1
+        log.warning("%s: liveness probe failed (%d/%d): %s", self.plugin, self._probe_failures,
+                    self.settings.probe_failures, why)
+        if self._probe_failures >= self.settings.probe_failures or why == "socket missing":
+            inst.kill()
+            self._failed(ExitInfo(inst.returncode, False, f"unhealthy: {why}", stderr_tail=self.sink.last_lines()))
+
+    # -- stopping ---------------------------------------------------------------------------------------
+
+    def _stop_instance(self) -> None:
+        inst = self.instance
+        if self.lc.state == State.STOPPED:
+            return
+        self.lc.stop()
+        if inst is not None:
+            inst.stop(self.settings.stop_grace)
+            self.registry.record(self.plugin, "stopped", returncode=inst.returncode)
+        self.instance = None
+        self.layout.socket(self.plugin).unlink(missing_ok=True)
+        self.lc.stopped()
+        self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            w.set()

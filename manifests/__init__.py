@@ -1,0 +1,18 @@
+"""The plugin manifest schema (plugin.toml). Depends on pydantic only."""
+
+from manifests.errors import ManifestError, ManifestNotFound, ManifestSyntaxError, ManifestValidationError
+from manifests.loader import MANIFEST_FILE, json_schema, load_manifest, parse_manifest
+from manifests.model import Manifest, Permissions
+
+__all__ = [
+    "MANIFEST_FILE",
+    "Manifest",
+    "ManifestError",
+    "ManifestNotFound",
+    "ManifestSyntaxError",
+    "ManifestValidationError",
+    "Permissions",
+    "json_schema",
+    "load_manifest",
+    "parse_manifest",
+]

@@ -1,0 +1,127 @@
+"""The plugin.toml schema: frozen pydantic models, default deny. Depends on pydantic only."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
+# module:attr (a WSGI callable) or a bare module (holding a seed-style PluginBase subclass).
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$"
+# PEP 440 public versions (the canonical regex from the spec, without local versions).
+_PEP440 = re.compile(
+    r"^v?(?:(?:[0-9]+)!)?[0-9]+(?:\.[0-9]+)*(?:[-_.]?(?:a|b|c|rc|alpha|beta|pre|preview)[-_.]?[0-9]*)?"
+    r"(?:(?:-[0-9]+)|(?:[-_.]?(?:post|rev|r)[-_.]?[0-9]*))?(?:[-_.]?dev[-_.]?[0-9]*)?$",
+    re.IGNORECASE,
+)
+# A PEP 508 requirement as pip accepts it from a requirements line, minus anything that turns the
+# line into a pip option or a URL/path install (those would let a manifest point pip anywhere).
+_REQUIREMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._, -]+\])?\s*([<>=!~;(].*)?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Environment variables a plugin may never receive even if it asks: they change how the runtime loads code.
+FORBIDDEN_ENV = frozenset({"LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"})
+
+MiB = 1024 * 1024
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Network(_Frozen):
+    """Outbound network. Default: none at all (empty network namespace, no IP sockets)."""
+
+    outbound: bool = Field(False, description="Allow outbound IP connections (DNS/UDP included).")
+    ports: tuple[Annotated[int, Field(ge=1, le=65535)], ...] = Field(
+        (), description="When outbound: TCP ports the plugin may connect to; empty = any port."
+    )
+
+
+class Filesystem(_Frozen):
+    """Extra host paths beyond the plugin's own venv, code (read-only) and data dir (read-write)."""
+
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+
+    @field_validator("read", "write")
+    @classmethod
+    def _absolute(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        for p in paths:
+            if not p.startswith("/") or "\x00" in p or "/../" in f"{p}/":
+                raise ValueError(f"{p!r}: must be an absolute path without '..'")
+        return paths
+
+
+class Resources(_Frozen):
+    """Resource ceilings, enforced by cgroups and rlimits."""
+
+    memory_mb: int = Field(256, ge=32, le=65536)
+    cpu_seconds: int | None = Field(None, ge=1, description="CPU seconds per process (RLIMIT_CPU).")
+    cpu_percent: int | None = Field(None, ge=1, le=6400, description="CPU share, 100 = one core.")
+    processes: int = Field(32, ge=4, le=4096, description="Processes and threads.")
+    open_files: int = Field(256, ge=32, le=65536)
+    file_size_mb: int = Field(64, ge=1, le=1048576)
+    workers: int = Field(1, ge=1, le=16, description="gunicorn worker processes.")
+    threads: int = Field(4, ge=1, le=64, description="Threads per worker.")
+
+
+class Requests(_Frozen):
+    """Limits the proxy applies to each request."""
+
+    timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    max_body_mb: int = Field(16, ge=0, le=102400)
+
+
+class Permissions(_Frozen):
+    """Everything a plugin may do. Anything not granted here is denied."""
+
+    network: Network = Network()
+    filesystem: Filesystem = Filesystem()
+    environment: tuple[str, ...] = Field((), description="Host environment variables passed through by name.")
+    resources: Resources = Resources()
+    requests: Requests = Requests()
+    host_api: tuple[Literal["events:read", "kv:read", "kv:write"], ...] = ()
+
+    @field_validator("environment")
+    @classmethod
+    def _env_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for n in names:
+            if not _ENV_NAME.match(n):
+                raise ValueError(f"{n!r}: must be an environment variable name")
+            if n in FORBIDDEN_ENV:
+                raise ValueError(f"{n!r}: may not be passed to a plugin")
+        return names
+
+
+class Manifest(_Frozen):
+    """A plugin's ``plugin.toml``."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="Becomes paths and URLs.")]
+    version: str
+    entrypoint: Annotated[str, Field(pattern=ENTRYPOINT_PATTERN)]
+    description: str = Field("", max_length=500)
+    requirements: tuple[str, ...] = ()
+    health_path: str = Field("/", pattern=r"^/[^\s]*$", description="Path probed for readiness/liveness.")
+    permissions: Permissions = Permissions()
+
+    @field_validator("version")
+    @classmethod
+    def _pep440(cls, v: str) -> str:
+        if not _PEP440.match(v):
+            raise ValueError(f"{v!r} is not a PEP 440 version (e.g. 1.0.0)")
+        return v
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirements(cls, reqs: tuple[str, ...]) -> tuple[str, ...]:
+        for r in reqs:
+            if not _REQUIREMENT.match(r.strip()) or "@" in r:
+                raise ValueError(f"{r!r}: must be a PEP 508 requirement such as 'six==1.16.0' (no URLs or pip options)")
+        return reqs
+
+    @property
+    def is_wsgi_entrypoint(self) -> bool:
+        """True for ``module:attr``; False for a bare module holding a PluginBase subclass."""
+        return ":" in self.entrypoint
