@@ -97,6 +97,8 @@ class Installer:
             raise InstallError(None, "reading the manifest", str(exc)) from exc
         name = manifest.name
         self.layout.check_socket_length(name)
+        with home_lock(self.layout):
+            sweep(self.layout, self.registry)  # whatever an earlier kill -9 left behind
         existing = self.registry.get(name)
         if existing and existing.version == manifest.version and not force:
             self.progress(f"{name} {manifest.version} is already installed (use --force to reinstall)")

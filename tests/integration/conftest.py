@@ -1,0 +1,27 @@
+"""Integration fixtures: one installed-and-served host shared by the proxy tests (installs are slow)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import BUNDLED, FIXTURES, ServedHost, run_host
+
+
+@pytest.fixture(scope="session")
+def served() -> Iterator[ServedHost]:
+    """example (seed style), notes (native Flask) and echo (test plugin), served by one host."""
+    d = Path(tempfile.mkdtemp(prefix="ph-", dir="/tmp"))
+    home = d / "h"
+    for src in (BUNDLED / "example_plugin", BUNDLED / "notes", FIXTURES / "echo"):
+        run_host(home, "install", str(src), "--yes", check=True)
+    host = ServedHost(home).start(wait_plugins=("example", "notes", "echo"))
+    try:
+        yield host
+    finally:
+        host.stop()
+        shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,149 @@
+"""`host install` / `uninstall` / `list` with real venvs and pip, including every failure path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import BUNDLED, FIXTURES, HOST, run_host, wait_for
+
+
+def snapshot(home: Path) -> tuple[set[str], list[tuple[str, ...]]]:
+    """Everything a failed install must leave untouched: the file tree (minus logs) and registry rows."""
+    files = {str(p.relative_to(home)) for p in home.rglob("*")
+             if not {"logs", "__pycache__"} & set(p.relative_to(home).parts) and p.name != ".lock" and
+             not p.name.startswith("registry.db")}
+    rows: list[tuple[str, ...]] = []
+    db = home / "registry.db"
+    if db.exists():
+        with sqlite3.connect(db) as c:
+            rows = [tuple(r) for r in c.execute("SELECT name, version, install_id FROM plugins ORDER BY name")]
+    return files, rows
+
+
+def test_install_then_list_then_uninstall(home: Path) -> None:
+    r = run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes")
+    assert r.returncode == 0, r.stderr
+    for step in ("resolving", "creating venv", "installing 2 packages", "checking entrypoint", "registering"):
+        assert step in r.stderr
+    listed = json.loads(run_host(home, "list", "--json", check=True).stdout)
+    assert [(p["name"], p["version"], p["enabled"]) for p in listed] == [("example", "1.0.0", True)]
+    venv_python = next((home / "plugins" / "example").glob("*/venv/bin/python"))
+    out = subprocess.run([str(venv_python), "-c", "import flask, gunicorn, plugin_base; print('ok')"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+
+    r = run_host(home, "uninstall", "example")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(run_host(home, "list", "--json", check=True).stdout) == []
+    assert not (home / "plugins" / "example").exists()
+
+
+def test_requirements_go_into_the_plugins_own_venv(home: Path) -> None:
+    run_host(home, "install", str(FIXTURES / "echo"), "--yes", check=True)
+    venv_python = next((home / "plugins" / "echo").glob("*/venv/bin/python"))
+    out = subprocess.run([str(venv_python), "-c", "import six; print(six.__version__)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1.16.0"
+
+
+def test_bad_manifest_is_one_clear_line_and_changes_nothing(home: Path) -> None:
+    before = snapshot(home) if home.exists() else (set(), [])
+    r = run_host(home, "install", str(FIXTURES / "bad_manifest"), "--yes")
+    assert r.returncode == 1
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1
+    assert "plugin.toml: name: must match ^[a-z][a-z0-9-]{0,31}$" in err[0]
+    assert "Traceback" not in r.stderr
+    after = snapshot(home)
+    assert after[1] == before[1] == []
+    assert not any(p.startswith("plugins/") for p in after[0])
+
+
+def test_check_rejects_bad_manifest_with_usage_exit_code(home: Path) -> None:
+    r = subprocess.run([*HOST, "check", str(FIXTURES / "bad_manifest")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "name: must match" in r.stderr
+
+
+def test_failing_pip_install_keeps_log_and_changes_nothing(home: Path) -> None:
+    run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", check=True)
+    before = snapshot(home)
+    r = run_host(home, "install", str(FIXTURES / "bad_requirement"), "--yes")
+    assert r.returncode == 1
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: bad-requirement: install failed while installing packages:")
+    assert "this-package-does-not-exist-plugin-host" in line
+    log = Path(line.rsplit("full log: ", 1)[1].rstrip(")"))
+    assert log.exists() and "this-package-does-not-exist-plugin-host" in log.read_text()
+    assert snapshot(home) == before
+
+
+def test_unknown_entrypoint_fails_the_install(home: Path) -> None:
+    r = run_host(home, "install", str(FIXTURES / "unknown_entrypoint"), "--yes")
+    assert r.returncode == 1
+    assert "install failed while checking the entrypoint" in r.stderr
+    assert "module 'app' has no attribute 'application'" in r.stderr
+    assert snapshot(home)[1] == []
+    assert not (home / "plugins" / "unknown-entrypoint").exists()
+
+
+def test_crash_at_import_fails_the_install(home: Path) -> None:
+    r = run_host(home, "install", str(FIXTURES / "crash_on_import"), "--yes")
+    assert r.returncode == 1
+    assert "RuntimeError: boom at import" in r.stderr
+    assert snapshot(home)[1] == []
+
+
+def test_reinstalling_the_same_version_is_a_noop_unless_forced(home: Path) -> None:
+    run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", check=True)
+    first = snapshot(home)
+    r = run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes")
+    assert r.returncode == 0
+    assert "already installed" in r.stderr
+    assert snapshot(home) == first
+    r = run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", "--force")
+    assert r.returncode == 0, r.stderr
+    assert snapshot(home)[1][0][2] != first[1][0][2]  # a new install id went live
+
+
+def test_install_without_yes_and_without_a_terminal_refuses(home: Path) -> None:
+    r = run_host(home, "install", str(BUNDLED / "example_plugin"))
+    assert r.returncode == 2
+    assert "pass --yes" in r.stderr
+    assert snapshot(home)[1] == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_install_interrupted_midway_leaves_nothing_behind(home: Path, sig: int) -> None:
+    run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", check=True)
+    before = snapshot(home)
+    proc = subprocess.Popen([*HOST, "--home", str(home), "install", str(FIXTURES / "echo"), "--yes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    # interrupt while pip runs: the venv exists and packages are being installed
+    wait_for(lambda: list((home / "plugins").glob("echo/*/venv/bin/python")), 60, what="venv creation")
+    time.sleep(0.3)
+    os.killpg(proc.pid, sig)
+    out = proc.communicate(timeout=30)[0].decode()
+    if sig == signal.SIGINT:
+        assert proc.returncode != 0
+        assert "interrupted; nothing was changed" in out or "install failed" in out
+    # the next command sweeps whatever a kill -9 left (under the home lock)
+    run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", check=True)  # a no-op + sweep
+    assert snapshot(home) == before
+
+
+def test_symlinks_out_of_the_plugin_dir_are_not_followed(home: Path) -> None:
+    r = run_host(home, "install", str(FIXTURES / "symlink_escape"), "--yes")
+    assert r.returncode == 0, r.stderr
+    assert "skipped symlink shadow -> /etc/shadow" in r.stderr
+    bundle = next((home / "plugins" / "symlink-escape").glob("*/bundle"))
+    assert not (bundle / "shadow").exists()
+    assert (bundle / "inside_link.py").read_text() == (FIXTURES / "symlink_escape" / "app.py").read_text()

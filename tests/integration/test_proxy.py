@@ -1,0 +1,160 @@
+"""The proxy, end to end: real host, real sandboxed plugins, real sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+
+import httpx
+import pytest
+
+from tests.integration.harness import ServedHost
+
+MiB = 1024 * 1024
+
+
+def test_index_welcomes_and_lists_plugins(served: ServedHost) -> None:
+    r = served.get("/")
+    assert r.status_code == 200
+    assert "Welcome to the Plugin System!" in r.text
+    for name in ("example", "notes", "echo"):
+        assert f'href="/plugins/{name}/"' in r.text
+
+
+def test_seed_style_plugin_serves_its_route(served: ServedHost) -> None:
+    r = served.get("/plugins/example/example")
+    assert r.status_code == 200
+    assert r.text == "Hello from Example Plugin!"
+
+
+def test_native_flask_app_templates_static_form_and_redirect(served: ServedHost) -> None:
+    page = served.get("/plugins/notes/")
+    assert page.status_code == 200
+    assert 'href="/plugins/notes/static/style.css"' in page.text  # url_for sees SCRIPT_NAME
+    assert 'action="/plugins/notes/notes"' in page.text
+    css = served.get("/plugins/notes/static/style.css")
+    assert css.status_code == 200 and "font-family" in css.text
+    post = httpx.post(served.url + "/plugins/notes/notes", data={"text": "buy milk"}, timeout=10)
+    assert post.status_code == 302
+    assert post.headers["location"] == "/plugins/notes/"
+    after = served.get("/plugins/notes/")
+    assert "buy milk" in after.text and "now" in after.text  # rendered with humanize (a PyPI dependency)
+
+
+def test_redirect_stays_under_prefix(served: ServedHost) -> None:
+    r = served.get("/plugins/echo/go")
+    assert r.status_code == 302
+    assert r.headers["location"] == "/plugins/echo/target"
+    assert served.get(r.headers["location"]).text == "arrived"
+
+
+def test_8_mib_post_body_arrives_intact(served: ServedHost) -> None:
+    body = os.urandom(8 * MiB)
+    r = httpx.post(served.url + "/plugins/echo/echo", content=body, timeout=60)
+    assert r.status_code == 200
+    assert r.json() == {"sha256": hashlib.sha256(body).hexdigest(), "length": len(body)}
+
+
+def test_chunked_upload_is_streamed(served: ServedHost) -> None:
+    parts = [os.urandom(1 * MiB) for _ in range(5)]
+    r = httpx.put(served.url + "/plugins/echo/echo", content=iter(parts), timeout=60)
+    assert r.json()["length"] == 5 * MiB
+    assert r.json()["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def test_32_mib_streamed_response(served: ServedHost) -> None:
+    h = hashlib.sha256()
+    n = 0
+    with httpx.stream("GET", served.url + f"/plugins/echo/bytes/{32 * MiB}", timeout=60) as r:
+        assert r.status_code == 200
+        for chunk in r.iter_raw():
+            h.update(chunk)
+            n += len(chunk)
+    block = bytes(range(256)) * 256
+    assert n == 32 * MiB
+    assert h.hexdigest() == hashlib.sha256(block * 512).hexdigest()
+
+
+@pytest.mark.parametrize(("method", "code"), [("GET", 201), ("POST", 418), ("DELETE", 204), ("PATCH", 409),
+                                              ("GET", 500)])
+def test_status_codes_pass_through(served: ServedHost, method: str, code: int) -> None:
+    r = httpx.request(method, served.url + f"/plugins/echo/status/{code}", timeout=10)
+    assert r.status_code == code
+
+
+def test_query_string_path_and_script_root(served: ServedHost) -> None:
+    r = served.get("/plugins/echo/request?a=1&a=2&b=x%20y")
+    info = r.json()
+    assert info["args"] == {"a": ["1", "2"], "b": ["x y"]}
+    assert info["script_root"] == "/plugins/echo"
+    assert info["path"] == "/request"
+    assert info["url"].startswith(served.url + "/plugins/echo/request")
+    assert info["six"] == "1.16.0"
+
+
+def test_forwarded_headers_are_set_by_the_host_not_the_client(served: ServedHost) -> None:
+    r = served.get("/plugins/echo/request", headers={
+        "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "evil.example", "X-Real-IP": "6.6.6.6",
+        "Connection": "close, X-Secret-Hop", "X-Secret-Hop": "must-not-pass", "Keep-Alive": "timeout=5",
+        "Cookie": "plugin_host_session=admin; theme=dark", "Authorization": "Bearer phk_admintoken",
+    })
+    info = r.json()
+    headers = {k.lower(): v for k, v in info["headers"]}
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert info["remote_addr"] == "127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-prefix"] == "/plugins/echo"
+    assert headers["x-forwarded-host"] == f"127.0.0.1:{served.port}"
+    assert "x-real-ip" not in headers
+    assert "x-secret-hop" not in headers
+    assert "keep-alive" not in headers
+    assert "authorization" not in headers
+    assert info["cookies"] == {"theme": "dark"}
+
+
+def test_cookies_are_scoped_to_the_plugin_and_repeated_headers_kept(served: ServedHost) -> None:
+    r = served.get("/plugins/echo/cookies")
+    cookies = r.headers.get_list("set-cookie")
+    assert len(cookies) == 2
+    assert any(c.startswith("a=1") and "Path=/plugins/echo" in c for c in cookies)
+    b = next(c for c in cookies if c.startswith("b=2"))
+    assert "Path=/plugins/echo/sub" in b
+    assert "domain" not in b.lower()
+    assert r.headers.get_list("x-multi") == ["one", "two"]
+
+
+def test_unknown_plugin_is_a_json_404(served: ServedHost) -> None:
+    r = served.get("/plugins/nope/anything")
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["title"] == "Unknown plugin"
+
+
+def test_dot_dot_cannot_escape_the_prefix(served: ServedHost) -> None:
+    # Sent raw, so no client normalises the path first.
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:
+        s.sendall(b"GET /plugins/echo/%2e%2e/%2e%2e/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400")
+
+
+def test_body_over_the_manifest_limit_is_413(served: ServedHost) -> None:
+    r = httpx.post(served.url + "/plugins/example/example", content=b"x" * (17 * MiB), timeout=30)
+    assert r.status_code == 413
+    assert r.json()["title"] == "Request body too large"
+
+
+def test_slow_plugin_times_out_with_504(served: ServedHost) -> None:
+    r = served.get("/plugins/echo/sleep/5")  # echo's manifest allows 3 s
+    assert r.status_code == 504
+    assert "did not answer within 3s" in r.json()["detail"]
+
+
+def test_healthz_reports_host_and_plugin_states(served: ServedHost) -> None:
+    h = served.health()
+    assert h["status"] == "ok"
+    assert h["plugins"]["example"]["state"] == "running"
+    assert isinstance(h["plugins"]["example"]["pid"], int)
