@@ -1,0 +1,124 @@
+"""Header hygiene, cookie scoping and path rules of the proxy (pure functions, no sockets)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from host.proxy import (
+    BodyTooLarge,
+    ProxyError,
+    body_stream,
+    escapes_prefix,
+    request_headers,
+    response_headers,
+    scope_cookie,
+    upstream_errors,
+    upstream_path,
+)
+
+
+def build(headers: list[tuple[str, str]], length: str | None = None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in request_headers(headers, prefix="/plugins/p", client_ip="10.0.0.1", scheme="https",
+                                host="example.org", content_length=length):
+        out.setdefault(k.lower(), []).append(v)
+    return out
+
+
+def test_hop_by_hop_and_connection_named_headers_are_stripped() -> None:
+    h = build([("Connection", "keep-alive, X-Private"), ("X-Private", "1"), ("TE", "trailers"),
+               ("Upgrade", "h2c"), ("Proxy-Authorization", "x"), ("Transfer-Encoding", "chunked"),
+               ("Accept", "text/html")])
+    assert set(h) == {"accept", "host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                      "x-forwarded-prefix"}
+
+
+def test_client_cannot_spoof_forwarding_headers() -> None:
+    h = build([("X-Forwarded-For", "1.2.3.4"), ("Forwarded", "for=1.2.3.4"), ("X-Forwarded-Prefix", "/"),
+               ("Host", "evil")])
+    assert h["x-forwarded-for"] == ["10.0.0.1"]
+    assert h["x-forwarded-prefix"] == ["/plugins/p"]
+    assert h["x-forwarded-proto"] == ["https"]
+    assert h["host"] == ["example.org"]
+    assert "forwarded" not in h
+
+
+def test_host_credentials_never_reach_a_plugin() -> None:
+    h = build([("Cookie", "plugin_host_session=s3cret; a=1"), ("Authorization", "Bearer phk_abc")])
+    assert h["cookie"] == ["a=1"]
+    assert "authorization" not in h
+    h = build([("Cookie", "plugin_host_session=s3cret"), ("Authorization", "Basic dXNlcjpwdw==")])
+    assert "cookie" not in h
+    assert h["authorization"] == ["Basic dXNlcjpwdw=="]  # the plugin's own auth scheme passes
+
+
+def test_content_length_is_ours() -> None:
+    assert build([("Content-Length", "999")], length="5")["content-length"] == ["5"]
+
+
+def test_response_headers_keep_repeats_and_drop_hop_by_hop() -> None:
+    up = httpx.Headers([("Set-Cookie", "a=1"), ("Set-Cookie", "b=2; Path=/x"), ("Connection", "close"),
+                        ("Keep-Alive", "timeout=5"), ("X-Multi", "1"), ("X-Multi", "2")])
+    out = response_headers(up, "/plugins/p")
+    assert [v for k, v in out if k.lower() == "x-multi"] == ["1", "2"]
+    assert [v for k, v in out if k.lower() == "set-cookie"] == ["a=1; Path=/plugins/p/", "b=2; Path=/plugins/p/x"]
+    assert not any(k.lower() in ("connection", "keep-alive") for k, _ in out)
+
+
+@pytest.mark.parametrize(("cookie", "expected"), [
+    ("s=1", "s=1; Path=/plugins/p/"),
+    ("s=1; Path=/", "s=1; Path=/plugins/p/"),
+    ("s=1; path=/plugins/p/x; HttpOnly", "s=1; HttpOnly; Path=/plugins/p/x"),
+    ("s=1; Domain=.example.com; Secure", "s=1; Secure; Path=/plugins/p/"),
+    ("s=1; Path=/plugins/pp", "s=1; Path=/plugins/p/plugins/pp"),  # a sibling prefix is not ours
+])
+def test_cookies_are_confined_to_the_plugin(cookie: str, expected: str) -> None:
+    assert scope_cookie(cookie, "/plugins/p") == expected
+
+
+@pytest.mark.parametrize(("sub", "bad"), [("a/b", False), ("../x", True), ("a/../../x", True), ("./a", True),
+                                          ("a/..", True), ("a\\..\\b", True), ("..a/b..", False)])
+def test_dot_segments_are_refused(sub: str, bad: bool) -> None:
+    assert escapes_prefix(sub) is bad
+
+
+def test_upstream_path_keeps_the_clients_encoding() -> None:
+    assert upstream_path("/plugins/p/a%2Fb/c?x=1", "/plugins/p", "a/b/c") == "/a%2Fb/c"
+    assert upstream_path("/plugins/p", "/plugins/p", "") == "/"
+    assert upstream_path(None, "/plugins/p", "a b") == "/a%20b"
+
+
+def test_body_stream_stops_at_the_limit() -> None:
+    import io
+    assert b"".join(body_stream(io.BytesIO(b"x" * 10), 10)) == b"x" * 10
+    with pytest.raises(BodyTooLarge):
+        b"".join(body_stream(io.BytesIO(b"x" * 11), 10))
+
+
+@pytest.mark.parametrize(("exc", "status"), [
+    (httpx.ConnectError("refused"), 503),
+    (httpx.ReadTimeout("slow"), 504),
+    (httpx.RemoteProtocolError("garbage"), 502),
+    (httpx.ReadError("reset"), 502),
+    (httpx.PoolTimeout("busy"), 503),
+    (BodyTooLarge("big"), 413),
+])
+def test_upstream_errors_map_to_statuses(exc: Exception, status: int) -> None:
+    with pytest.raises(ProxyError) as caught, upstream_errors("p", 3.0):
+        raise exc
+    assert caught.value.status == status
+
+
+def test_proxy_through_mock_transport_streams_and_scopes() -> None:
+    seen: dict[str, str] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["path"] = request.url.raw_path.decode()
+        return httpx.Response(201, headers=[("Set-Cookie", "k=v")], content=b"made")
+
+    client = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://plugin")
+    resp = client.send(client.build_request("POST", "/a?b=1", content=b"x"), stream=True)
+    assert seen["path"] == "/a?b=1"
+    assert resp.status_code == 201
+    assert response_headers(resp.headers, "/plugins/p")[0] == ("set-cookie", "k=v; Path=/plugins/p/")
