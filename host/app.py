@@ -54,6 +54,18 @@ def create_app(settings: HostSettings | None = None) -> Flask:
     registry = Registry(layout.registry)
     directory = Directory(registry)
     pool = Pool()
+    touched: dict[str, float] = {}
+
+    def mark_active(name: str) -> None:
+        """Tell the supervisor (by mtime) that the plugin is in use; at most once a second per plugin."""
+        now = time.monotonic()
+        if now - touched.get(name, 0.0) < 1.0:
+            return
+        touched[name] = now
+        try:
+            layout.activity(name).touch()
+        except OSError:
+            log.debug("cannot mark %s active", name, exc_info=True)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None
@@ -137,6 +149,7 @@ def create_app(settings: HostSettings | None = None) -> Flask:
                 if attempt or exc.status != 502 or has_body or request.method not in IDEMPOTENT:
                     raise
         assert upstream is not None
+        mark_active(name)
         return stream_response(upstream, name, prefix, timeout)
 
     def stream_response(upstream: httpx.Response, name: str, prefix: str, timeout: float) -> Response:
@@ -151,6 +164,7 @@ def create_app(settings: HostSettings | None = None) -> Flask:
                 raise
             finally:
                 upstream.close()
+                mark_active(name)
 
         resp = Response(body(), status=upstream.status_code, direct_passthrough=True)
         resp.headers = Headers(response_headers(upstream.headers, prefix))
@@ -174,11 +188,15 @@ def create_app(settings: HostSettings | None = None) -> Flask:
                 raise ProxyError(503, "Plugin restarting", f"plugin {name!r} is restarting: {st['reason']}",
                                  max(1, math.ceil(st["retry_in"])))
             if state in ("stopped", "stopping") and not woke:
+                # Scaled to zero (or just stopped): start it and wait for it, once. The supervisor
+                # coalesces concurrent wakes into one start.
                 woke = True
                 try:
-                    control.call(layout.control_socket, "wake", name=name)
+                    control.call(layout.control_socket, "wake", name=name, wait=max(remaining, 0.1),
+                                 timeout=max(remaining, 0.1) + 5)
                 except HostError:
                     pass
+                continue
             if state == "running" and _connectable(layout.socket(name)):
                 return
             if remaining <= 0:

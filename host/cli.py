@@ -60,23 +60,18 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 
 
 def permission_summary(m: Manifest) -> list[str]:
-    p = m.permissions
-    r = p.resources
-    net = "none" if not p.network.outbound else (
-        f"outbound TCP to ports {', '.join(map(str, p.network.ports))}" if p.network.ports else "outbound, any port")
-    return [
+    """What the plugin may do, the layer enforcing each grant, and its risk score."""
+    from host.risk import assess, grants
+
+    risk = assess(m)
+    lines = [
         f"plugin:      {m.name} {m.version} — {m.description or 'no description'}",
         f"entrypoint:  {m.entrypoint} ({'WSGI app' if m.is_wsgi_entrypoint else 'PluginBase module'})",
         f"packages:    {', '.join(m.requirements) or 'none beyond the runtime (flask, gunicorn)'}",
-        f"network:     {net}",
-        f"files:       own data dir (rw){''.join(f', {x} (ro)' for x in p.filesystem.read)}"
-        f"{''.join(f', {x} (rw)' for x in p.filesystem.write)}",
-        f"environment: {', '.join(p.environment) or 'none'}",
-        f"resources:   {r.memory_mb} MiB memory, {r.processes} processes, {r.open_files} open files, "
-        f"{r.file_size_mb} MiB max file, {r.workers} worker(s) x {r.threads} threads"
-        + (f", {r.cpu_seconds} CPU s/process" if r.cpu_seconds else ""),
-        f"requests:    {p.requests.timeout_seconds:g}s timeout, {p.requests.max_body_mb} MiB max body",
     ]
+    lines += [f"{g.permission + ':':<16} {g.value:<44} [{g.enforced_by}]" for g in grants(m)]
+    lines.append(f"risk:        {risk.score}/8  ({'; '.join(risk.reasons)})")
+    return lines
 
 
 @cli.command()
@@ -207,6 +202,27 @@ def restart(obj: Ctx, name: str) -> None:
 
 
 @cli.command()
+@click.argument("name")
+@click.option("--idle-timeout", type=click.FloatRange(min=0),
+              help="Scale to zero: stop after this many idle seconds, start on the next request (0 = never).")
+@click.option("--reset", is_flag=True, help="Drop this plugin's overrides (use the host settings).")
+@click.pass_obj
+def config(obj: Ctx, name: str, idle_timeout: float | None, reset: bool) -> None:
+    """Show or set operator overrides for plugin NAME."""
+    layout = obj.layout()
+    registry = Registry(layout.registry)
+    registry.require(name)
+    key = f"idle_timeout:{name}"
+    if reset:
+        registry.set_setting(key, None, plugin=name)
+    elif idle_timeout is not None:
+        registry.set_setting(key, repr(idle_timeout), plugin=name)
+    value = registry.get_setting(key)
+    default = obj.settings().idle_timeout
+    click.echo(f"idle_timeout = {value if value is not None else f'{default} (host default)'}")
+
+
+@cli.command()
 @click.option("--bind", help="HOST:PORT for the web tier (default 127.0.0.1:8000).")
 @click.option("--workers", type=int, help="Web tier worker processes.")
 @click.option("-v", "--verbose", is_flag=True, help="Also echo plugin output to the console.")
@@ -257,6 +273,25 @@ def check(path: Path) -> None:
     m = load_manifest(path)
     for line in permission_summary(m):
         click.echo(line)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json: bool) -> None:
+    """Probe which sandbox layers this machine can enforce."""
+    from sandbox_runner.probe import probe
+
+    report = probe()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for layer, info in report.items():
+        mark = "available  " if info["available"] else "UNAVAILABLE"
+        click.echo(f"{layer:<14} {mark} {info.get('detail', '')}")
+    missing = [k for k, v in report.items() if not v["available"]]
+    if missing:
+        click.echo(f"\nplugins will not start in strict mode (HOST_SANDBOX=strict) while {', '.join(missing)} "
+                   "is unavailable; HOST_SANDBOX=weak starts them with the layers that exist.")
 
 
 @cli.command()

@@ -54,6 +54,10 @@ class Layout:
     def socket(self, name: str) -> Path:
         return self.run / name / SOCKET_NAME
 
+    def activity(self, name: str) -> Path:
+        """Touched by the web tier when it proxies to the plugin (root-owned: the plugin cannot fake it)."""
+        return self.run / f".activity-{name}"
+
     def logs(self, name: str) -> Path:
         return self.home / "logs" / name
 

@@ -162,6 +162,21 @@ class Registry:
             _event(db, name, "enabled" if enabled else "disabled", {})
             return True
 
+    # -- operator settings (per-plugin overrides) ------------------------------------------------------
+
+    def get_setting(self, key: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_setting(self, key: str, value: str | None, plugin: str | None = None) -> None:
+        with self._tx() as db:
+            if value is None:
+                db.execute("DELETE FROM settings WHERE key = ?", (key,))
+            else:
+                db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                           (key, value))
+            _event(db, plugin, "setting_changed", {"key": key, "value": value})
+
     # -- audit log -------------------------------------------------------------------------------------
 
     def record(self, plugin: str | None, kind: str, **detail: Any) -> None:

@@ -59,6 +59,10 @@ class PluginWorker(threading.Thread):
         self._waiters: list[threading.Event] = []  # released when the plugin is RUNNING or gives up
         self._probe_failures = 0
         self._next_probe = 0.0
+        self._live_since_wall = 0.0
+        self._idle_timeout_cached = 0.0
+        # Scale to zero: asleep = wanted, but stopped until the next request wakes it.
+        self.asleep = self.idle_timeout() > 0
 
     # -- called from other threads ----------------------------------------------------------------------
 
@@ -103,7 +107,7 @@ class PluginWorker(threading.Thread):
             if self.exiting and st in (State.STOPPED, State.QUARANTINED):
                 return
             if st == State.STOPPED:
-                if self.want_running:
+                if self.want_running and not self.asleep:
                     self.lc.start()
                     self._start()
                 else:
@@ -134,11 +138,15 @@ class PluginWorker(threading.Thread):
         op = cmd.op
         if op in ("start", "wake"):
             self.want_running = True
+            self.asleep = False
             if self.lc.state in (State.QUARANTINED, State.BACKOFF) and op == "start":
                 self.lc.start()
                 self._start()
         elif op == "stop":
             self.want_running = False
+            self._stop_instance()
+        elif op == "sleep":  # idle: stop now, start again on the next request
+            self.asleep = True
             self._stop_instance()
         elif op == "shutdown":
             self.want_running = False
@@ -146,6 +154,7 @@ class PluginWorker(threading.Thread):
             self._stop_instance()
         elif op == "restart":
             self.want_running = True
+            self.asleep = False
             if self.lc.state == State.RUNNING:
                 self._replace()
             elif self.lc.state in (State.QUARANTINED, State.BACKOFF, State.STOPPED):
@@ -238,6 +247,8 @@ class PluginWorker(threading.Thread):
         os.symlink(inst.spec.instance_socket.name, tmp)
         os.replace(tmp, public)
         self.instance = inst
+        self._live_since_wall = time.time()
+        self._idle_timeout_cached = self.idle_timeout()
         self._probe_failures = 0
         self._next_probe = time.monotonic() + self.settings.probe_interval
 
@@ -272,9 +283,31 @@ class PluginWorker(threading.Thread):
 
     # -- running ----------------------------------------------------------------------------------------
 
+    def idle_timeout(self) -> float:
+        override = self.registry.get_setting(f"idle_timeout:{self.plugin}")
+        return float(override) if override is not None else self.settings.idle_timeout
+
+    def _idle_for(self, inst: Instance) -> float:
+        """Seconds since the web tier last proxied to this plugin (or since it started)."""
+        try:
+            last = self.layout.activity(self.plugin).stat().st_mtime
+        except FileNotFoundError:
+            last = 0.0
+        return time.time() - max(last, self._live_since_wall)
+
     def _watch(self) -> None:
         inst = self.instance
         assert inst is not None
+        idle_timeout = self._idle_timeout_cached
+        if idle_timeout > 0:
+            idle = self._idle_for(inst)
+            if idle >= idle_timeout:
+                log.info("%s: idle for %.0fs; stopping until the next request", self.plugin, idle)
+                self.registry.record(self.plugin, "scaled_to_zero", idle=round(idle, 1))
+                self.asleep = True
+                self._stop_instance()
+                return
+            self._next_probe = min(self._next_probe, time.monotonic() + idle_timeout - idle + 0.05)
         timeout = max(0.0, self._next_probe - time.monotonic())
         if inst.wait_exit(timeout, extra_fd=self._wake_r):
             rc = inst.poll()
@@ -285,6 +318,7 @@ class PluginWorker(threading.Thread):
         self._consume_wake()
         if time.monotonic() >= self._next_probe:
             self._liveness(inst)
+            self._idle_timeout_cached = self.idle_timeout()
 
     def _liveness(self, inst: Instance) -> None:
         self._next_probe = time.monotonic() + self.settings.probe_interval
