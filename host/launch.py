@@ -136,7 +136,7 @@ def prepare(spec: LaunchSpec, uid: int | None) -> None:
         # Plugin code is root-owned and read-only for the plugin; only its group may traverse to it.
         root = install.parent
         os.chown(root, 0, uid)
-        os.chmod(root, 0o750)
+        os.chmod(root, 0o750)  # noqa: S103 - group = the plugin only
     tmp = spec.policy_path.with_suffix(".tmp")
     tmp.write_text(p.to_json())
     os.chmod(tmp, 0o600)

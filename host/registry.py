@@ -184,7 +184,7 @@ class Registry:
             _event(db, plugin, kind, detail)
 
     def events(self, plugin: str | None = None, limit: int = 100) -> list[Event]:
-        q = "SELECT * FROM events" + (" WHERE plugin = ?" if plugin else "") + " ORDER BY id DESC LIMIT ?"
+        q = "SELECT * FROM events" + (" WHERE plugin = ?" if plugin else "") + " ORDER BY id DESC LIMIT ?"  # noqa: S608 - constant fragments
         args: tuple[Any, ...] = (plugin, limit) if plugin else (limit,)
         rows = self._conn().execute(q, args).fetchall()
         return [Event(r["id"], r["ts"], r["plugin"], r["kind"], json.loads(r["detail"])) for r in rows]

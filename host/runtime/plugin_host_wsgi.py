@@ -51,7 +51,7 @@ def _is_factory(obj: Any) -> bool:
 
 def _seed_app(module: Any, entrypoint: str) -> Any:
     from flask import Flask
-    from plugin_base import PluginBase
+    from plugin_base import PluginBase  # type: ignore[import-not-found]  # ships beside this module
 
     classes = [
         obj for obj in vars(module).values()
