@@ -53,7 +53,7 @@ def _seed_app(module: Any, entrypoint: str) -> Any:
     from flask import Flask
     from plugin_base import PluginBase  # type: ignore[import-not-found]  # ships beside this module
 
-    classes = [
+    classes: list[Any] = [
         obj for obj in vars(module).values()
         if inspect.isclass(obj) and issubclass(obj, PluginBase) and obj is not PluginBase
         and obj.__module__ == module.__name__
