@@ -1,0 +1,116 @@
+"""The inner stage: apply the in-process layers in their one fixed order, report, then execve the command.
+
+Runs as the sandbox's first process (bwrap backend) or in the runner's forked child (syscalls backend).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+from sandbox_runner import libc, paths
+from sandbox_runner.errors import EXEC_FAILED, LayerUnavailable, SandboxError
+from sandbox_runner.handoff import Handoff, Outcome, outcome
+from sandbox_runner.layers import Step, landlock, no_new_privs, rlimits, seccomp, uid
+
+
+def _landlock_paths(h: Handoff) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(ro, rw, dev rw) the runtime needs beyond the policy's own paths."""
+    ro: tuple[str, ...] = (*paths.system_ro(h.policy), *paths.DEV_RO)
+    rw: tuple[str, ...] = ()
+    if h.backend == "bwrap":
+        # Inside bwrap /proc shows only the sandbox's pids and /tmp is a private tmpfs. Without a pid
+        # namespace /proc would list host processes, so the syscalls backend leaves it out.
+        ro += ("/proc",)
+        rw += ("/tmp",)
+    return ro, rw, paths.DEV_RW
+
+
+def prepare(h: Handoff) -> list[Step]:
+    """Every in-process layer, prepared, in the order they must be applied."""
+    policy = h.policy
+    cg = h.outer.get("cgroup", {})
+    by_cgroup = bool(cg.get("applied")) and bool(cg.get("memory_limited"))
+    ro, rw, dev_rw = _landlock_paths(h)
+    return [
+        rlimits.prepare(policy, memory_by_cgroup=by_cgroup),
+        uid.prepare(policy),
+        no_new_privs.prepare(),
+        landlock.prepare(policy, ro, rw, dev_rw),
+        seccomp.prepare(policy),
+    ]
+
+
+def confine(h: Handoff) -> dict[str, Outcome]:
+    """Apply every layer or raise; returns the report (layer -> outcome). Fails closed *before* applying
+    anything when a required layer is unavailable."""
+    steps = prepare(h)
+    required = set(h.policy.required)
+    for step in steps:
+        if step.run is None and step.layer in required:
+            raise LayerUnavailable(step.layer, step.detail)
+    parent = os.getppid()
+    report = dict(h.outer)
+    for step in steps:
+        if step.run is None:
+            report[step.layer] = outcome(False, step.detail)
+            continue
+        report[step.layer] = outcome(True, step.run())
+        if step.layer == "uid":
+            # A uid change clears the parent-death signal: set it again, then make sure the parent did not
+            # die in between (ppid is 0 as pid 1 of a pid namespace, and stays so).
+            libc.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(EXEC_FAILED)
+    return report
+
+
+def resolve(cmd: list[str], env: dict[str, str]) -> str:
+    if "/" in cmd[0]:
+        return cmd[0]
+    return shutil.which(cmd[0], path=env.get("PATH", os.defpath)) or cmd[0]
+
+
+def run(h: Handoff, cmd: list[str], report_fd: int) -> int:
+    """Confine this process and exec ``cmd``; returns an exit code only on failure."""
+    name = h.policy.name
+    try:
+        exe = resolve(cmd, h.policy.env)
+        report = confine(h)
+        # After the uid drop, so a cwd the plugin may not enter fails here rather than silently as root.
+        os.chdir(h.policy.cwd)
+    except SandboxError as exc:
+        return fail(name, exc.layer, str(exc).split(": ", 1)[1], exc.exit_code, report_fd)
+    except OSError as exc:
+        return fail(name, "exec", f"cwd {h.policy.cwd}: {exc.strerror}", EXEC_FAILED, report_fd)
+    line = json.dumps({"plugin": name, "backend": h.backend, "layers": report}) + "\n"
+    os.write(report_fd, line.encode())
+    os.close(report_fd)
+    # exec keeps ignored dispositions and the mask: give the command the defaults a fresh process has.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    try:
+        os.execve(exe, cmd, h.policy.env)  # noqa: S606 - the command is the point; no shell
+    except OSError as exc:
+        return fail(name, "exec", f"{cmd[0]}: {exc.strerror}", EXEC_FAILED, -1)
+    raise AssertionError("unreachable")
+
+
+def fail(plugin: str, layer: str, reason: str, code: int, report_fd: int) -> int:
+    """The one stderr line the supervisor shows, and the named exit code."""
+    os.write(2, f"sandbox_runner: {plugin}: {layer}: {reason}\n".encode())
+    if report_fd >= 0:
+        os.close(report_fd)
+    return code
+
+
+def main_from_fds(ctx_fd: int, report_fd: int, cmd: list[str]) -> int:
+    """Entry of the inner stage under bwrap: the handoff arrives on ``ctx_fd`` (never argv: ps shows it)."""
+    for fd in (ctx_fd, report_fd):
+        os.set_inheritable(fd, False)
+    with os.fdopen(ctx_fd, "rb") as f:
+        h = Handoff.from_json(f.read().decode())
+    return run(h, cmd, report_fd)

@@ -1,0 +1,218 @@
+"""cgroups (v2 if it has the controllers, else v1): create per-plugin groups, set limits, join, kill, remove."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+
+from sandbox_runner.errors import LayerFailed, LayerUnavailable
+from sandbox_runner.policy import Policy
+
+_NAME = re.compile(r"^[A-Za-z0-9_.@-]+(/[A-Za-z0-9_.@-]+)*$")
+CPU_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    version: int
+    mount: str  # where it is mounted
+    own: str  # this process's cgroup inside it, "/..."
+    controllers: frozenset[str]
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.mount, self.own.lstrip("/"), name)
+
+
+@dataclass(frozen=True)
+class Groups:
+    """The directories one plugin's tree lives in (one per v1 controller, or one v2 group)."""
+
+    version: int
+    dirs: tuple[str, ...]
+    detail: str
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    """(mount point, fstype, super options) of every cgroup mount, from /proc/self/mountinfo."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fstype, _src, opts = [*right.split(), "", ""][:3]
+            if fstype in ("cgroup", "cgroup2"):
+                out.append((left.split()[4], fstype, set(opts.split(","))))
+    return out
+
+
+def _own() -> dict[str, str]:
+    """controller (or "" for v2) -> this process's cgroup path, from /proc/self/cgroup."""
+    own: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _id, ctrls, path = line.rstrip("\n").split(":", 2)
+            for c in ctrls.split(",") if ctrls else [""]:
+                own[c] = path
+    return own
+
+
+def hierarchies(wanted: frozenset[str]) -> list[Hierarchy]:
+    """The hierarchies that carry ``wanted`` controllers: one v2 group if it has them all, else v1 ones."""
+    mounts, own = _mounts(), _own()
+    for mount, fstype, _opts in mounts:
+        if fstype == "cgroup2" and "" in own:
+            try:
+                with open(os.path.join(mount, own[""].lstrip("/"), "cgroup.controllers")) as f:
+                    have = frozenset(f.read().split())
+            except OSError:
+                continue
+            if wanted <= have:
+                return [Hierarchy(2, mount, own[""], wanted)]
+    found = []
+    for mount, fstype, opts in mounts:
+        ctrls = frozenset(opts & wanted)
+        if fstype == "cgroup" and ctrls:
+            own_path = next((own[c] for c in ctrls if c in own), None)
+            if own_path is not None:
+                found.append(Hierarchy(1, mount, own_path, ctrls))
+    return found
+
+
+def wanted_controllers(policy: Policy) -> frozenset[str]:
+    res = policy.resources
+    # pids is always wanted: it is also how the whole tree is found and killed.
+    wanted = {"pids"}
+    if res.memory_bytes is not None:
+        wanted.add("memory")
+    if res.cpu_percent is not None:
+        wanted.add("cpu")
+    return frozenset(wanted)
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _limits(h: Hierarchy, policy: Policy) -> list[tuple[str, str]]:
+    """(file, value) pairs, in the order they must be written."""
+    res, out = policy.resources, []
+    if "pids" in h.controllers:
+        out.append(("pids.max", str(res.processes) if res.processes else "max"))
+    if "memory" in h.controllers and res.memory_bytes is not None:
+        mem = str(res.memory_bytes)
+        if h.version == 2:
+            out += [("memory.max", mem), ("memory.swap.max?", "0")]
+        else:
+            # memsw must stay >= the memory limit: open it up, set memory, then close it to the same value.
+            out += [
+                ("memory.memsw.limit_in_bytes?", "-1"),
+                ("memory.limit_in_bytes", mem),
+                ("memory.memsw.limit_in_bytes?", mem),
+            ]
+    if "cpu" in h.controllers and res.cpu_percent is not None:
+        quota = res.cpu_percent * CPU_PERIOD_US // 100
+        if h.version == 2:
+            out.append(("cpu.max", f"{quota} {CPU_PERIOD_US}"))
+        else:
+            out += [("cpu.cfs_period_us", str(CPU_PERIOD_US)), ("cpu.cfs_quota_us", str(quota))]
+    return out
+
+
+def create(policy: Policy) -> Groups:
+    """Create (or reuse and empty) the plugin's groups and write its limits. Runs in the outer stage."""
+    name = policy.cgroup_name
+    if name is None:
+        raise LayerUnavailable("cgroup", "policy.cgroup_name is not set")
+    if not _NAME.match(name) or ".." in name.split("/"):
+        raise LayerFailed("cgroup", f"invalid cgroup_name {name!r}")
+    wanted = wanted_controllers(policy)
+    found = hierarchies(wanted)
+    missing = wanted - frozenset().union(*(h.controllers for h in found))
+    if missing:
+        raise LayerUnavailable("cgroup", f"no writable hierarchy with {', '.join(sorted(missing))}")
+    dirs = []
+    for h in found:
+        path = h.path(name)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise LayerUnavailable("cgroup", f"cannot create {path}: {exc.strerror}") from exc
+        dirs.append(path)
+    kill_all(tuple(dirs))  # leftovers of a previous instance of this same plugin
+    try:
+        for h, path in zip(found, dirs, strict=True):
+            for fname, value in _limits(h, policy):
+                optional = fname.endswith("?")
+                fpath = os.path.join(path, fname.rstrip("?"))
+                if optional and not os.path.exists(fpath):
+                    continue
+                _write(fpath, value)
+    except OSError as exc:
+        raise LayerFailed("cgroup", f"cannot set limit: {exc}") from exc
+    return Groups(found[0].version, tuple(dirs), f"v{found[0].version} {', '.join(dirs)}")
+
+
+def join(groups: Groups) -> None:
+    """Move the calling process into every group (before exec, so all its descendants are born inside)."""
+    for d in groups.dirs:
+        _write(os.path.join(d, "cgroup.procs"), "0")
+
+
+def members(directory: str) -> list[int]:
+    try:
+        with open(os.path.join(directory, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def kill_all(dirs: tuple[str, ...], timeout: float = 2.0) -> None:
+    """SIGKILL every process in the groups until they are empty (a forking tree needs several rounds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = {p for d in dirs for p in members(d)}
+        if not pids:
+            return
+        for pid in pids:
+            _kill_member(pid, dirs)
+        time.sleep(0.005)
+
+
+def _kill_member(pid: int, dirs: tuple[str, ...]) -> None:
+    # pidfd first, then re-check membership: a pid read from cgroup.procs may already be reused.
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if any(pid in members(d) for d in dirs):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+    finally:
+        os.close(fd)
+
+
+def remove(groups: Groups) -> None:
+    kill_all(groups.dirs)
+    for d in groups.dirs:
+        for _ in range(100):  # rmdir is EBUSY until the killed tasks are reaped
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.005)
+
+
+def cleanup(cgroup_name: str) -> None:
+    """Kill whatever is left in a plugin's groups and remove them; idempotent. For the host to call after
+    the runner died (e.g. SIGKILLed with the syscalls backend, where no pid namespace ends the tree).
+    Resolves groups below the caller's own cgroup, which is the runner's when the runner is its child."""
+    found = hierarchies(frozenset({"pids", "memory", "cpu"}))
+    dirs = tuple(h.path(cgroup_name) for h in found if os.path.isdir(h.path(cgroup_name)))
+    remove(Groups(found[0].version if found else 1, dirs, ""))

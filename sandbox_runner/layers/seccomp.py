@@ -1,0 +1,159 @@
+"""seccomp: default-allow filter that denies kernel attack surface and non-Unix sockets; loaded last."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from sandbox_runner.errors import LayerFailed
+from sandbox_runner.layers import Step, unavailable
+from sandbox_runner.policy import Policy
+
+# Kernel attack surface a web plugin never needs; EPERM, like an unprivileged caller would get.
+DENY_EPERM = (
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "kcmp",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "bpf",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "perf_event_open",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "acct",
+    "quotactl",
+    "syslog",
+    "vhangup",
+    "uselib",
+    "userfaultfd",
+    "open_by_handle_at",
+    "name_to_handle_at",
+)
+CLONE_NAMESPACE_FLAGS = (
+    0x00020000,  # CLONE_NEWNS
+    0x02000000,  # CLONE_NEWCGROUP
+    0x04000000,  # CLONE_NEWUTS
+    0x08000000,  # CLONE_NEWIPC
+    0x10000000,  # CLONE_NEWUSER
+    0x20000000,  # CLONE_NEWPID
+    0x40000000,  # CLONE_NEWNET
+)
+TIOCSTI = 0x5412  # push bytes into the terminal's input: a classic sandbox escape
+TIOCLINUX = 0x541C
+SOCK_TYPE_MASK = 0xF
+SOCK_RAW = 3
+SOCK_PACKET = 10
+# Address families are small ints; every value from 0 to this bound is listed explicitly, and anything
+# at or above it (including values with the upper 32 bits set, which the kernel truncates) is denied.
+FAMILY_BOUND = 64
+U32 = 0xFFFFFFFF
+
+# Comparison operators, as numbered by libseccomp (scmp_compare).
+OP_NE, OP_EQ, OP_GE, OP_MASKED_EQ = 1, 4, 5, 7
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Return ``-errno`` from ``syscall`` when all ``args`` (index, op, datum_a, datum_b) match."""
+
+    syscall: str
+    errno: int
+    args: tuple[tuple[int, int, int, int], ...] = ()
+
+
+def allowed_families(policy: Policy) -> frozenset[int]:
+    # AF_NETLINK stays denied even with network: it reaches routing/audit/netfilter code, and glibc's
+    # getaddrinfo falls back to assuming IPv4+IPv6 when it cannot open one.
+    if policy.network.enabled:
+        return frozenset({socket.AF_UNIX, socket.AF_INET, socket.AF_INET6})
+    return frozenset({socket.AF_UNIX})
+
+
+def rules(policy: Policy) -> list[Rule]:
+    """Pure: the whole rule table for ``policy``."""
+    table = [Rule(name, errno.EPERM) for name in DENY_EPERM]
+    # ENOSYS makes glibc fall back to clone(2), whose flags are visible to the filter (clone3's are not).
+    table.append(Rule("clone3", errno.ENOSYS))
+    table += [Rule("clone", errno.EPERM, ((0, OP_MASKED_EQ, flag, flag),)) for flag in CLONE_NAMESPACE_FLAGS]
+    # ioctl's cmd is an unsigned int in the kernel: compare only the low 32 bits so high junk cannot dodge.
+    table += [Rule("ioctl", errno.EPERM, ((1, OP_MASKED_EQ, U32, cmd),)) for cmd in (TIOCSTI, TIOCLINUX)]
+    allowed = allowed_families(policy)
+    for name in ("socket", "socketpair"):
+        table += [
+            Rule(name, errno.EAFNOSUPPORT, ((0, OP_EQ, fam, 0),)) for fam in range(FAMILY_BOUND) if fam not in allowed
+        ]
+        table.append(Rule(name, errno.EAFNOSUPPORT, ((0, OP_GE, FAMILY_BOUND, 0),)))
+        for kind in (SOCK_RAW, SOCK_PACKET):
+            table.append(Rule(name, errno.EPERM, ((1, OP_MASKED_EQ, SOCK_TYPE_MASK, kind),)))
+    return table
+
+
+def _import() -> ModuleType | str:
+    try:
+        import pyseccomp
+    except (ImportError, OSError) as exc:  # OSError: libseccomp.so.2 missing
+        return f"pyseccomp unusable: {exc}"
+    mod: ModuleType = pyseccomp
+    return mod
+
+
+def prepare(policy: Policy) -> Step:
+    mod = _import()
+    if isinstance(mod, str):
+        return unavailable("seccomp", mod)
+    try:
+        flt, skipped = build(mod, rules(policy))
+    except OSError as exc:
+        return unavailable("seccomp", f"cannot build filter: {exc}")
+    note = f"; unknown to libseccomp: {', '.join(skipped)}" if skipped else ""
+
+    def run() -> str:
+        try:
+            flt.load()
+        except OSError as exc:
+            raise LayerFailed("seccomp", f"load: {exc}") from exc
+        return f"{len(rules(policy)) - len(skipped)} deny rules{note}"
+
+    return Step("seccomp", run)
+
+
+def build(mod: ModuleType, table: list[Rule]) -> tuple[Any, list[str]]:
+    """A loaded-later pyseccomp filter for ``table``; names this libseccomp does not know are returned."""
+    flt = mod.SyscallFilter(mod.ALLOW)
+    skipped: list[str] = []
+    for rule in table:
+        nr = mod.resolve_syscall(mod.Arch.NATIVE, rule.syscall)
+        if nr < 0:
+            skipped.append(rule.syscall)
+            continue
+        args = [mod.Arg(i, op, a, b) for i, op, a, b in rule.args]
+        flt.add_rule(mod.ERRNO(rule.errno), nr, *args)
+    return flt, sorted(set(skipped))

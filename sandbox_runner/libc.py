@@ -1,0 +1,81 @@
+"""ctypes bindings the layers need (prctl, raw syscalls, capget), resolved before Landlock hides libraries."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+PR_GET_SECCOMP = 21
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+
+_CAP_VERSION_3 = 0x20080522
+
+
+@functools.cache
+def libc() -> ctypes.CDLL:
+    # dlopen(NULL): the libc this interpreter already uses, so no ctypes.util.find_library (which runs
+    # ldconfig and fails once Landlock or the sandbox's mount namespace hides it).
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(res: int, what: str) -> int:
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return res
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    fn = libc().prctl
+    fn.restype = ctypes.c_int
+    args = (ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4), ctypes.c_ulong(arg5))
+    return _check(fn(ctypes.c_int(option), *args), f"prctl({option})")
+
+
+def syscall(number: int, *args: Any) -> int:
+    """syscall(2); ``args`` are ints or ctypes pointers (``ctypes.byref``)."""
+    fn = libc().syscall
+    fn.restype = ctypes.c_long
+    conv = [a if not isinstance(a, int) else ctypes.c_long(a) for a in args]
+    return _check(fn(ctypes.c_long(number), *conv), f"syscall({number})")
+
+
+def set_pdeathsig(sig: int) -> None:
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def clear_capabilities() -> None:
+    """capset(2) with every set empty (lowering is always allowed)."""
+    fn = libc().capset
+    fn.restype = ctypes.c_int
+    hdr, data = _CapHeader(_CAP_VERSION_3, 0), (_CapData * 2)()
+    _check(fn(ctypes.byref(hdr), ctypes.byref(data)), "capset")
+
+
+def capabilities() -> tuple[int, int, int]:
+    """(effective, permitted, inheritable) capability masks of this thread, via capget(2)."""
+    Data = _CapData
+    hdr = _CapHeader(_CAP_VERSION_3, 0)
+    data = (Data * 2)()
+    fn = libc().capget
+    fn.restype = ctypes.c_int
+    _check(fn(ctypes.byref(hdr), ctypes.byref(data)), "capget")
+
+    def join(field: str) -> int:
+        return int(getattr(data[0], field)) | (int(getattr(data[1], field)) << 32)
+
+    return join("effective"), join("permitted"), join("inheritable")

@@ -1,0 +1,166 @@
+"""The outer stage: choose the backend, create the cgroups, start the inner stage and stay as its thin parent.
+
+Runs unconfined on the host side (as the host user). Returns the command's wait status as an exit code
+(negative = killed by that signal), so the caller can mirror it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+from sandbox_runner import bwrap, inner, libc, supervise
+from sandbox_runner.errors import SETUP_FAILED, LayerFailed, LayerUnavailable, SandboxError
+from sandbox_runner.handoff import Handoff, Outcome, outcome
+from sandbox_runner.layers import cgroup, seccomp
+from sandbox_runner.policy import LAYERS, Policy
+
+
+def run(policy: Policy, cmd: list[str]) -> int:
+    parent = os.getppid()
+    # A SIGKILLed supervisor must take the plugin down: we die with it, and bwrap/pdeathsig do the rest.
+    libc.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent:
+        return SETUP_FAILED
+    unknown = sorted(set(policy.required) - set(LAYERS))
+    if unknown:
+        raise LayerUnavailable(unknown[0], f"unknown layer (known: {', '.join(LAYERS)})")
+    backend, bwrap_path, ns = choose_backend(policy)
+    outer: dict[str, Outcome] = {"namespaces": ns}
+    if not ns["applied"] and "namespaces" in policy.required:
+        raise LayerUnavailable("namespaces", ns["detail"])
+    groups, outer["cgroup"] = _cgroups(policy)
+    handoff = Handoff(policy, backend, outer)
+    try:
+        with supervise.wakeup() as wake_fd:
+            if bwrap_path is not None:
+                status, report = _run_bwrap(handoff, bwrap_path, groups, cmd, wake_fd)
+            else:
+                status, report = _run_forked(handoff, groups, cmd, wake_fd)
+    finally:
+        if groups is not None:
+            cgroup.remove(groups)
+    if report and policy.report_path:
+        _write_report(policy.report_path, report)
+    return status
+
+
+def choose_backend(policy: Policy) -> tuple[str, str | None, Outcome]:
+    """(backend, bwrap path or None, outcome of the namespaces layer)."""
+    if policy.backend == "syscalls":
+        return "syscalls", None, outcome(False, "backend=syscalls: no namespaces")
+    path, detail = bwrap.usable() if policy.backend == "auto" else bwrap.find()
+    if path is None:
+        if policy.backend == "bwrap":
+            raise LayerUnavailable("namespaces", f"bwrap not usable: {detail}")
+        return "syscalls", None, outcome(False, f"bwrap not usable: {detail}")
+    net = "" if policy.network.enabled else " net"
+    return "bwrap", path, outcome(True, f"bwrap: pid mount ipc uts cgroup{net}")
+
+
+def _cgroups(policy: Policy) -> tuple[cgroup.Groups | None, Outcome]:
+    required = "cgroup" in policy.required
+    if policy.cgroup_name is None and not required:
+        return None, outcome(False, "policy.cgroup_name is not set")
+    try:
+        groups = cgroup.create(policy)
+    except LayerUnavailable as exc:
+        if required:
+            raise
+        return None, outcome(False, str(exc).split(": ", 1)[1])
+    result = outcome(True, groups.detail)
+    result["memory_limited"] = policy.resources.memory_bytes is not None
+    return groups, result
+
+
+def _run_bwrap(h: Handoff, path: str, groups: cgroup.Groups | None, cmd: list[str], wake_fd: int) -> tuple[int, bytes]:
+    ctx = os.memfd_create("sandbox-handoff")
+    os.write(ctx, h.to_json().encode())
+    os.lseek(ctx, 0, os.SEEK_SET)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    info_r, info_w = os.pipe2(os.O_CLOEXEC)
+    argv = bwrap.argv(h.policy, bwrap.launch_facts(path), cmd, ctx, report_w, info_w)
+    pid = os.fork()
+    if pid == 0:
+        _exec_child(argv, groups, (ctx, report_w, info_w))
+    for fd in (ctx, report_w, info_w):
+        os.close(fd)
+    child = supervise.Child(pid, None)
+    report: list[bytes] = []
+
+    def on_info(data: bytes) -> None:
+        # bwrap's JSON names the sandbox's pid 1 as seen from here: the target of forwarded signals.
+        try:
+            child.target = int(json.loads(data)["child-pid"])
+        except (ValueError, KeyError):
+            child.target = None
+
+    child.streams = {info_r: bytearray(), report_r: bytearray()}
+    child.on_eof = {info_r: on_info, report_r: report.append}
+    status = supervise.wait(child, wake_fd)
+    if child.target is None:
+        raise LayerFailed("namespaces", f"bwrap exited before starting the sandbox (status {status})")
+    return _bwrap_exit(os.waitstatus_to_exitcode(status)), b"".join(report)
+
+
+def _bwrap_exit(code: int) -> int:
+    # bwrap reports a command killed by signal N as exit 128+N (like a shell); turn it back into -N so
+    # the supervisor sees the cause of death. A command that really exits with 128+N reads the same.
+    if 128 < code < 128 + signal.NSIG:
+        return -(code - 128)
+    return code
+
+
+def _exec_child(argv: list[str], groups: cgroup.Groups | None, fds: tuple[int, ...]) -> None:
+    """In the forked child: join the cgroups (so the whole sandbox is born inside) and exec bwrap."""
+    try:
+        supervise.reset_in_child()
+        if groups is not None:
+            cgroup.join(groups)
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        os.execv(argv[0], argv)  # noqa: S606 - argv is ours, no shell involved
+    except BaseException as exc:
+        os.write(2, f"sandbox_runner: cannot start bwrap: {exc}\n".encode())
+    os._exit(SETUP_FAILED)
+
+
+def _run_forked(h: Handoff, groups: cgroup.Groups | None, cmd: list[str], wake_fd: int) -> tuple[int, bytes]:
+    seccomp._import()  # load pyseccomp/libseccomp here, where the libraries are still reachable
+    # Orphans (double-forked daemons) re-parent to us, so we can kill them when the command exits even
+    # without a cgroup; no pid namespace does it for us in this backend.
+    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = SETUP_FAILED
+        try:
+            supervise.reset_in_child()
+            os.close(report_r)
+            if groups is not None:
+                cgroup.join(groups)
+            code = inner.run(h, cmd, report_w)
+        except SandboxError as exc:
+            code = inner.fail(h.policy.name, exc.layer, str(exc).split(": ", 1)[1], exc.exit_code, -1)
+        except BaseException as exc:
+            os.write(2, f"sandbox_runner: {h.policy.name}: setup: {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(report_w)
+    report: list[bytes] = []
+    child = supervise.Child(pid, pid, {report_r: bytearray()}, {report_r: report.append})
+    status = supervise.wait(child, wake_fd)
+    supervise.reap_orphans()
+    return os.waitstatus_to_exitcode(status), b"".join(report)
+
+
+def _write_report(path: str, report: bytes) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(report)
+        os.replace(tmp, path)
+    except OSError as exc:
+        print(f"sandbox_runner: cannot write report {path}: {exc}", file=sys.stderr)
