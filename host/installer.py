@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from host import launch
 from host.bundle import BundleError, copy_bundle
 from host.errors import InstallError, UsageError
 from host.layout import Layout
@@ -111,6 +112,7 @@ class Installer:
             install_id = f"{manifest.version}-{secrets.token_hex(3)}"
             target = self.layout.install_dir(name, install_id)
             log_path = self.layout.logs(name) / f"install-{install_id}.log"
+            fresh = [d for d in (self.layout.data(name), self.layout.run_dir(name)) if not d.exists()]
             try:
                 skipped = self._build(source, manifest, target, log_path)
                 self.progress("registering")
@@ -119,6 +121,8 @@ class Installer:
                 (target / PARTIAL_MARKER).unlink()
             except BaseException:
                 shutil.rmtree(target, ignore_errors=True)
+                for d in fresh:
+                    shutil.rmtree(d, ignore_errors=True)
                 sweep(self.layout, self.registry)
                 raise
             self._drop_old_installs(name, keep={install_id, existing.install_id if existing else ""})
@@ -126,6 +130,7 @@ class Installer:
 
     def _build(self, source: Path, manifest: Manifest, target: Path, log_path: Path) -> list[str]:
         name = manifest.name
+        uid = launch.plugin_uid(self.settings, self.registry.uid_index_for(name))
         target.mkdir(parents=True)
         (target / PARTIAL_MARKER).touch()
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,22 +151,46 @@ class Installer:
 
         reqs = [*manifest.requirements, *RUNTIME_REQUIREMENTS]
         self.progress(f"installing {len(reqs)} packages: {', '.join(reqs)}")
-        req_file = target / "requirements.txt"
-        req_file.write_text("\n".join(reqs) + "\n")
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-               "--no-input", "--progress-bar", "off", *shlex.split(self.settings.pip_args), "-r", str(req_file)]
-        self._run(name, "installing packages", pip, log_path, PIP_TIMEOUT)
+        (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
+        self._pip(name, target, uid, log_path)
 
         site = _site_packages(venv)
         for mod in RUNTIME_MODULES:
             shutil.copyfile(RUNTIME_DIR / mod, site / mod)
 
+        # The entrypoint is imported once, confined exactly as it will run, so a plugin that cannot even
+        # import never gets registered (and its import-time code never runs with the host's privileges).
         self.progress(f"checking entrypoint {manifest.entrypoint}")
-        check = [str(venv / "bin" / "python"), "-I", "-c",
-                 "import sys, plugin_host_wsgi as w; sys.path.insert(0, sys.argv[1]); w.load(sys.argv[2])",
-                 str(target / "bundle"), manifest.entrypoint]
-        self._run(name, "checking the entrypoint", check, log_path, CHECK_TIMEOUT, cwd=target / "bundle")
+        launch.prepare_dirs(self.settings, name, target, uid)
+        policy_path = target / ".check.policy.json"
+        launch.write_policy(launch.runtime_policy(self.settings, manifest, target, uid), policy_path)
+        check = launch.confined(policy_path, [str(venv / "bin" / "python"), "-I", "-c", "import plugin_host_wsgi"])
+        self._run(name, "checking the entrypoint", check, log_path, CHECK_TIMEOUT)
+        policy_path.unlink()
         return report.skipped_symlinks
+
+    def _pip(self, name: str, target: Path, uid: int | None, log_path: Path) -> None:
+        """pip runs confined as the plugin's uid: sdist build scripts are plugin-supplied code."""
+        venv = target / "venv"
+        cache = self.layout.cache / "pip" / name  # per plugin: one plugin cannot poison another's wheels
+        tmp = target / ".tmp"
+        for d in (cache, tmp):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+        if uid is not None:
+            for d in (cache, tmp, venv):
+                _chown_tree(d, uid)
+        policy_path = target / ".pip.policy.json"
+        launch.write_policy(launch.pip_policy(self.settings, name, target, cache, uid), policy_path)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
+               *shlex.split(self.settings.pip_args), "-r", str(target / "requirements.txt")]
+        try:
+            self._run(name, "installing packages", launch.confined(policy_path, pip), log_path, PIP_TIMEOUT)
+        finally:
+            if uid is not None:
+                _chown_tree(venv, 0)  # the plugin may read its venv, never change it
+            shutil.rmtree(tmp, ignore_errors=True)
+            policy_path.unlink(missing_ok=True)
 
     def _run(self, name: str, step: str, argv: list[str], log_path: Path, timeout: float,
              cwd: Path | None = None) -> None:
@@ -201,6 +230,13 @@ def _last_line(stderr: bytes) -> str:
     errors = [ln for ln in lines if ln.startswith("ERROR:")]
     pick = errors[0] if errors else (lines[-1] if lines else "failed with no output")
     return pick[:300]
+
+
+def _chown_tree(path: Path, uid: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(path):
+        os.lchown(dirpath, uid, uid)
+        for f in (*dirnames, *filenames):
+            os.lchown(os.path.join(dirpath, f), uid, uid)
 
 
 def _base_python() -> str:

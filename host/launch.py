@@ -1,7 +1,12 @@
-"""The ONE place a manifest becomes a sandbox policy and a command line (everything not granted is denied)."""
+"""The ONE place a manifest becomes a sandbox policy and a command line (everything not granted is denied).
+
+Used for the running plugin (gunicorn) and, at install time, for the plugin's own code (the entrypoint
+check) and for pip (which runs build scripts of sdists): all plugin-supplied code runs confined.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -12,17 +17,20 @@ from host.registry import PluginRecord
 from host.runtime import WSGI_TARGET
 from host.settings import HostSettings
 from manifests import Manifest, parse_manifest
+from sandbox_runner.cli import command_line
 from sandbox_runner.policy import LAYERS, Network, Policy, Resources
 
 MiB = 1024 * 1024
-# What every plugin may always see besides its own files: the base Python runtime (read-only).
-# System library dirs (/usr, /lib, ...) are added by the runner itself.
 ROOT_ONLY_LAYERS = ("uid", "cgroup")
+# pip reads the machine's pip configuration and needs name resolution and CA certificates.
+PIP_CONFIG = ("/etc/pip.conf", "/etc/xdg/pip")
+# Memory, processes and file size for pip: building an sdist needs more than a small Flask app.
+PIP_RESOURCES = Resources(memory_bytes=2048 * MiB, processes=256, open_files=4096, file_size_bytes=1024 * MiB)
 
 
 @dataclass(frozen=True)
 class LaunchSpec:
-    """How to start one plugin: argv for the supervisor, the policy file it refers to, and the socket."""
+    """How to start one plugin instance: argv for the supervisor, its policy, and its sockets."""
 
     name: str
     argv: list[str]
@@ -35,24 +43,32 @@ class LaunchSpec:
     install_id: str
 
 
-def plugin_uid(settings: HostSettings, record: PluginRecord) -> int | None:
+def plugin_uid(settings: HostSettings, uid_index: int) -> int | None:
     """Root hosts run each plugin under its own uid; others rely on a user namespace."""
-    return settings.uid_base + record.uid_index if os.geteuid() == 0 else None
+    return settings.uid_base + uid_index if os.geteuid() == 0 else None
 
 
-def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> LaunchSpec:
+def _required(settings: HostSettings, uid: int | None) -> tuple[str, ...]:
+    if settings.sandbox != "strict":
+        return ()
+    return tuple(layer for layer in LAYERS if uid is not None or layer not in ROOT_ONLY_LAYERS)
+
+
+def cgroup_name(settings: HostSettings, name: str, instance: str) -> str:
+    """Unique per home and per instance: two hosts on one machine, or an old and a new instance of the
+    same plugin during a zero-downtime restart, never share (or remove each other's) cgroup."""
+    home = hashlib.sha256(str(settings.home_dir).encode()).hexdigest()[:8]
+    return f"plugin-host-{home}-{name}-{instance}"
+
+
+def runtime_policy(settings: HostSettings, manifest: Manifest, install: Path, uid: int | None,
+                   instance: str = "check") -> Policy:
+    """The plugin's policy, exactly as its manifest grants: used when serving and when checking at install."""
     layout = Layout(settings.home_dir)
-    manifest = parse_manifest(record.manifest, f"registry:{record.name}")
     name = manifest.name
-    install = layout.install_dir(name, record.install_id)
-    bundle, venv = install / "bundle", install / "venv"
-    data, run_dir, sock = layout.data(name), layout.run_dir(name), layout.socket(name)
-    # Each instance binds its own socket so a restart can start the new one before the old one stops.
-    instance_sock = run_dir / f"{generation}.sock"
+    bundle, venv, data, run_dir = install / "bundle", install / "venv", layout.data(name), layout.run_dir(name)
     perms = manifest.permissions
     res = perms.resources
-    uid = plugin_uid(settings, record)
-
     env = {
         "PATH": f"{venv}/bin:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(data),
@@ -67,12 +83,8 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> 
         "PLUGIN_PREFIX": f"/plugins/{name}",
         "PLUGIN_DATA_DIR": str(data),
     }
-    for var in perms.environment:
-        if var in os.environ:
-            env[var] = os.environ[var]
-
-    required = tuple(layer for layer in LAYERS if uid is not None or layer not in ROOT_ONLY_LAYERS)
-    policy = Policy(
+    env.update({var: os.environ[var] for var in perms.environment if var in os.environ})
+    return Policy(
         name=name,
         ro_paths=(str(install), sys.base_prefix, *perms.filesystem.read),
         rw_paths=(str(data), str(run_dir), *perms.filesystem.write),
@@ -89,10 +101,62 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> 
             open_files=res.open_files,
             file_size_bytes=res.file_size_mb * MiB,
         ),
-        cgroup_name=f"plugin-host-{name}" if uid is not None else None,
-        required=required if settings.sandbox == "strict" else (),
+        cgroup_name=cgroup_name(settings, name, instance) if uid is not None else None,
+        required=_required(settings, uid),
         report_path=str(run_dir / "sandbox.json"),
     )
+
+
+def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, uid: int | None) -> Policy:
+    """pip with network (to reach the index) but writing only the new venv, its cache and a scratch dir."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("PIP_") and k != "PIP_CACHE_DIR"}
+    tmp = install / ".tmp"
+    env.update({
+        "PATH": f"{install / 'venv'}/bin:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(cache),
+        "TMPDIR": str(tmp),
+        "LANG": "C.UTF-8",
+        "PIP_CACHE_DIR": str(cache),
+        "PIP_NO_INPUT": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    })
+    return Policy(
+        name=name,
+        ro_paths=(str(install / "requirements.txt"), sys.base_prefix, *PIP_CONFIG),
+        rw_paths=(str(install / "venv"), str(cache), str(tmp)),
+        env=env,
+        cwd=str(install),
+        uid=uid,
+        gid=uid,
+        network=Network(enabled=True),
+        resources=PIP_RESOURCES,
+        cgroup_name=cgroup_name(settings, name, "pip") if uid is not None else None,
+        required=_required(settings, uid),
+    )
+
+
+def write_policy(policy: Policy, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(policy.to_json())
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def confined(policy_path: Path, cmd: list[str]) -> list[str]:
+    return command_line(str(policy_path), cmd)
+
+
+def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> LaunchSpec:
+    layout = Layout(settings.home_dir)
+    manifest = parse_manifest(record.manifest, f"registry:{record.name}")
+    name = manifest.name
+    install = layout.install_dir(name, record.install_id)
+    venv, data, run_dir = install / "venv", layout.data(name), layout.run_dir(name)
+    # Each instance binds its own socket so a restart can start the new one before the old one stops.
+    instance_sock = run_dir / f"{generation}.sock"
+    perms = manifest.permissions
+    res = perms.resources
+    policy = runtime_policy(settings, manifest, install, plugin_uid(settings, record.uid_index), str(generation))
     gunicorn = [
         f"{venv}/bin/python", "-m", "gunicorn",
         "--bind", f"unix:{instance_sock}",
@@ -106,41 +170,37 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> 
         "--worker-tmp-dir", str(data / ".tmp"),
         "--error-logfile", "-",
         "--log-level", "info",
-        "--chdir", str(bundle),
-        "--pythonpath", str(bundle),
+        "--chdir", str(install / "bundle"),
+        "--pythonpath", str(install / "bundle"),
     ]
     if _supports_no_control_socket(venv):
         gunicorn.append("--no-control-socket")
     gunicorn.append(WSGI_TARGET)
-    policy_path = run_dir.parent / f".{name}.{generation}.policy.json"
-    argv = [sys.executable, "-I", "-m", "sandbox_runner", "--policy", str(policy_path), "--", *gunicorn]
-    return LaunchSpec(name, argv, policy, policy_path, sock, instance_sock, manifest, env, record.install_id)
+    policy_path = layout.run / f".{name}.{generation}.policy.json"
+    return LaunchSpec(name, confined(policy_path, gunicorn), policy, policy_path, layout.socket(name),
+                      instance_sock, manifest, policy.env, record.install_id)
 
 
-def prepare(spec: LaunchSpec, uid: int | None) -> None:
-    """Create the plugin's writable dirs with owner-only permissions and write the policy file.
-
-    The socket dir is 0700 and owned by the plugin, so no other plugin can even reach its socket;
-    a stale socket from a previous instance is removed so readiness never sees a dead one.
-    """
-    p = spec.policy
-    data, run_dir = Path(p.rw_paths[0]), Path(p.rw_paths[1])
+def prepare_dirs(settings: HostSettings, name: str, install: Path, uid: int | None) -> None:
+    """Create the plugin's writable dirs (owner-only) and let only its group traverse to its code."""
+    layout = Layout(settings.home_dir)
+    data, run_dir = layout.data(name), layout.run_dir(name)
     for d in (data, data / ".tmp", run_dir):
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o700)
         if uid is not None:
             os.chown(d, uid, uid)
-    spec.instance_socket.unlink(missing_ok=True)
-    install = Path(p.ro_paths[0])
     if uid is not None:
-        # Plugin code is root-owned and read-only for the plugin; only its group may traverse to it.
         root = install.parent
         os.chown(root, 0, uid)
         os.chmod(root, 0o750)  # noqa: S103 - group = the plugin only
-    tmp = spec.policy_path.with_suffix(".tmp")
-    tmp.write_text(p.to_json())
-    os.chmod(tmp, 0o600)
-    tmp.replace(spec.policy_path)
+
+
+def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None) -> None:
+    """Ready everything an instance needs; a stale socket of a dead instance is removed first."""
+    prepare_dirs(settings, spec.name, Path(spec.policy.ro_paths[0]), uid)
+    spec.instance_socket.unlink(missing_ok=True)
+    write_policy(spec.policy, spec.policy_path)
 
 
 def _supports_no_control_socket(venv: Path) -> bool:

@@ -126,13 +126,25 @@ class Registry:
         rows = self._conn().execute("SELECT * FROM plugins ORDER BY name").fetchall()
         return [_record(r) for r in rows]
 
+    def uid_index_for(self, name: str) -> int:
+        """The plugin's uid index: its own if installed, else the next never-used one (uids are not reused,
+        so a new plugin never inherits files a removed one left behind)."""
+        row = self._conn().execute("SELECT uid_index FROM plugins WHERE name = ?", (name,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        counter = self.get_setting("uid_counter")
+        top = self._conn().execute("SELECT COALESCE(MAX(uid_index), 0) + 1 FROM plugins").fetchone()[0]
+        return max(int(counter or 1), int(top))
+
     def put(self, name: str, version: str, install_id: str, manifest: dict[str, Any], enabled: bool) -> None:
         """Insert or replace a plugin's live install, in one transaction together with its audit event."""
         now = time.time()
+        nxt = self.uid_index_for(name)
         with self._tx() as db:
             old = db.execute("SELECT uid_index FROM plugins WHERE name = ?", (name,)).fetchone()
             if old is None:
-                nxt = db.execute("SELECT COALESCE(MAX(uid_index), 0) + 1 FROM plugins").fetchone()[0]
+                db.execute("INSERT INTO settings VALUES ('uid_counter', ?) "
+                           "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(nxt + 1),))
                 db.execute(
                     "INSERT INTO plugins VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (name, version, install_id, json.dumps(manifest), int(enabled), nxt, now, now),

@@ -86,7 +86,8 @@ def test_cant_read_other_plugins_data(jail: ServedHost) -> None:
 def test_cant_read_other_plugins_code(jail: ServedHost) -> None:
     echo_app = next((jail.home / "plugins" / "echo").glob("*/bundle/app.py"))
     denied(attack(jail, "read", path=str(echo_app)), "ENOENT")
-    denied(attack(jail, "listdir", path=str(jail.home / "plugins")), "ENOENT")
+    assert attack(jail, "listdir", path=str(jail.home / "plugins"))["value"] == ["escape-attempt"]
+    denied(attack(jail, "listdir", path=str(jail.home / "data" / "echo")), "ENOENT")
 
 
 def test_cant_read_the_hosts_environment(jail: ServedHost) -> None:
@@ -103,7 +104,11 @@ def test_cant_write_its_own_code(jail: ServedHost) -> None:
 
 def test_cant_write_outside_its_data_dir(jail: ServedHost) -> None:
     denied(attack(jail, "write", path="/usr/lib/pwned"), "EROFS")
-    denied(attack(jail, "write", path="/tmp/pwned"), "EACCES")
+    denied(attack(jail, "write", path=str(jail.home / "registry.db")), "ENOENT")
+    # /tmp is writable but private to the instance: nothing reaches the host's /tmp
+    marker = f"/tmp/plugin-host-pwned-{os.getpid()}"
+    assert attack(jail, "write", path=marker)["ok"] is True
+    assert not os.path.exists(marker)
 
 
 def test_can_write_its_own_data_dir(jail: ServedHost) -> None:

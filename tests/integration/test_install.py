@@ -18,7 +18,7 @@ from tests.integration.harness import BUNDLED, FIXTURES, HOST, run_host, wait_fo
 def snapshot(home: Path) -> tuple[set[str], list[tuple[str, ...]]]:
     """Everything a failed install must leave untouched: the file tree (minus logs) and registry rows."""
     files = {str(p.relative_to(home)) for p in home.rglob("*")
-             if not {"logs", "__pycache__"} & set(p.relative_to(home).parts) and p.name != ".lock" and
+             if not {"logs", "cache", "__pycache__"} & set(p.relative_to(home).parts) and p.name != ".lock" and
              not p.name.startswith("registry.db")}
     rows: list[tuple[str, ...]] = []
     db = home / "registry.db"

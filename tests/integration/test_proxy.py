@@ -148,7 +148,7 @@ def test_body_over_the_manifest_limit_is_413(served: ServedHost) -> None:
 
 
 def test_slow_plugin_times_out_with_504(served: ServedHost) -> None:
-    r = served.get("/plugins/echo/sleep/5")  # echo's manifest allows 3 s
+    r = served.get("/plugins/echo/sleep/5.0")  # echo's manifest allows 3 s
     assert r.status_code == 504
     assert "did not answer within 3s" in r.json()["detail"]
 
