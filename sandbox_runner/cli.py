@@ -53,7 +53,8 @@ def mirror(code: int) -> int:
     import resource
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU/SIGQUIT would dump core into our cwd
-    signal.signal(sig, signal.SIG_DFL)
+    if sig not in (signal.SIGKILL, signal.SIGSTOP):  # their disposition cannot be changed
+        signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
     os.kill(os.getpid(), sig)
     return 128 + sig  # the signal's default action does not terminate (e.g. SIGCHLD)

@@ -111,8 +111,13 @@ def rules(policy: Policy) -> list[Rule]:
             Rule(name, errno.EAFNOSUPPORT, ((0, OP_EQ, fam, 0),)) for fam in range(FAMILY_BOUND) if fam not in allowed
         ]
         table.append(Rule(name, errno.EAFNOSUPPORT, ((0, OP_GE, FAMILY_BOUND, 0),)))
-        for kind in (SOCK_RAW, SOCK_PACKET):
-            table.append(Rule(name, errno.EPERM, ((1, OP_MASKED_EQ, SOCK_TYPE_MASK, kind),)))
+        # Raw and packet sockets of an allowed family (spoofing, sniffing): EPERM, as without CAP_NET_RAW.
+        # Only for allowed families, so a denied family always answers EAFNOSUPPORT whatever the type.
+        table += [
+            Rule(name, errno.EPERM, ((0, OP_EQ, fam, 0), (1, OP_MASKED_EQ, SOCK_TYPE_MASK, kind)))
+            for fam in sorted(allowed)
+            for kind in (SOCK_RAW, SOCK_PACKET)
+        ]
     return table
 
 
