@@ -1,0 +1,145 @@
+"""Proxy benchmark: latency and throughput through the host vs straight to the plugin's socket, and the
+web tier's memory while 1 GiB streams through it.
+
+    .venv/bin/python bench/proxy.py [--requests 500] [--gib 1]
+
+Prints medians and ratios against a baseline measured in the same run (the plugin's own Unix socket,
+no proxy). Talks only to 127.0.0.1 and Unix sockets; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.integration.harness import ServedHost, run_host
+
+MiB = 1024 * 1024
+BENCH = Path(__file__).resolve().parent
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                total += next(int(ln.split()[1]) for ln in fh if ln.startswith("VmRSS:"))
+        except (FileNotFoundError, StopIteration):
+            pass
+    return total
+
+
+def web_pids(host: ServedHost) -> list[int]:
+    from tests.integration.harness import descendants
+
+    assert host.proc is not None
+    out = []
+    for pid in descendants(host.proc.pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"host.webtier" in cmd or b"plugin-host-web" in cmd:
+            out.append(pid)
+    return out
+
+
+def timed(fn: Callable[[], object], n: int, budget: float) -> list[float]:
+    samples: list[float] = []
+    deadline = time.monotonic() + budget
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+        if time.monotonic() > deadline:
+            break
+    return samples
+
+
+def body(total: int) -> Iterator[bytes]:
+    block = b"\xab" * MiB
+    left = total
+    while left > 0:
+        yield block[: min(left, MiB)]
+        left -= MiB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--gib", type=float, default=1.0)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="ph-bench-", dir="/tmp"))
+    home = tmp / "h"
+    try:
+        run_host(home, "install", str(BENCH / "plugins" / "bulk"), "--yes", check=True)
+        host = ServedHost(home).start(wait_plugins=("bulk",))
+        sock = home / "run" / "bulk" / "http.sock"
+        direct = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://plugin", timeout=600)
+        proxied = httpx.Client(base_url=host.url + "/plugins/bulk", timeout=600)
+        for c in (direct, proxied):  # warm up pools and workers
+            for _ in range(20):
+                c.get("/ping")
+
+        print(f"== small GET, {args.requests} sequential requests (median latency)")
+        d = timed(lambda: direct.get("/ping"), args.requests, 60)
+        p = timed(lambda: proxied.get("/ping"), args.requests, 60)
+        md, mp = statistics.median(d), statistics.median(p)
+        print(f"direct to plugin socket: {md * 1e3:7.2f} ms   through host: {mp * 1e3:7.2f} ms   "
+              f"ratio {mp / md:5.2f}x   (proxy overhead {1e3 * (mp - md):.2f} ms)")
+
+        size = int(args.gib * 1024 * MiB)
+        print(f"== streaming {size // MiB} MiB each way")
+        pids = web_pids(host)
+        before = rss_kib(pids)
+        peak = [before]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.1):
+                peak[0] = max(peak[0], rss_kib(pids))
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+
+        def download(c: httpx.Client) -> float:
+            t0 = time.perf_counter()
+            n = 0
+            with c.stream("GET", f"/bytes/{size}") as r:
+                for chunk in r.iter_raw(1 << 16):
+                    n += len(chunk)
+            assert n == size, n
+            return time.perf_counter() - t0
+
+        def upload(c: httpx.Client) -> float:
+            t0 = time.perf_counter()
+            r = c.post("/sink", content=body(size), headers={"Content-Length": str(size)})
+            assert r.json()["length"] == size, r.text
+            return time.perf_counter() - t0
+
+        dd, dp = download(direct), download(proxied)
+        ud, up = upload(direct), upload(proxied)
+        stop.set()
+        t.join()
+        mib = size / MiB
+        print(f"download: direct {mib / dd:7.0f} MiB/s   through host {mib / dp:7.0f} MiB/s   ratio {dp / dd:5.2f}x")
+        print(f"upload:   direct {mib / ud:7.0f} MiB/s   through host {mib / up:7.0f} MiB/s   ratio {up / ud:5.2f}x")
+        print(f"web tier RSS: {before / 1024:.1f} MiB before, {peak[0] / 1024:.1f} MiB peak while streaming "
+              f"{2 * mib:.0f} MiB (+{(peak[0] - before) / 1024:.1f} MiB)")
+        host.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
