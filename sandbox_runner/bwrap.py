@@ -115,9 +115,12 @@ def _parents(dests: list[str]) -> list[str]:
 def argv(policy: Policy, facts: Launch, cmd: list[str], ctx_fd: int, report_fd: int, info_fd: int) -> list[str]:
     """Pure: the full bwrap command line whose payload is the inner stage, then ``cmd``."""
     out = [facts.bwrap, *_unshare(facts.root, policy.network.enabled)]
-    # pid 1 is the inner stage and then the command itself (gunicorn's arbiter handles signals and reaps);
+    # Not --as-pid-1: bwrap's own init stays pid 1 (root, so the parent-death signal from bwrap may reach
+    # it; the plugin's uid could not be signalled by the capability-less bwrap). When the command or the
+    # init dies the kernel kills the whole pid namespace, and the command keeps ordinary signal semantics
+    # (a namespace's pid 1 ignores SIGTERM/SIGXCPU it has no handler for).
     # new session: the sandbox cannot TIOCSTI into the host's terminal; die-with-parent: PDEATHSIG.
-    out += ["--as-pid-1", "--die-with-parent", "--new-session"]
+    out += ["--die-with-parent", "--new-session"]
     if facts.root and policy.uid not in (None, 0):
         out += ["--cap-drop", "ALL"] + [a for cap in _KEEP_CAPS for a in ("--cap-add", cap)]
     else:

@@ -89,18 +89,26 @@ def _run_bwrap(h: Handoff, path: str, groups: cgroup.Groups | None, cmd: list[st
         os.close(fd)
     child = supervise.Child(pid, None)
     report: list[bytes] = []
+    init: list[int] = []
 
     def on_info(data: bytes) -> None:
-        # bwrap's JSON names the sandbox's pid 1 as seen from here: the target of forwarded signals.
+        # bwrap's JSON names the sandbox's pid 1 (its init) as seen from here.
         try:
-            child.target = int(json.loads(data)["child-pid"])
+            init.append(int(json.loads(data)["child-pid"]))
         except (ValueError, KeyError):
-            child.target = None
+            pass
+
+    def on_report(data: bytes) -> None:
+        # EOF on the report pipe: the inner stage is exec'ing the command (or gave up). Right now it is
+        # the init's only child; later, orphans re-parent to the init too, so look now.
+        report.append(data)
+        if init:
+            child.target = supervise.first_child(init[0])
 
     child.streams = {info_r: bytearray(), report_r: bytearray()}
-    child.on_eof = {info_r: on_info, report_r: report.append}
+    child.on_eof = {info_r: on_info, report_r: on_report}
     status = supervise.wait(child, wake_fd)
-    if child.target is None:
+    if not init:
         raise LayerFailed("namespaces", f"bwrap exited before starting the sandbox (status {status})")
     return _bwrap_exit(os.waitstatus_to_exitcode(status)), b"".join(report)
 

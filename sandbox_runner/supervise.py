@@ -104,15 +104,24 @@ def _close_stream(child: Child, fd: int) -> None:
         callback(data)
 
 
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def first_child(pid: int) -> int | None:
+    kids = children(pid)
+    return kids[0] if kids else None
+
+
 def reap_orphans() -> None:
     """As a child subreaper, SIGKILL and reap every remaining descendant (daemonised leftovers)."""
     me = os.getpid()
     while True:
-        try:
-            with open(f"/proc/{me}/task/{me}/children") as f:
-                kids = [int(x) for x in f.read().split()]
-        except OSError:
-            kids = []
+        kids = children(me)
         for pid in kids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # our own child: its pid cannot be reused before we reap it

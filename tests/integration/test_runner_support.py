@@ -124,6 +124,9 @@ def act(name, *a):
                 pass
         _, status = os.waitpid(pid, 0)
         return {"ok": True, "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
+    if name == "sleep":
+        open(os.path.join(a[0], "ready"), "w").close()
+        time.sleep(60)
     if name == "env":
         return {"ok": True, "env": dict(os.environ)}
     if name == "threads":
@@ -137,7 +140,7 @@ def act(name, *a):
     if name == "segv":
         ctypes.string_at(0)
     if name == "serve":
-        # Trap SIGTERM (pid 1 of a pid namespace ignores it otherwise), spawn a tree, say ready, wait.
+        # Trap SIGTERM, spawn a tree, say ready, wait.
         def bye(*_):
             open(os.path.join(a[0], "got-sigterm"), "w").close()
             os._exit(0)
@@ -314,7 +317,7 @@ def jail(request: pytest.FixtureRequest) -> Iterator[Jail]:
         for proc in j.procs:  # our runners, by process group (start_new_session)
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            proc.communicate()
         for pid in j.survivors():  # the test's own uid: only processes this test started
             os.kill(pid, signal.SIGKILL)
         from sandbox_runner.layers.cgroup import cleanup

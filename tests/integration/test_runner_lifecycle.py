@@ -1,0 +1,129 @@
+"""The runner as a process: signals reach the command, its whole tree dies with it, exit codes, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+from sandbox_runner.errors import EXEC_FAILED, LAYER_UNAVAILABLE, USAGE
+from sandbox_runner.layers.cgroup import cleanup
+from tests.integration import test_runner_support as support
+from tests.integration.test_runner_support import RUNNER, Jail, attack_python, wait_until
+
+jail = support.jail  # the fixture, parametrized over both backends
+
+
+def serve(j: Jail, children: int = 2) -> subprocess.Popen[str]:
+    proc = j.start("serve", str(j.data), str(children))
+    assert wait_until(lambda: (j.data / "ready").exists() or proc.poll() is not None), "never ready"
+    assert proc.poll() is None, proc.communicate()
+    return proc
+
+
+def test_sigterm_reaches_the_command(jail: Jail) -> None:
+    proc = serve(jail)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert (jail.data / "got-sigterm").exists()
+
+
+def test_sigterm_kills_a_command_without_a_handler(jail: Jail) -> None:
+    proc = jail.start("sleep", str(jail.data))
+    assert wait_until(lambda: (jail.data / "ready").exists())
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_cant_leave_a_daemon_behind_when_terminated(jail: Jail) -> None:
+    proc = serve(jail, children=3)
+    assert len(jail.survivors()) >= 5  # command, 3 children, a setsid'ed grandchild
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+    # bwrap: the pid namespace dies with its pid 1; syscalls: the cgroup is emptied and the runner, a
+    # child subreaper, kills the re-parented daemon.
+    assert jail.survivors() == []
+
+
+def test_cant_survive_the_runner_being_killed(jail: Jail) -> None:
+    proc = serve(jail, children=3)
+    os.kill(proc.pid, signal.SIGKILL)  # only the runner itself, not its process group
+    proc.wait(timeout=10)
+    if jail.backend == "syscalls":
+        # No pid namespace: the command dies by its parent-death signal, but re-parented descendants
+        # live on in the cgroup until the host sweeps it, which is what cleanup() is for.
+        assert jail.policy.cgroup_name
+        cleanup(jail.policy.cgroup_name)
+    assert wait_until(lambda: jail.survivors() == [], timeout=5), jail.survivors()
+
+
+def test_exit_code_is_the_commands(jail: Jail) -> None:
+    assert jail.run("exit", "7").returncode == 7
+
+
+def test_death_by_signal_is_mirrored(jail: Jail) -> None:
+    assert jail.run("segv").returncode == -signal.SIGSEGV
+
+
+def test_report_lists_every_layer_applied(jail: Jail) -> None:
+    jail.run("exit", "0")
+    report = json.loads((jail.root / "report.json").read_text())
+    assert report["plugin"] == jail.policy.name
+    assert report["backend"] == jail.backend
+    applied = {layer for layer, outcome in report["layers"].items() if outcome["applied"]}
+    assert applied == set(jail.policy.required)
+
+
+def test_required_bwrap_missing_fails_closed(jail: Jail) -> None:
+    env = {**os.environ, "SANDBOX_RUNNER_BWRAP": "/nonexistent/bwrap"}
+    r = jail.with_(backend="bwrap").run("exit", "0", env=env)
+    assert r.returncode == LAYER_UNAVAILABLE
+    assert r.stderr == (
+        f"sandbox_runner: {jail.policy.name}: namespaces: bwrap not usable: "
+        "SANDBOX_RUNNER_BWRAP=/nonexistent/bwrap is not executable\n"
+    )
+    assert not (jail.root / "report.json").exists()
+
+
+def test_required_cgroup_without_a_name_fails_closed(jail: Jail) -> None:
+    r = jail.with_(cgroup_name=None).run("exit", "0")
+    assert r.returncode == LAYER_UNAVAILABLE
+    assert r.stderr == f"sandbox_runner: {jail.policy.name}: cgroup: policy.cgroup_name is not set\n"
+
+
+def test_optional_layer_unavailable_is_reported_not_fatal(jail: Jail) -> None:
+    required = tuple(layer for layer in jail.policy.required if layer != "cgroup")
+    r = jail.with_(cgroup_name=None, required=required).run("exit", "0")
+    assert r.returncode == 0
+    report = json.loads((jail.root / "report.json").read_text())
+    assert report["layers"]["cgroup"] == {"applied": False, "detail": "policy.cgroup_name is not set"}
+
+
+def test_missing_command_is_an_exec_failure(jail: Jail) -> None:
+    proc = subprocess.run(jail.argv("/nonexistent/cmd"), capture_output=True, text=True, timeout=20, check=False)
+    assert proc.returncode == EXEC_FAILED
+    assert proc.stderr == f"sandbox_runner: {jail.policy.name}: exec: /nonexistent/cmd: No such file or directory\n"
+
+
+def test_bad_usage_exits_2() -> None:
+    support.need()
+    proc = subprocess.run([*RUNNER, "--policy"], capture_output=True, text=True, timeout=20, check=False)
+    assert proc.returncode == USAGE
+    assert proc.stderr.startswith("usage: python -I -m sandbox_runner")
+
+
+def test_probe_prints_every_layer() -> None:
+    support.need()
+    proc = subprocess.run([*RUNNER, "--probe"], capture_output=True, text=True, timeout=20, check=True)
+    assert set(json.loads(proc.stdout)) == {
+        "bwrap",
+        "namespaces",
+        "rlimits",
+        "uid",
+        "no_new_privs",
+        "landlock",
+        "seccomp",
+        "cgroup",
+    }
+    assert attack_python()
