@@ -282,12 +282,17 @@ def doctor(as_json: bool) -> None:
     from sandbox_runner.probe import probe
 
     report = probe()
+    weak = HostSettings().sandbox == "weak"
+    for info in report.values():
+        # strict: every layer is required, so an available layer is used and a missing one blocks starts
+        info["used"] = bool(info["available"])
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
+    click.echo(f"{'LAYER':<14} {'AVAILABLE':<10} {'USED':<5} DETAIL")
     for layer, info in report.items():
-        mark = "available  " if info["available"] else "UNAVAILABLE"
-        click.echo(f"{layer:<14} {mark} {info.get('detail', '')}")
+        used = "yes" if info["used"] else ("no" if weak else "BLOCK")
+        click.echo(f"{layer:<14} {'yes' if info['available'] else 'NO':<10} {used:<5} {info.get('detail', '')}")
     missing = [k for k, v in report.items() if not v["available"]]
     if missing:
         click.echo(f"\nplugins will not start in strict mode (HOST_SANDBOX=strict) while {', '.join(missing)} "
