@@ -31,7 +31,7 @@ def test_sigterm_reaches_the_command(jail: Jail) -> None:
 
 def test_sigterm_kills_a_command_without_a_handler(jail: Jail) -> None:
     proc = jail.start("sleep", str(jail.data))
-    assert wait_until(lambda: (jail.data / "ready").exists())
+    assert wait_until((jail.data / "ready").exists)
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=10) == -signal.SIGTERM
 

@@ -1,0 +1,98 @@
+"""bwrap argv built from a Policy: namespaces, capabilities, the filesystem view, the inner stage."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sandbox_runner import bwrap, paths
+from sandbox_runner.policy import Network, Policy
+
+FACTS = bwrap.Launch(
+    bwrap="/opt/bwrap",
+    python="/root/.pyenv/versions/3.11.7/bin/python3.11",
+    runner_pkg="/site/sandbox_runner",
+    pyseccomp="/site/pyseccomp.py",
+    root=True,
+    symlinks={"/bin": "usr/bin", "/lib": "usr/lib"},
+)
+POLICY = Policy(
+    name="demo",
+    ro_paths=("/srv/h/plugins/demo", "/srv/h/plugins/demo/venv"),
+    rw_paths=("/srv/h/data/demo", "/srv/h/run/demo"),
+    env={"HOME": "/srv/h/data/demo"},
+    uid=700001,
+)
+
+
+def build(policy: Policy = POLICY, facts: bwrap.Launch = FACTS) -> list[str]:
+    return bwrap.argv(policy, facts, ["/venv/bin/gunicorn", "app:app"], 5, 6, 7)
+
+
+def binds(argv: list[str], option: str) -> list[str]:
+    return [argv[i + 2] for i, a in enumerate(argv) if a == option]
+
+
+def test_no_network_gets_its_own_empty_netns() -> None:
+    assert "--unshare-net" in build()
+    assert "--unshare-net" not in build(Policy(name="n", uid=1, network=Network(enabled=True)))
+
+
+def test_as_root_there_is_no_user_namespace_so_the_uid_drop_inside_works() -> None:
+    argv = build()
+    assert "--unshare-user" not in argv and "--unshare-all" not in argv
+    assert "--unshare-user" in build(facts=dataclasses.replace(FACTS, root=False))
+
+
+def test_only_the_caps_for_the_uid_drop_survive_into_the_sandbox() -> None:
+    argv = build()
+    kept = [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-add"]
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert sorted(kept) == ["CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID"]
+
+
+def test_the_sandbox_dies_with_the_runner_and_has_its_own_session() -> None:
+    argv = build()
+    assert {"--die-with-parent", "--new-session", "--unshare-pid"} <= set(argv)
+    assert "--as-pid-1" not in argv  # bwrap's init must stay pid 1, see bwrap.argv
+
+
+def test_secrets_of_the_host_are_not_in_the_view() -> None:
+    mounted = set(binds(build(), "--ro-bind-try")) | set(binds(build(), "--bind-try"))
+    assert not {"/etc/shadow", "/etc/passwd", "/etc/group", "/root", "/home", "/etc"} & mounted
+    assert "/etc/ld.so.cache" in mounted
+    assert "/etc/resolv.conf" not in mounted  # only with network
+
+
+def test_rw_paths_are_bound_writable_after_ro_ones() -> None:
+    argv = build()
+    assert binds(argv, "--bind-try") == ["/srv/h/data/demo", "/srv/h/run/demo"]
+    last_ro = max(i for i, a in enumerate(argv) if a == "--ro-bind-try")
+    assert all(i > last_ro for i, a in enumerate(argv) if a == "--bind-try")
+    ro = binds(argv, "--ro-bind-try")
+    assert ro.index("/srv/h/plugins/demo") < ro.index("/srv/h/plugins/demo/venv")  # parents first
+
+
+def test_parent_dirs_are_created_traversable_but_not_over_mounts() -> None:
+    argv = build()
+    made = [argv[i + 1] for i, a in enumerate(argv) if a == "--dir"]
+    assert "/root/.pyenv" in made and "/srv/h" in made and "/run/sandbox_runner" in made
+    assert "/tmp" not in made and "/usr" not in made and "/srv/h/plugins/demo" not in made
+    assert all(argv[argv.index("--dir", i) - 1] == "0755" for i, a in enumerate(argv) if a == "--dir")
+
+
+def test_system_symlinks_are_recreated_not_bound() -> None:
+    argv = build()
+    i = argv.index("--symlink")
+    assert argv[i : i + 3] == ["--symlink", "usr/bin", "/bin"]
+    assert "/bin" not in binds(argv, "--ro-bind-try")
+
+
+def test_the_inner_stage_runs_isolated_from_a_clean_environment() -> None:
+    argv = build()
+    assert "--clearenv" in argv and "--setenv" not in argv
+    assert argv[argv.index("--info-fd") + 1] == "7"
+    tail = argv[argv.index("--") + 1 :]
+    assert tail[:5] == [FACTS.python, "-I", "-S", "-B", "-c"]
+    assert paths.RUNNER_LIB in tail[5]
+    assert tail[6:] == ["5", "6", "--", "/venv/bin/gunicorn", "app:app"]
+    assert binds(argv, "--ro-bind")[:2] == [f"{paths.RUNNER_LIB}/sandbox_runner", f"{paths.RUNNER_LIB}/pyseccomp.py"]
