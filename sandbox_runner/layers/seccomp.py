@@ -122,10 +122,25 @@ def rules(policy: Policy) -> list[Rule]:
 
 
 def _import() -> ModuleType | str:
+    import ctypes.util
+
+    # pyseccomp resolves libc and libseccomp with find_library at import, which runs `ldconfig -p` twice
+    # (~20 ms per start-up, and inside the sandbox). dlopen finds these sonames through ld.so.cache anyway.
+    real = ctypes.util.find_library
+    known = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+    ctypes.util.find_library = lambda name: known.get(name) or real(name)
     try:
         import pyseccomp
-    except (ImportError, OSError) as exc:  # OSError: libseccomp.so.2 missing
+    except OSError:  # not glibc's sonames: let find_library look
+        ctypes.util.find_library = real
+        try:
+            import pyseccomp
+        except (ImportError, OSError) as exc:  # OSError: libseccomp.so.2 missing
+            return f"pyseccomp unusable: {exc}"
+    except ImportError as exc:
         return f"pyseccomp unusable: {exc}"
+    finally:
+        ctypes.util.find_library = real
     mod: ModuleType = pyseccomp
     return mod
 
