@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import socket
@@ -91,7 +92,8 @@ def create_app(settings: HostSettings | None = None) -> Flask:
             live = (status or {}).get("plugins", {}).get(entry.name, {})
             plugins[entry.name] = {"version": entry.version, "enabled": entry.enabled,
                                    "state": live.get("state", "unknown"), "pid": live.get("pid"),
-                                   "restarts": live.get("restarts", 0), "reason": live.get("reason")}
+                                   "restarts": live.get("restarts", 0), "reason": live.get("reason"),
+                                   "sandbox": sandbox_summary(layout, entry.name)}
         body = {"status": "ok" if status else "degraded",
                 "supervisor": "running" if status else "unreachable", "plugins": plugins}
         resp = jsonify(body)
@@ -213,6 +215,17 @@ def create_app(settings: HostSettings | None = None) -> Flask:
         return problem(500, "Internal error", "the host failed to handle this request; see the host log")
 
     return app
+
+
+def sandbox_summary(layout: Layout, name: str) -> dict[str, Any] | None:
+    """What the runner reported it applied to the plugin's current instance; missing layers are listed."""
+    try:
+        report = json.loads(layout.sandbox_report(name).read_text())
+    except (OSError, ValueError):
+        return None
+    layers = report.get("layers", {})
+    missing = sorted(k for k, v in layers.items() if not v.get("applied"))
+    return {"backend": report.get("backend"), "level": "weak" if missing else "full", "missing": missing}
 
 
 def _connectable(path: Any) -> bool:

@@ -103,7 +103,8 @@ def runtime_policy(settings: HostSettings, manifest: Manifest, install: Path, ui
         ),
         cgroup_name=cgroup_name(settings, name, instance) if uid is not None else None,
         required=_required(settings, uid),
-        report_path=str(run_dir / "sandbox.json"),
+        # root-only (run/ is 0711 and not mounted in the sandbox): the plugin cannot forge what was applied
+        report_path=str(layout.sandbox_report(name)),
     )
 
 
@@ -176,7 +177,8 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> 
     if _supports_no_control_socket(venv):
         gunicorn.append("--no-control-socket")
     gunicorn.append(WSGI_TARGET)
-    policy_path = layout.run / f".{name}.{generation}.policy.json"
+    # One file per plugin: the runner reads it once at start, so a restart may overwrite it.
+    policy_path = layout.run / f".{name}.policy.json"
     return LaunchSpec(name, confined(policy_path, gunicorn), policy, policy_path, layout.socket(name),
                       instance_sock, manifest, policy.env, record.install_id)
 

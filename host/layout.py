@@ -58,6 +58,10 @@ class Layout:
         """Touched by the web tier when it proxies to the plugin (root-owned: the plugin cannot fake it)."""
         return self.run / f".activity-{name}"
 
+    def sandbox_report(self, name: str) -> Path:
+        """Written by the sandbox runner when the plugin execs: the layers actually applied."""
+        return self.run / f".{name}.sandbox.json"
+
     def logs(self, name: str) -> Path:
         return self.home / "logs" / name
 

@@ -3,6 +3,7 @@ socket, reconciles desired state from the registry, and stops everything on SIGT
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import os
@@ -19,11 +20,20 @@ from host.layout import Layout
 from host.registry import Registry
 from host.settings import HostSettings
 from host.supervisor.control_server import ControlServer
+from host.supervisor.process import Children, children_of
 from host.supervisor.state import State
 from host.supervisor.worker import PluginWorker
 
 log = logging.getLogger(__name__)
 WEB_RESTART_DELAY = (0.1, 5.0)  # first and maximum delay between web tier restarts
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Orphans of our subtree (a plugin's processes whose runner died) get re-parented to us rather than to
+    init, where nobody would ever kill them; :meth:`Supervisor.reap_orphans` finishes them off."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
 def settings_env(settings: HostSettings) -> dict[str, str]:
@@ -42,6 +52,7 @@ class Supervisor:
         self.registry = Registry(self.layout.registry)
         self.web_enabled = web
         self.workers: dict[str, PluginWorker] = {}
+        self.children = Children()
         self._lock = threading.Lock()
         self._sig_r, self._sig_w = os.pipe()
         os.set_blocking(self._sig_w, False)
@@ -87,11 +98,12 @@ class Supervisor:
             for name, rec in records.items():
                 worker = self.workers.get(name)
                 if worker is None:
-                    worker = PluginWorker(name, self.settings, self.registry)
+                    worker = PluginWorker(name, self.settings, self.registry, children=self.children)
                     self.workers[name] = worker
                     worker.start()
                 if rec.enabled and not worker.want_running:
-                    worker.submit("start")
+                    # "enable", not "start": a plugin that scales to zero waits for its first request.
+                    worker.submit("enable")
                 elif not rec.enabled and worker.want_running:
                     worker.submit("stop")
                 elif rec.enabled and worker.lc.state == State.RUNNING and worker.instance is not None \
@@ -110,6 +122,8 @@ class Supervisor:
             raise HostError(f"another `host serve` is already running for {self.layout.home}") from exc
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        if not become_subreaper():
+            log.warning("cannot become a child subreaper; orphaned plugin processes would go to init")
         control = ControlServer(self.layout.control_socket, self.handle)
         control.start()
         log.info("supervisor %s serving %s", os.getpid(), self.layout.home)
@@ -148,14 +162,37 @@ class Supervisor:
                 sig = os.read(self._sig_r, 1)
                 log.info("received %s", signal.Signals(sig[0]).name)
                 return
+            self.reap_orphans()
             if self.web_enabled and (self.web is None or self.web.poll() is not None):
                 self._web_died()
+
+    def reap_orphans(self) -> int:
+        """Kill and reap the processes we adopted as subreaper: they are leftovers of a plugin (or web tier)
+        whose parent died without taking them along. Reaping by pid never steals a Popen's exit status."""
+        with self.children.lock:
+            adopted = children_of(os.getpid()) - self.children.pids
+            for pid in adopted:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for pid in adopted:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        if adopted:
+            log.warning("killed %d orphaned process(es) left behind by a dead plugin or web tier: %s",
+                        len(adopted), sorted(adopted))
+        return len(adopted)
 
     # -- web tier ---------------------------------------------------------------------------------------
 
     def _start_web(self) -> None:
-        self.web = subprocess.Popen([sys.executable, "-m", "host.webtier"], env=settings_env(self.settings),
-                                    stdin=subprocess.DEVNULL)
+        with self.children.lock:
+            self.web = subprocess.Popen([sys.executable, "-m", "host.webtier"], env=settings_env(self.settings),
+                                        stdin=subprocess.DEVNULL)
+            self.children.pids.add(self.web.pid)
         self._web_started = time.monotonic()
         log.info("web tier %s on http://%s", self.web.pid, self.settings.bind)
 
@@ -163,6 +200,9 @@ class Supervisor:
         rc = self.web.returncode if self.web else None
         if self.web is not None and time.monotonic() - self._web_started > 30:
             self._web_delay = WEB_RESTART_DELAY[0]  # it had been up a while: restart promptly
+        if self.web is not None:
+            with self.children.lock:
+                self.children.pids.discard(self.web.pid)
         log.error("web tier exited (%s); restarting it in %.1fs (plugins keep running)", rc, self._web_delay)
         self.registry.record(None, "web_restarted", returncode=rc)
         time.sleep(self._web_delay)

@@ -14,15 +14,31 @@ PREVIOUS = "previous.log"
 TAIL_LINES = 20
 
 
+class Tail:
+    """The last lines one instance printed, kept for error reports (each instance has its own, so the
+    shutdown chatter of an instance being drained never ends up in its successor's crash report)."""
+
+    def __init__(self) -> None:
+        self._lines: deque[str] = deque(maxlen=TAIL_LINES)
+        self._lock = threading.Lock()
+
+    def add(self, line: str) -> None:
+        with self._lock:
+            self._lines.append(line)
+
+    def last(self, n: int = 5) -> tuple[str, ...]:
+        with self._lock:
+            lines = [ln for ln in self._lines if ln.strip()]
+        return tuple(lines[-n:])
+
+
 class LogSink:
-    """Pumps one instance's output pipe into its log file and keeps the last lines for error reports."""
+    """Pumps each instance's output pipe into the plugin's log file (and the ``plugins.<name>`` logger)."""
 
     def __init__(self, directory: Path, name: str, max_bytes: int) -> None:
         self.dir = directory
         self.max_bytes = max_bytes
         self.logger = logging.getLogger(f"plugins.{name}")
-        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self._lock = threading.Lock()
 
     def begin_instance(self) -> Path:
         """Rotate current → previous; the new instance writes a fresh current.log."""
@@ -30,15 +46,14 @@ class LogSink:
         cur = self.dir / CURRENT
         if cur.exists():
             cur.replace(self.dir / PREVIOUS)
-        self.tail.clear()
         return cur
 
-    def pump(self, fd: int, path: Path) -> threading.Thread:
-        t = threading.Thread(target=self._pump, args=(fd, path), name=f"log-{self.dir.name}", daemon=True)
+    def pump(self, fd: int, path: Path, tail: Tail) -> threading.Thread:
+        t = threading.Thread(target=self._pump, args=(fd, path, tail), name=f"log-{self.dir.name}", daemon=True)
         t.start()
         return t
 
-    def _pump(self, fd: int, path: Path) -> None:
+    def _pump(self, fd: int, path: Path, tail: Tail) -> None:
         out = open(path, "ab")  # noqa: SIM115 - replaced on rotation
         try:
             with os.fdopen(fd, "rb", buffering=0) as pipe:
@@ -51,17 +66,28 @@ class LogSink:
                     pending = pending[-4096:]
                     for raw in lines:
                         line = raw.decode(errors="replace").rstrip()
-                        with self._lock:
-                            self.tail.append(line)
+                        tail.add(line)
                         self.logger.debug("%s", line)
                     if out.tell() > self.max_bytes:
+                        if not _same_file(out.fileno(), path):
+                            # A successor owns current.log now and this file became previous.log: never
+                            # rotate the successor's log; drop our excess output instead (the tail keeps it).
+                            out.close()
+                            out = open(os.devnull, "ab")  # noqa: SIM115
+                            continue
                         out.close()
                         os.replace(path, path.with_suffix(".log.1"))
                         out = open(path, "ab")  # noqa: SIM115
+                if pending.strip():
+                    tail.add(pending.decode(errors="replace").rstrip())
         finally:
             out.close()
 
-    def last_lines(self, n: int = 5) -> tuple[str, ...]:
-        with self._lock:
-            lines = [ln for ln in self.tail if ln.strip()]
-        return tuple(lines[-n:])
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)

@@ -12,16 +12,75 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from host.launch import LaunchSpec
 from host.supervisor.health import probe
-from host.supervisor.logs import LogSink
+from host.supervisor.logs import LogSink, Tail
 
 log = logging.getLogger(__name__)
 READY_POLL = 0.02
+
+
+class Children:
+    """The supervisor's own children (instance roots, the web tier), so that an orphan the supervisor adopts
+    as child subreaper can be told apart from them. Spawn while holding ``lock``: a child forked but not yet
+    registered must never look like an orphan."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.pids: set[int] = set()
+
+
+def children_of(pid: int) -> set[int]:
+    """Direct children of ``pid`` (every thread's), from /proc."""
+    out: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                out.update(int(k) for k in fh.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks: with the pid, an identity that survives pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def tree(pid: int) -> dict[int, int]:
+    """Every live descendant of ``pid`` as {pid: start time}."""
+    found: dict[int, int] = {}
+    todo = [pid]
+    while todo and len(found) < 100_000:
+        for kid in children_of(todo.pop()):
+            st = start_time(kid)
+            if st is not None and kid not in found:
+                found[kid] = st
+                todo.append(kid)
+    return found
+
+
+def kill_tree(snapshot: dict[int, int]) -> None:
+    """SIGKILL each process of a :func:`tree` snapshot that is still the same process."""
+    for pid, st in snapshot.items():
+        if start_time(pid) == st:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 class Readiness(enum.Enum):
@@ -32,36 +91,63 @@ class Readiness(enum.Enum):
 
 
 class Instance:
-    def __init__(self, spec: LaunchSpec, sink: LogSink, health_path: str) -> None:
+    def __init__(self, spec: LaunchSpec, sink: LogSink, health_path: str,
+                 children: Children | None = None) -> None:
         self.spec = spec
+        self.children = children or Children()
         self.sink = sink
         self.health_path = health_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidfd: int | None = None
         self.started_at = 0.0
         self.returncode: int | None = None
+        self.tail = Tail()
+        self._pump: threading.Thread | None = None
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    @property
+    def live_pid(self) -> int | None:
+        """The pid while the instance runs, as last observed by its owner. Safe from any thread: unlike
+        :meth:`poll`, it never reaps or closes the pidfd another thread may be waiting on."""
+        return self.proc.pid if self.proc is not None and self.returncode is None else None
+
+    def last_lines(self, n: int = 5, drain: float = 0.0) -> tuple[str, ...]:
+        """The instance's last output lines; ``drain`` waits that long for the pipe to reach EOF first
+        (its whole process tree is gone by then, so the last words are not lost to a race)."""
+        if drain > 0 and self._pump is not None:
+            self._pump.join(drain)
+        return self.tail.last(n)
+
+    def cleanup(self) -> None:
+        """Remove what this instance left in the run dir once it has exited: its socket (gunicorn leaves it
+        behind when killed) and its policy file. Only the owner calls this, after the exit."""
+        if self.poll() is None:
+            return
+        self.spec.instance_socket.unlink(missing_ok=True)
+        self.spec.policy_path.unlink(missing_ok=True)
+
     def spawn(self) -> None:
         log_path = self.sink.begin_instance()
         r, w = os.pipe()
         try:
-            self.proc = subprocess.Popen(
-                self.spec.argv,
-                stdin=subprocess.DEVNULL, stdout=w, stderr=w,
-                start_new_session=True,  # its own process group: killpg reaches the runner and bwrap
-                close_fds=True,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
-            )
+            with self.children.lock:
+                self.proc = subprocess.Popen(
+                    self.spec.argv,
+                    stdin=subprocess.DEVNULL, stdout=w, stderr=w,
+                    start_new_session=True,  # its own process group: killpg reaches the runner and bwrap
+                    close_fds=True,
+                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+                )
+                self.children.pids.add(self.proc.pid)
         except BaseException:
             os.close(r)
             raise
         finally:
             os.close(w)
-        self.sink.pump(r, log_path)
+        self._pump = self.sink.pump(r, log_path, self.tail)
         self.pidfd = os.pidfd_open(self.proc.pid)
         self.started_at = time.monotonic()
 
@@ -72,6 +158,8 @@ class Instance:
             self.returncode = self.proc.poll()
             if self.returncode is not None:
                 self._close_pidfd()
+                with self.children.lock:
+                    self.children.pids.discard(self.proc.pid)
         return self.returncode
 
     def wait_ready(self, timeout: float, cancelled: Callable[[], bool]) -> Readiness:
@@ -129,10 +217,15 @@ class Instance:
     def _killpg(self) -> None:
         if self.proc is None:
             return
+        # The sandboxed tree is in other sessions (bwrap --new-session) and its init may not get the
+        # parent-death signal (a dying bwrap without CAP_KILL may not signal a process of another uid):
+        # kill every descendant by pid, not just our process group.
+        snapshot = tree(self.proc.pid)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        kill_tree(snapshot)
 
     def _close_pidfd(self) -> None:
         if self.pidfd is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import random
+import re
 import signal
 from collections import deque
 from collections.abc import Callable
@@ -65,11 +66,27 @@ class ExitInfo:
             reason = f"exited with code {rc}"
             if during_start and rc in (3, 4):  # gunicorn's WORKER_BOOT_ERROR / APP_LOAD_ERROR
                 reason += " — the app failed to import (see log)"
+            elif rc == 0:
+                # Nobody asked it to stop (a requested stop never gets here), so a clean exit is a failure.
+                reason += " although nobody asked it to stop"
         if rc in setup_codes:
             reason = f"sandbox set-up failed (exit {rc})"
-        if stderr_tail:
-            reason += f": {stderr_tail[-1]}"
+        line = headline(stderr_tail)
+        if line:
+            reason += f": {line}"
         return cls(rc, during_start, reason, setup_failure=rc in setup_codes, stderr_tail=stderr_tail)
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b")
+
+
+def headline(lines: tuple[str, ...]) -> str | None:
+    """The one output line that best says why an instance died: the last exception line of a traceback
+    (gunicorn prints its own "Shutting down"/"Reason" lines after it), else simply the last line."""
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line.strip()):
+            return line.strip()
+    return lines[-1].strip() if lines else None
 
 
 class TransitionError(Exception):

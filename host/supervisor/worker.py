@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 import time
 from collections import deque
@@ -20,22 +21,36 @@ from host.registry import PluginRecord, Registry
 from host.settings import HostSettings
 from host.supervisor.health import probe
 from host.supervisor.logs import LogSink
-from host.supervisor.process import Instance, Readiness
+from host.supervisor.process import Children, Instance, Readiness
 from host.supervisor.state import ExitInfo, Lifecycle, RestartPolicy, State
 from sandbox_runner.errors import SETUP_EXIT_CODES
 
 log = logging.getLogger(__name__)
 
 
+# How long to wait for an exited instance's output pipe to reach EOF, so its last words make the report.
+DRAIN_OUTPUT = 0.5
+# Output lines kept in a failure report: enough to still hold the exception line of a traceback that
+# gunicorn follows with its own shutdown chatter.
+TAIL = 10
+# A vanished socket is usually a plugin on its way out; wait this long for the exit before killing it.
+SOCKET_GONE_GRACE = 1.0
+
+
 @dataclass
 class Command:
-    op: str  # start | stop | restart | wake | reload | shutdown
+    # enable   desired state from the registry: run it (unless it is asleep: scale to zero waits for a request)
+    # start    an operator asked: run it now, even out of quarantine or backoff
+    # wake     a request arrived for a plugin that scaled to zero
+    # restart  zero-downtime replacement (or a fresh start when not running; clears quarantine)
+    # stop | sleep | shutdown
+    op: str
     done: threading.Event | None = None
 
 
 class PluginWorker(threading.Thread):
     def __init__(self, name: str, settings: HostSettings, registry: Registry,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, children: Children | None = None) -> None:
         super().__init__(name=f"plugin-{name}", daemon=True)
         self.plugin = name
         self.settings = settings
@@ -48,6 +63,7 @@ class PluginWorker(threading.Thread):
             clock=clock,
         )
         self.sink = LogSink(self.layout.logs(name), name, settings.log_max_bytes)
+        self.children = children or Children()
         self.instance: Instance | None = None
         self.generation = 0
         self.want_running = False
@@ -57,6 +73,7 @@ class PluginWorker(threading.Thread):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._waiters: list[threading.Event] = []  # released when the plugin is RUNNING or gives up
+        self._drains: list[threading.Thread] = []  # old instances finishing their requests after a restart
         self._probe_failures = 0
         self._next_probe = 0.0
         self._live_since_wall = 0.0
@@ -80,7 +97,9 @@ class PluginWorker(threading.Thread):
         return {
             "name": self.plugin,
             "state": str(self.lc.state),
-            "pid": inst.pid if inst and inst.poll() is None else None,
+            # live_pid, not poll(): poll() may reap and close the pidfd the worker thread is selecting on.
+            "pid": inst.live_pid if inst else None,
+            "asleep": self.asleep,
             "restarts": self.lc.restarts,
             "reason": self.lc.reason,
             "last_exit": None if last is None else {
@@ -93,12 +112,33 @@ class PluginWorker(threading.Thread):
 
     def run(self) -> None:
         try:
+            self.sweep_run_dir()
             self._loop()
-        except Exception:
-            log.exception("%s: supervisor thread crashed", self.plugin)
+        except Exception as exc:
+            log.exception("%s: supervisor thread crashed; the plugin stays stopped until `host restart`",
+                          self.plugin)
             self._stop_instance()
+            self.lc.reason = f"supervisor error: {exc.__class__.__name__}: {exc}"
+            try:
+                self.registry.record(self.plugin, "supervisor_error", reason=self.lc.reason)
+            except Exception:
+                log.exception("%s: cannot record the supervisor error", self.plugin)
         finally:
+            for t in self._drains:
+                t.join(self.settings.stop_grace + 2)
             self._release_waiters()
+
+    def sweep_run_dir(self) -> None:
+        """Remove what a previous (killed) supervisor left behind: instance sockets, the public symlink and
+        policy files. A stale socket would otherwise look like a plugin that refuses connections."""
+        run_dir = self.layout.run_dir(self.plugin)
+        stale = [*run_dir.glob("*.sock"), *run_dir.parent.glob(f".{self.plugin}.*.policy.json")]
+        if self.layout.socket(self.plugin).is_symlink():
+            stale.append(self.layout.socket(self.plugin))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("%s: removed %d stale file(s) from a previous run", self.plugin, len(stale))
 
     def _loop(self) -> None:
         while True:
@@ -136,10 +176,15 @@ class PluginWorker(threading.Thread):
 
     def _handle(self, cmd: Command) -> None:
         op = cmd.op
-        if op in ("start", "wake"):
+        if op == "enable":
+            self.want_running = True
+        elif op == "wake":
+            # Only ends the sleep: a wake never starts a disabled plugin nor a quarantined one.
+            self.asleep = False
+        elif op == "start":
             self.want_running = True
             self.asleep = False
-            if self.lc.state in (State.QUARANTINED, State.BACKOFF) and op == "start":
+            if self.lc.state in (State.QUARANTINED, State.BACKOFF):
                 self.lc.start()
                 self._start()
         elif op == "stop":
@@ -161,14 +206,14 @@ class PluginWorker(threading.Thread):
                 self.lc.start()
                 self._start()
         if cmd.done is not None:
-            if op in ("start", "wake", "restart") and self.lc.state not in (State.RUNNING, State.QUARANTINED):
-                self._waiters.append(cmd.done)  # released once it is running or gives up
+            if op in ("start", "wake", "restart") and self.want_running \
+                    and self.lc.state not in (State.RUNNING, State.QUARANTINED):
+                # Released once it is running or gives up; concurrent wakes all wait for the ONE start.
+                self._waiters.append(cmd.done)
             else:
                 cmd.done.set()
 
     def _sleep(self, timeout: float | None) -> None:
-        import select
-
         select.select([self._wake_r], [], [], None if timeout is None else max(0.0, timeout))
         self._consume_wake()
 
@@ -195,8 +240,8 @@ class PluginWorker(threading.Thread):
         self.generation += 1
         try:
             spec = launch.build(self.settings, rec, self.generation)
-            launch.prepare(spec, launch.plugin_uid(self.settings, rec))
-            inst = Instance(spec, self.sink, spec.manifest.health_path)
+            launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index))
+            inst = Instance(spec, self.sink, spec.manifest.health_path, self.children)
             inst.spawn()
         except Exception as exc:  # a broken install or host: not worth retrying
             log.exception("%s: cannot spawn", self.plugin)
@@ -213,15 +258,17 @@ class PluginWorker(threading.Thread):
             return inst
         if result == Readiness.CANCELLED:
             inst.stop(self.settings.stop_grace)
+            inst.cleanup()
             return None
         if result == Readiness.TIMEOUT:
-            inst.stop(self.settings.stop_grace)
-            return ExitInfo(None, True, f"{result.value} within {self.settings.start_timeout:.0f}s",
-                            stderr_tail=self.sink.last_lines())
+            inst.kill()  # it never served anything: no grace to give (a hung import ignores SIGTERM anyway)
+            inst.cleanup()
+            return ExitInfo(None, True, f"{result.value} within {self.settings.start_timeout:g}s",
+                            stderr_tail=inst.last_lines(TAIL, drain=DRAIN_OUTPUT))
         rc = inst.poll()
-        time.sleep(0.05)  # let the log pump catch the last lines
-        return ExitInfo.from_returncode(rc if rc is not None else -1, True, SETUP_EXIT_CODES,
-                                        self.sink.last_lines())
+        tail = inst.last_lines(TAIL, drain=DRAIN_OUTPUT)
+        inst.cleanup()
+        return ExitInfo.from_returncode(rc if rc is not None else -1, True, SETUP_EXIT_CODES, tail)
 
     def _start(self) -> None:
         # precondition: lc.state == STARTING
@@ -241,16 +288,19 @@ class PluginWorker(threading.Thread):
 
     def _go_live(self, inst: Instance) -> None:
         """Point the stable socket path at this instance (atomic symlink swap)."""
-        public = inst.spec.socket
-        tmp = public.with_name(f".{public.name}.{self.generation}")
-        tmp.unlink(missing_ok=True)
-        os.symlink(inst.spec.instance_socket.name, tmp)
-        os.replace(tmp, public)
+        self._point_public_socket(inst)
         self.instance = inst
         self._live_since_wall = time.time()
         self._idle_timeout_cached = self.idle_timeout()
         self._probe_failures = 0
         self._next_probe = time.monotonic() + self.settings.probe_interval
+
+    def _point_public_socket(self, inst: Instance) -> None:
+        public = inst.spec.socket
+        tmp = public.with_name(f".{public.name}.{self.generation}")
+        tmp.unlink(missing_ok=True)
+        os.symlink(inst.spec.instance_socket.name, tmp)
+        os.replace(tmp, public)
 
     def _replace(self) -> None:
         """Zero-downtime restart: bring up a new instance, switch, then drain the old one."""
@@ -265,7 +315,15 @@ class PluginWorker(threading.Thread):
         self.lc.restarts += 1
         self.registry.record(self.plugin, "restarted", pid=outcome.pid)
         if old is not None:
-            threading.Thread(target=old.stop, args=(self.settings.stop_grace,), daemon=True).start()
+            self._drains = [t for t in self._drains if t.is_alive()]
+            t = threading.Thread(target=self._drain_old, args=(old,), name=f"drain-{self.plugin}", daemon=True)
+            t.start()
+            self._drains.append(t)
+
+    def _drain_old(self, old: Instance) -> None:
+        # This thread owns `old` from now on: SIGTERM lets it finish in-flight requests, then SIGKILL.
+        old.stop(self.settings.stop_grace)
+        old.cleanup()
 
     def _failed(self, info: ExitInfo) -> None:
         self.instance = None
@@ -311,9 +369,9 @@ class PluginWorker(threading.Thread):
         timeout = max(0.0, self._next_probe - time.monotonic())
         if inst.wait_exit(timeout, extra_fd=self._wake_r):
             rc = inst.poll()
-            time.sleep(0.02)
-            self._failed(ExitInfo.from_returncode(rc if rc is not None else -1, False, SETUP_EXIT_CODES,
-                                                  self.sink.last_lines()))
+            tail = inst.last_lines(TAIL, drain=DRAIN_OUTPUT)
+            inst.cleanup()
+            self._failed(ExitInfo.from_returncode(rc if rc is not None else -1, False, SETUP_EXIT_CODES, tail))
             return
         self._consume_wake()
         if time.monotonic() >= self._next_probe:
@@ -322,16 +380,27 @@ class PluginWorker(threading.Thread):
 
     def _liveness(self, inst: Instance) -> None:
         self._next_probe = time.monotonic() + self.settings.probe_interval
+        public = inst.spec.socket
+        if not public.is_symlink() or os.readlink(public) != inst.spec.instance_socket.name:
+            # Someone removed or replaced the path the proxy connects to: the plugin is fine, its address
+            # is not. Put it back rather than restart a healthy plugin.
+            log.warning("%s: %s was missing or wrong; restored it", self.plugin, public)
+            self._point_public_socket(inst)
         why = probe(inst.spec.instance_socket, inst.health_path, self.settings.probe_timeout)
         if why is None:
             self._probe_failures = 0
+            return
+        if why == "socket missing" and inst.wait_exit(SOCKET_GONE_GRACE):
+            # gunicorn unlinks its socket first when it shuts down: report the exit, not its symptom.
             return
         self._probe_failures += 1
         log.warning("%s: liveness probe failed (%d/%d): %s", self.plugin, self._probe_failures,
                     self.settings.probe_failures, why)
         if self._probe_failures >= self.settings.probe_failures or why == "socket missing":
             inst.kill()
-            self._failed(ExitInfo(inst.returncode, False, f"unhealthy: {why}", stderr_tail=self.sink.last_lines()))
+            tail = inst.last_lines(TAIL, drain=DRAIN_OUTPUT)
+            inst.cleanup()
+            self._failed(ExitInfo(inst.returncode, False, f"unhealthy: {why}", stderr_tail=tail))
 
     # -- stopping ---------------------------------------------------------------------------------------
 
@@ -342,6 +411,7 @@ class PluginWorker(threading.Thread):
         self.lc.stop()
         if inst is not None:
             inst.stop(self.settings.stop_grace)
+            inst.cleanup()
             self.registry.record(self.plugin, "stopped", returncode=inst.returncode)
         self.instance = None
         self.layout.socket(self.plugin).unlink(missing_ok=True)
