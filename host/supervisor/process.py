@@ -122,12 +122,11 @@ class Instance:
         return self.tail.last(n)
 
     def cleanup(self) -> None:
-        """Remove what this instance left in the run dir once it has exited: its socket (gunicorn leaves it
-        behind when killed) and its policy file. Only the owner calls this, after the exit."""
+        """Remove the socket this instance left in the run dir once it has exited (gunicorn leaves it behind
+        when killed). Not the policy file: it is per plugin, and a successor may be about to read it."""
         if self.poll() is None:
             return
         self.spec.instance_socket.unlink(missing_ok=True)
-        self.spec.policy_path.unlink(missing_ok=True)
 
     def spawn(self) -> None:
         log_path = self.sink.begin_instance()
