@@ -1,0 +1,64 @@
+"""Operators change a running host: install, disable, enable, uninstall while `host serve` runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import BUNDLED, FIXTURES, ServedHost, alive, run_host, wait_for
+
+
+@pytest.fixture
+def live() -> Iterator[ServedHost]:
+    d = Path(tempfile.mkdtemp(prefix="ph-", dir="/tmp"))
+    run_host(d / "h", "install", str(BUNDLED / "example_plugin"), "--yes", check=True)
+    host = ServedHost(d / "h").start(wait_plugins=("example",))
+    try:
+        yield host
+    finally:
+        host.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_install_while_serving_starts_it_and_reports_healthy(live: ServedHost) -> None:
+    r = live.cli("install", str(FIXTURES / "echo"), "--yes")
+    assert r.returncode == 0, r.stderr
+    assert "==> starting" in r.stderr
+    assert "==> healthy: serving at /plugins/echo/" in r.stderr
+    assert live.get("/plugins/echo/status/201").status_code == 201
+
+
+def test_disable_stops_it_and_enable_brings_it_back(live: ServedHost) -> None:
+    pid = live.plugin("example")["pid"]
+    r = live.cli("disable", "example")
+    assert r.returncode == 0, r.stderr
+    assert live.get("/plugins/example/example").status_code == 404
+    wait_for(lambda: not alive(pid), 15, what="the disabled plugin's process to exit")
+    assert json.loads(live.cli("list", "--json").stdout)[0]["state"] == "disabled"
+
+    assert live.cli("enable", "example").returncode == 0
+    live.wait_state("example", "running", 30)
+    assert live.get("/plugins/example/example").text == "Hello from Example Plugin!"
+
+
+def test_uninstall_while_serving_stops_and_removes_it(live: ServedHost) -> None:
+    pid = live.plugin("example")["pid"]
+    r = live.cli("uninstall", "example")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: not alive(pid), 15, what="the uninstalled plugin's process to exit")
+    assert live.get("/plugins/example/example").status_code == 404
+    assert "example" not in live.health()["plugins"]
+    assert not (live.home / "plugins" / "example").exists()
+    assert not (live.home / "data" / "example").exists()
+
+
+def test_unknown_plugin_commands_fail_with_usage_code(live: ServedHost) -> None:
+    for args in (("enable", "nope"), ("disable", "nope"), ("restart", "nope"), ("logs", "nope")):
+        r = live.cli(*args)
+        assert r.returncode == 2, args
+        assert r.stderr.strip() == "error: nope: is not installed (see `host list`)"
