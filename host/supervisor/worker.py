@@ -129,10 +129,10 @@ class PluginWorker(threading.Thread):
             self._release_waiters()
 
     def sweep_run_dir(self) -> None:
-        """Remove what a previous (killed) supervisor left behind: instance sockets, the public symlink and
-        policy files. A stale socket would otherwise look like a plugin that refuses connections."""
+        """Remove the sockets a previous (killed) supervisor left behind, and the public symlink: a stale
+        socket would otherwise look like a plugin that refuses connections."""
         run_dir = self.layout.run_dir(self.plugin)
-        stale = [*run_dir.glob("*.sock"), *run_dir.parent.glob(f".{self.plugin}.*.policy.json")]
+        stale = list(run_dir.glob("*.sock"))
         if self.layout.socket(self.plugin).is_symlink():
             stale.append(self.layout.socket(self.plugin))
         for path in stale:
