@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sandbox_runner.probe import probe
 
+from sandbox_runner.probe import probe
 from tests.integration.harness import FIXTURES, ServedHost, run_host
 
 GRANTED_RO = Path("/tmp/plugin-host-granted-ro")
