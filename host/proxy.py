@@ -23,6 +23,7 @@ HOP_BY_HOP = frozenset({
 })
 # Headers only the host may set; client-sent copies are dropped before the host sets its own.
 HOST_SET = frozenset({
+    "expect",  # the web tier already answered 100-continue; the plugin gets the body straight away
     "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix", "x-forwarded-port",
     "forwarded", "x-real-ip", "x-plugin-host-user", "x-plugin-host-identity", "host", "content-length",
 })

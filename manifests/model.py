@@ -8,8 +8,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
-# module:attr (a WSGI callable) or a bare module (holding a seed-style PluginBase subclass).
-ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$"
+# module:attr (a WSGI callable), module:factory() (gunicorn's call syntax, no arguments), or a bare module
+# (holding a seed-style PluginBase subclass).
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*(\(\))?)?$"
 # PEP 440 public versions (the canonical regex from the spec, without local versions).
 _PEP440 = re.compile(
     r"^v?(?:(?:[0-9]+)!)?[0-9]+(?:\.[0-9]+)*(?:[-_.]?(?:a|b|c|rc|alpha|beta|pre|preview)[-_.]?[0-9]*)?"

@@ -23,6 +23,8 @@ class EntrypointError(Exception):
 def load(entrypoint: str) -> Any:
     """Import the entrypoint and return a WSGI callable, or raise EntrypointError with one clear line."""
     module_name, _, attr = entrypoint.partition(":")
+    call = attr.endswith("()")
+    attr = attr.removesuffix("()")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -33,7 +35,7 @@ def load(entrypoint: str) -> Any:
         if not hasattr(module, attr):
             raise EntrypointError(f"entrypoint {entrypoint!r}: module {module_name!r} has no attribute {attr!r}")
         target = getattr(module, attr)
-        if _is_factory(target):
+        if call or _is_factory(target):
             target = target()
         if not callable(target):
             raise EntrypointError(f"entrypoint {entrypoint!r} is not a WSGI application")

@@ -14,12 +14,13 @@ from tests.integration.harness import BUNDLED, FIXTURES, ServedHost, run_host
 
 @pytest.fixture(scope="session")
 def served() -> Iterator[ServedHost]:
-    """example (seed style), notes (native Flask) and echo (test plugin), served by one host."""
+    """example (seed style), notes (native Flask), echo (test plugin) and shop (an app factory in a
+package), served by one host."""
     d = Path(tempfile.mkdtemp(prefix="ph-", dir="/tmp"))
     home = d / "h"
-    for src in (BUNDLED / "example_plugin", BUNDLED / "notes", FIXTURES / "echo"):
+    for src in (BUNDLED / "example_plugin", BUNDLED / "notes", FIXTURES / "echo", FIXTURES / "factory_app"):
         run_host(home, "install", str(src), "--yes", check=True)
-    host = ServedHost(home).start(wait_plugins=("example", "notes", "echo"))
+    host = ServedHost(home).start(wait_plugins=("example", "notes", "echo", "shop"))
     try:
         yield host
     finally:

@@ -42,6 +42,18 @@ def test_native_flask_app_templates_static_form_and_redirect(served: ServedHost)
     assert "buy milk" in after.text and "now" in after.text  # rendered with humanize (a PyPI dependency)
 
 
+def test_app_factory_in_a_package_with_blueprint_and_session(served: ServedHost) -> None:
+    with httpx.Client(base_url=served.url, timeout=10) as c:
+        page = c.get("/plugins/shop/cart/")
+        assert page.status_code == 200
+        assert 'action="/plugins/shop/cart/add"' in page.text
+        assert c.post("/plugins/shop/cart/add", data={"item": "tea"}).json() == {"items": ["tea"]}
+        assert c.post("/plugins/shop/cart/add", data={"item": "cake"}).json() == {"items": ["tea", "cake"]}
+        assert "2 items" in c.get("/plugins/shop/cart/").text  # the session cookie came back under the prefix
+    r = httpx.post(served.url + "/plugins/shop/cart/add", data={"item": "x"}, timeout=10)
+    assert "Path=/plugins/shop" in r.headers["set-cookie"]
+
+
 def test_redirect_stays_under_prefix(served: ServedHost) -> None:
     r = served.get("/plugins/echo/go")
     assert r.status_code == 302

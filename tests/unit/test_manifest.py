@@ -30,6 +30,10 @@ def test_minimal_manifest_is_accepted_and_denies_everything_else() -> None:
     assert p.host_api == ()
 
 
+def test_factory_call_syntax_is_accepted() -> None:
+    assert parse_manifest({**MINIMAL, "entrypoint": "pkg.app:create_app()"}).is_wsgi_entrypoint
+
+
 def test_bare_module_entrypoint_means_plugin_base_style() -> None:
     assert not parse_manifest({**MINIMAL, "entrypoint": "example_plugin"}).is_wsgi_entrypoint
 
@@ -39,7 +43,7 @@ def test_bare_module_entrypoint_means_plugin_base_style() -> None:
     ({"name": "../etc"}, "name", "must match"),
     ({"name": "a" * 33}, "name", "must match"),
     ({"version": "one"}, "version", "is not a PEP 440 version"),
-    ({"entrypoint": "app:app()"}, "entrypoint", "must match"),
+    ({"entrypoint": "app:make(1)"}, "entrypoint", "must match"),
     ({"entrypoint": "os.system('x')"}, "entrypoint", "must match"),
     ({"requirements": ["--index-url http://evil/"]}, "requirements", "must be a PEP 508 requirement"),
     ({"requirements": ["pkg @ https://evil/pkg.whl"]}, "requirements", "no URLs"),
