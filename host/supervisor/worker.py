@@ -141,30 +141,35 @@ class PluginWorker(threading.Thread):
             log.info("%s: removed %d stale file(s) from a previous run", self.plugin, len(stale))
 
     def _loop(self) -> None:
-        while True:
-            self._drain()
-            st = self.lc.state
-            if self.exiting and st in (State.STOPPED, State.QUARANTINED):
-                return
-            if st == State.STOPPED:
-                if self.want_running and not self.asleep:
-                    self.lc.start()
-                    self._start()
-                else:
-                    self._sleep(None)
-            elif st == State.BACKOFF:
-                if not self.want_running:
-                    self.lc.stop()
-                    self.lc.stopped()
-                elif self.lc.backoff_elapsed():
-                    self._start()
-                else:
-                    self._sleep(self.lc.backoff_until - time.monotonic())
-            elif st == State.RUNNING:
-                self._watch()
-            else:  # QUARANTINED: wait for an operator
-                self._release_waiters()
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        """One turn of the loop: act on commands, then on the state. False once the worker is done."""
+        self._drain()
+        st = self.lc.state
+        if self.exiting and st in (State.STOPPED, State.QUARANTINED):
+            return False
+        if st == State.STOPPED:
+            if self.want_running and not self.asleep:
+                self.lc.start()
+                self._start()
+            else:
                 self._sleep(None)
+        elif st == State.BACKOFF:
+            if not self.want_running:
+                self.lc.stop()
+                self.lc.stopped()
+            elif self.lc.backoff_elapsed():
+                self._start()
+            else:
+                self._sleep(self.lc.backoff_until - time.monotonic())
+        elif st == State.RUNNING:
+            self._watch()
+        else:  # QUARANTINED: wait for an operator
+            self._release_waiters()
+            self._sleep(None)
+        return True
 
     def _drain(self) -> None:
         while True:
@@ -306,7 +311,7 @@ class PluginWorker(threading.Thread):
         """Zero-downtime restart: bring up a new instance, switch, then drain the old one."""
         old = self.instance
         outcome = self._bring_up()
-        if not isinstance(outcome, Instance):
+        if outcome is None or isinstance(outcome, ExitInfo):
             why = outcome.reason if outcome else "cancelled"
             log.error("%s: restart failed, the old instance keeps serving: %s", self.plugin, why)
             self.registry.record(self.plugin, "restart_failed", reason=why)
