@@ -14,6 +14,7 @@ import httpx
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import ClosingIterator
 
 from host import control
 from host.directory import Directory
@@ -23,6 +24,7 @@ from host.proxy import (
     CHUNK,
     Pool,
     ProxyError,
+    Slots,
     Unavailable,
     body_stream,
     escapes_prefix,
@@ -55,6 +57,7 @@ def create_app(settings: HostSettings | None = None) -> Flask:
     registry = Registry(layout.registry)
     directory = Directory(registry)
     pool = Pool()
+    slots = Slots(settings.inflight_limit)
     touched: dict[str, float] = {}
 
     def mark_active(name: str) -> None:
@@ -109,10 +112,17 @@ def create_app(settings: HostSettings | None = None) -> Flask:
             return problem(404, "Unknown plugin", f"no enabled plugin named {name!r}")
         if escapes_prefix(subpath):
             return problem(400, "Bad path", "path segments '.' and '..' are not allowed")
+        if not slots.acquire(name):
+            return problem(503, "Plugin busy", f"plugin {name!r} has {slots.limit} requests in flight already",
+                           1, plugin=name)
         try:
-            return forward(name, subpath, entry.limits.timeout, entry.limits.max_body)
+            return forward(name, subpath, entry.limits.timeout, entry.limits.max_body)  # releases when done
         except ProxyError as exc:
+            slots.release(name)
             return problem(exc.status, exc.title, exc.detail, exc.retry_after, plugin=name)
+        except BaseException:
+            slots.release(name)
+            raise
 
     def forward(name: str, subpath: str, timeout: float, max_body: int) -> Response:
         prefix = f"/plugins/{name}"
@@ -164,11 +174,15 @@ def create_app(settings: HostSettings | None = None) -> Flask:
                 # never a short body passed off as complete.
                 log.warning("plugin %s failed mid-response; aborting the client connection", name)
                 raise
-            finally:
-                upstream.close()
-                mark_active(name)
 
-        resp = Response(body(), status=upstream.status_code, direct_passthrough=True)
+        def done() -> None:
+            upstream.close()
+            slots.release(name)
+            mark_active(name)
+
+        # The server calls close() however the response ends (complete, aborted, never iterated), so the
+        # upstream connection and the plugin's slot are always given back.
+        resp = Response(ClosingIterator(body(), done), status=upstream.status_code, direct_passthrough=True)
         resp.headers = Headers(response_headers(upstream.headers, prefix))
         return resp
 

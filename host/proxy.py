@@ -79,6 +79,28 @@ def upstream_errors(plugin: str, timeout: float) -> Iterator[None]:
         raise ProxyError(502, "Bad gateway", f"plugin {plugin!r}: {exc.__class__.__name__}") from exc
 
 
+class Slots:
+    """Caps the requests in flight to each plugin in this web-tier process, so a plugin that hangs can hold
+    at most ``limit`` threads and never starve requests to the others."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, name: str) -> bool:
+        with self._lock:
+            n = self._used.get(name, 0)
+            if n >= self.limit:
+                return False
+            self._used[name] = n + 1
+            return True
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            self._used[name] -= 1
+
+
 class Pool:
     """One pooled httpx client per plugin socket path."""
 

@@ -17,6 +17,9 @@ class HostSettings(BaseSettings):
     bind: str = "127.0.0.1:8000"
     web_workers: int = Field(2, ge=1, le=64)
     web_threads: int = Field(16, ge=1, le=512)
+    # Requests in flight to ONE plugin per web worker; 0 = half the threads. A hung plugin can only ever
+    # hold this many threads, so the others keep being served.
+    plugin_max_inflight: int = Field(0, ge=0)
     # Start-up handshake: a plugin must answer its health path within this deadline.
     start_timeout: float = Field(30.0, gt=0)
     # Liveness: probe every N seconds; kill after `probe_failures` consecutive failed probes.
@@ -42,6 +45,10 @@ class HostSettings(BaseSettings):
     # Extra pip arguments for plugin installs (e.g. "--index-url https://mirror/simple").
     pip_args: str = ""
     log_max_bytes: int = Field(5 * 1024 * 1024, ge=4096)
+
+    @property
+    def inflight_limit(self) -> int:
+        return self.plugin_max_inflight or max(1, self.web_threads // 2)
 
     @property
     def home_dir(self) -> Path:

@@ -60,7 +60,7 @@ class Resources(_Frozen):
 
     memory_mb: int = Field(256, ge=32, le=65536)
     cpu_seconds: int | None = Field(None, ge=1, description="CPU seconds per process (RLIMIT_CPU).")
-    cpu_percent: int | None = Field(None, ge=1, le=6400, description="CPU share, 100 = one core.")
+    cpu_percent: int | None = Field(100, ge=1, le=6400, description="CPU quota, 100 = one core; null = no cap.")
     processes: int = Field(32, ge=4, le=4096, description="Processes and threads.")
     open_files: int = Field(256, ge=32, le=65536)
     file_size_mb: int = Field(64, ge=1, le=1048576)
