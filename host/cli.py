@@ -33,9 +33,6 @@ class Ctx:
         layout.ensure()
         return layout
 
-    def registry(self) -> Registry:
-        return Registry(self.layout().registry)
-
 
 def progress(msg: str) -> None:
     click.echo(f"==> {msg}", err=True)

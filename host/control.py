@@ -40,10 +40,3 @@ def call(path: Path, op: str, timeout: float = 10.0, **args: Any) -> dict[str, A
         raise HostError(reply["error"], plugin=args.get("name"))
     return reply
 
-
-def available(path: Path) -> bool:
-    try:
-        call(path, "ping", timeout=2.0)
-    except HostError:
-        return False
-    return True
