@@ -100,7 +100,7 @@ def kill_to_serving(home: Path, runs: int) -> list[float]:
         with httpx.Client(timeout=DEADLINE) as client:
             for _ in range(runs):
                 if not poll_until(lambda: ok(client, url), DEADLINE):
-                    raise SystemExit("plugin not serving before a kill")
+                    raise SystemExit(f"plugin not serving before a kill:\n{host.read_log()[-2000:]}")
                 time.sleep(0.7)  # > stable_after: this kill is a first failure again
                 pid = status(home)["pid"]
                 assert isinstance(pid, int)
@@ -109,7 +109,7 @@ def kill_to_serving(home: Path, runs: int) -> list[float]:
                 os.kill(pid, signal.SIGKILL)
                 # Served by the NEW instance: the dying one may still answer a pooled connection for a moment.
                 if not poll_until(lambda b=before: started(client, url) not in (None, b), DEADLINE):  # type: ignore[misc]
-                    raise SystemExit("plugin did not serve again after SIGKILL")
+                    raise SystemExit(f"plugin did not serve again after SIGKILL:\n{host.read_log()[-2000:]}")
                 out.append(time.perf_counter() - t0)
     finally:
         host.stop()
