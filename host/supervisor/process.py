@@ -83,6 +83,14 @@ def kill_tree(snapshot: dict[int, int]) -> None:
                 pass
 
 
+def runner_env() -> dict[str, str]:
+    """The runner's own environment (the plugin's comes from its policy): PATH plus the operator's
+    SANDBOX_RUNNER_* knobs (e.g. SANDBOX_RUNNER_BWRAP, a system bubblewrap)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("SANDBOX_RUNNER_")})
+    return env
+
+
 class Readiness(enum.Enum):
     READY = "ready"
     EXITED = "exited before it was ready"
@@ -138,7 +146,7 @@ class Instance:
                     stdin=subprocess.DEVNULL, stdout=w, stderr=w,
                     start_new_session=True,  # its own process group: killpg reaches the runner and bwrap
                     close_fds=True,
-                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+                    env=runner_env(),
                 )
                 self.children.pids.add(self.proc.pid)
         except BaseException:

@@ -5,6 +5,7 @@ A plugin that hangs or crash-loops only ever blocks its own thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
@@ -289,7 +290,20 @@ class PluginWorker(threading.Thread):
         self.lc.ready()
         log.info("%s: ready (pid %s, %.2fs)", self.plugin, outcome.pid, time.monotonic() - outcome.started_at)
         self.registry.record(self.plugin, "ready", pid=outcome.pid)
+        self._warn_if_weak()
         self._release_waiters()
+
+    def _warn_if_weak(self) -> None:
+        """HOST_SANDBOX=weak may start a plugin without some layers: say so loudly, every time."""
+        try:
+            report = json.loads(self.layout.sandbox_report(self.plugin).read_text())
+        except (OSError, ValueError):
+            return
+        missing = sorted(k for k, v in report.get("layers", {}).items() if not v.get("applied"))
+        if missing:
+            log.warning("%s: running with a weaker sandbox (HOST_SANDBOX=%s): missing %s", self.plugin,
+                        self.settings.sandbox, ", ".join(missing))
+            self.registry.record(self.plugin, "sandbox_weak", missing=missing, backend=report.get("backend"))
 
     def _go_live(self, inst: Instance) -> None:
         """Point the stable socket path at this instance (atomic symlink swap)."""

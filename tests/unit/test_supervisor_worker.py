@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -266,3 +267,25 @@ def test_headline_prefers_the_exception_line() -> None:
     assert headline(()) is None
     info = ExitInfo.from_returncode(0, False, frozenset())
     assert info.reason == "exited with code 0 although nobody asked it to stop"
+
+
+def test_a_weaker_sandbox_is_announced_loudly(make: Any, caplog: pytest.LogCaptureFixture) -> None:
+    w = make(sandbox="weak")
+    report = {"plugin": "p", "backend": "syscalls",
+              "layers": {"namespaces": {"applied": False, "detail": "bwrap not usable"},
+                         "landlock": {"applied": True, "detail": "ABI 7"}}}
+    w.layout.sandbox_report("p").write_text(json.dumps(report))
+    w.submit("enable")
+    with caplog.at_level("WARNING"):
+        w._step()
+    assert w.lc.state == State.RUNNING
+    assert "p: running with a weaker sandbox (HOST_SANDBOX=weak): missing namespaces" in caplog.text
+    assert kinds(w) == ["ready", "sandbox_weak"]
+
+
+def test_a_full_sandbox_is_not_announced(make: Any) -> None:
+    w = make()
+    w.layout.sandbox_report("p").write_text(json.dumps({"layers": {"landlock": {"applied": True}}}))
+    w.submit("enable")
+    w._step()
+    assert kinds(w) == ["ready"]
