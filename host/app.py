@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -38,7 +39,6 @@ from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def problem(status: int, title: str, detail: str, retry_after: int | None = None, **extra: Any) -> Response:
@@ -146,21 +146,14 @@ def create_app(settings: HostSettings | None = None) -> Flask:
             content=body_stream(request.stream, max_body) if has_body else None,
             timeout=httpx.Timeout(timeout, connect=5.0, pool=5.0),
         )
-        upstream = None
-        for attempt in range(2):
-            try:
-                with upstream_errors(name, timeout):
-                    upstream = client.send(req, stream=True)
-                break
-            except Unavailable:
-                if attempt:
-                    raise
-                wait_until_available(name)
-            except ProxyError as exc:
-                # A pooled keep-alive connection the plugin already closed: safe to retry without a body.
-                if attempt or exc.status != 502 or has_body or request.method not in IDEMPOTENT:
-                    raise
-        assert upstream is not None
+        try:
+            with upstream_errors(name, timeout):
+                upstream = client.send(req, stream=True)
+        except Unavailable:
+            # Nothing was sent (the connect failed), so the request can go to the instance that comes up.
+            wait_until_available(name)
+            with upstream_errors(name, timeout):
+                upstream = pool.client(sock).send(req, stream=True)
         mark_active(name)
         return stream_response(upstream, name, prefix, timeout)
 
@@ -187,14 +180,12 @@ def create_app(settings: HostSettings | None = None) -> Flask:
         return resp
 
     def wait_until_available(name: str) -> None:
-        """The plugin's socket refused us: wait while it (re)starts, wake it if it scaled to zero,
-        or fail fast with 503 + Retry-After when it is backing off for long or quarantined."""
+        """The plugin's socket refused us: wait while it (re)starts or wakes from scale-to-zero, or fail
+        fast with 503 + Retry-After when it is backing off for long or quarantined."""
         deadline = time.monotonic() + settings.request_wait
-        woke = False
         while True:
-            status = supervisor_status()
-            st = (status or {}).get("plugins", {}).get(name)
             remaining = deadline - time.monotonic()
+            st = (supervisor_status() or {}).get("plugins", {}).get(name)
             if st is None:
                 raise ProxyError(503, "Plugin unavailable", "the supervisor is not running this plugin", 5)
             state = st["state"]
@@ -203,21 +194,17 @@ def create_app(settings: HostSettings | None = None) -> Flask:
             if state == "backoff" and (st.get("retry_in") or 0) > remaining:
                 raise ProxyError(503, "Plugin restarting", f"plugin {name!r} is restarting: {st['reason']}",
                                  max(1, math.ceil(st["retry_in"])))
-            if state in ("stopped", "stopping") and not woke:
-                # Scaled to zero (or just stopped): start it and wait for it, once. The supervisor
-                # coalesces concurrent wakes into one start.
-                woke = True
-                try:
-                    control.call(layout.control_socket, "wake", name=name, wait=max(remaining, 0.1),
-                                 timeout=max(remaining, 0.1) + 5)
-                except HostError:
-                    pass
-                continue
             if state == "running" and _connectable(layout.socket(name)):
                 return
             if remaining <= 0:
                 raise ProxyError(503, "Plugin unavailable", f"plugin {name!r} is {state}", 1)
-            time.sleep(0.05)
+            if state == "running":
+                time.sleep(0.01)  # running, but the socket switch is still in flight
+                continue
+            # Starting, backing off briefly, or scaled to zero: the supervisor answers once it runs (or
+            # gives up). Concurrent callers all wait for the same single start.
+            with contextlib.suppress(HostError):
+                control.call(layout.control_socket, "wake", name=name, wait=remaining, timeout=remaining + 5)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

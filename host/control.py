@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,7 @@ def call(path: Path, op: str, timeout: float = 10.0, **args: Any) -> dict[str, A
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        try:
-            sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise SupervisorUnavailable(f"no supervisor is running for this home ({path})") from exc
+        _connect(sock, path, timeout)
         sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
@@ -33,6 +31,8 @@ def call(path: Path, op: str, timeout: float = 10.0, **args: Any) -> dict[str, A
                 raise HostError("control socket answer too large")
     except TimeoutError as exc:
         raise HostError(f"supervisor did not answer {op!r} within {timeout:.0f}s") from exc
+    except OSError as exc:
+        raise HostError(f"control socket {path}: {exc}") from exc
     finally:
         sock.close()
     reply: dict[str, Any] = json.loads(buf or b"{}")
@@ -40,3 +40,18 @@ def call(path: Path, op: str, timeout: float = 10.0, **args: Any) -> dict[str, A
         raise HostError(reply["error"], plugin=args.get("name"))
     return reply
 
+
+
+def _connect(sock: socket.socket, path: Path, timeout: float) -> None:
+    """Connect, riding out a momentarily full backlog (EAGAIN) until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(str(path))
+            return
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise SupervisorUnavailable(f"no supervisor is running for this home ({path})") from exc
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)

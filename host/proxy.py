@@ -6,6 +6,7 @@ Routes by socket path only; must not import the supervisor.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -102,29 +103,43 @@ class Slots:
 
 
 class Pool:
-    """One pooled httpx client per plugin socket path."""
+    """One pooled httpx client per plugin instance.
 
-    def __init__(self) -> None:
-        self._clients: dict[Path, httpx.Client] = {}
+    The plugin's public socket is a symlink to its live instance's socket; the pool follows the link on
+    every request, so after a zero-downtime restart new requests reach the new instance at once while
+    kept-alive connections to the draining one are retired (closed after ``retire_after`` seconds).
+    """
+
+    def __init__(self, retire_after: float = 300.0) -> None:
+        self._clients: dict[Path, tuple[Path, httpx.Client]] = {}
         self._lock = threading.Lock()
+        self.retire_after = retire_after
 
-    def client(self, socket: Path) -> httpx.Client:
-        c = self._clients.get(socket)
-        if c is None:
-            with self._lock:
-                c = self._clients.get(socket)
-                if c is None:
-                    transport = httpx.HTTPTransport(uds=str(socket), retries=0,
-                                                    limits=httpx.Limits(max_connections=256,
-                                                                        max_keepalive_connections=32))
-                    c = httpx.Client(transport=transport, timeout=30.0, follow_redirects=False,
-                                     base_url="http://plugin")
-                    self._clients[socket] = c
-        return c
+    def client(self, public: Path) -> httpx.Client:
+        try:
+            target = public.parent / os.readlink(public)
+        except OSError:
+            target = public  # not running: the connect fails and the caller waits or answers 503
+        entry = self._clients.get(public)
+        if entry is not None and entry[0] == target:
+            return entry[1]
+        with self._lock:
+            entry = self._clients.get(public)
+            if entry is not None and entry[0] == target:
+                return entry[1]
+            transport = httpx.HTTPTransport(uds=str(target), retries=0,
+                                            limits=httpx.Limits(max_connections=256, max_keepalive_connections=32))
+            client = httpx.Client(transport=transport, timeout=30.0, follow_redirects=False, base_url="http://plugin")
+            self._clients[public] = (target, client)
+        if entry is not None:
+            timer = threading.Timer(self.retire_after, entry[1].close)
+            timer.daemon = True
+            timer.start()
+        return client
 
     def close(self) -> None:
         with self._lock:
-            for c in self._clients.values():
+            for _, c in self._clients.values():
                 c.close()
             self._clients.clear()
 

@@ -15,6 +15,13 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+class _Server(socketserver.ThreadingUnixStreamServer):
+    # Every web-tier thread may ask at once (e.g. a burst of first requests to a scaled-to-zero plugin);
+    # the default backlog of 5 makes the sixth connect fail with EAGAIN.
+    request_queue_size = 256
+    daemon_threads = True
+
+
 class ControlServer:
     def __init__(self, path: Path, handler: Handler) -> None:
         self.path = path
@@ -36,7 +43,7 @@ class ControlServer:
 
         old = os.umask(0o177)  # the socket is born 0600: root (the host) only
         try:
-            self.server = socketserver.ThreadingUnixStreamServer(str(path), _Req)
+            self.server = _Server(str(path), _Req)
         finally:
             os.umask(old)
         self.server.daemon_threads = True

@@ -152,6 +152,6 @@ def test_scale_to_zero_cold_start_one_start_for_concurrent_requests_and_idle_sto
         t.start()
     for t in threads:
         t.join(60)
-    assert results == [200] * 8
+    assert results == [200] * 8, host.read_log()[-6000:]
     assert _ready_count(home) == readies + 1
     assert cold < 30  # sanity only; bench/lifecycle.py measures it
