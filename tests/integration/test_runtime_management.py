@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.integration.harness import BUNDLED, FIXTURES, ServedHost, alive, run_host, wait_for
@@ -62,3 +65,40 @@ def test_unknown_plugin_commands_fail_with_usage_code(live: ServedHost) -> None:
         r = live.cli(*args)
         assert r.returncode == 2, args
         assert r.stderr.strip() == "error: nope: is not installed (see `host list`)"
+
+
+def test_upgrade_while_serving_switches_with_no_failed_request_and_keeps_data(live: ServedHost, tmp_path: Path) -> None:
+    src = tmp_path / "example-v2"
+    shutil.copytree(BUNDLED / "example_plugin", src)
+    (src / "plugin.toml").write_text((src / "plugin.toml").read_text().replace('"1.0.0"', '"1.1.0"'))
+    (src / "example_plugin.py").write_text(
+        (src / "example_plugin.py").read_text().replace("Hello from Example Plugin!", "Hello from v2!"))
+    marker = live.home / "data" / "example" / "kept.txt"
+    marker.write_text("survives upgrades")
+    old_pid = live.plugin("example")["pid"]
+
+    stop = threading.Event()
+    seen: list[tuple[int, str]] = []
+
+    def hammer() -> None:
+        for _ in range(5000):
+            if stop.is_set():
+                return
+            r = httpx.get(live.url + "/plugins/example/example", timeout=30)
+            seen.append((r.status_code, r.text))
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        r = live.cli("install", str(src), "--yes")
+    finally:
+        time.sleep(0.5)
+        stop.set()
+        t.join(30)
+    assert r.returncode == 0, r.stderr
+    assert "==> healthy" in r.stderr
+    assert live.get("/plugins/example/example").text == "Hello from v2!"
+    assert {code for code, _ in seen} == {200}, sorted(set(seen))
+    assert live.plugin("example")["version"] == "1.1.0"
+    assert live.plugin("example")["pid"] != old_pid
+    assert marker.read_text() == "survives upgrades"
