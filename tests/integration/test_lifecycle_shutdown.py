@@ -102,6 +102,20 @@ def test_host_sigterm_leaves_no_process(host: ServedHost) -> None:
     assert "shutting down" in host.read_log()
 
 
+def test_ctrl_c_stops_everything_in_order(host: ServedHost) -> None:
+    """A terminal's Ctrl-C signals the whole foreground process group of `host serve`."""
+    everything = host.all_pids()
+    web = status(host)["web"]["pid"]
+    assert host.proc is not None
+    os.killpg(host.proc.pid, signal.SIGINT)
+    assert host.proc.wait(30) == 0
+    wait_gone(everything)
+    log = host.read_log()
+    assert "received SIGINT" in log
+    assert "web tier exited" not in log, "the web tier died first and was restarted"
+    assert web in everything
+
+
 def test_host_sigkill_takes_every_plugin_and_the_web_tier_down(host: ServedHost) -> None:
     daemon = leak(host)
     web = status(host)["web"]["pid"]
