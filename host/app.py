@@ -39,6 +39,7 @@ from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def problem(status: int, title: str, detail: str, retry_after: int | None = None, **extra: Any) -> Response:
@@ -151,6 +152,15 @@ def create_app(settings: HostSettings | None = None) -> Flask:
                 upstream = client.send(req, stream=True)
         except Unavailable:
             # Nothing was sent (the connect failed), so the request can go to the instance that comes up.
+            wait_until_available(name)
+            with upstream_errors(name, timeout):
+                upstream = pool.client(sock).send(req, stream=True)
+        except ProxyError as exc:
+            # Reset before any answer: the instance died with our connection still in its listen backlog.
+            # A bodiless idempotent request is safe to replay once on the instance that replaces it; the
+            # request that crashed the plugin, if replayed and crashing it again, still ends in a 502.
+            if exc.status != 502 or has_body or request.method not in IDEMPOTENT:
+                raise
             wait_until_available(name)
             with upstream_errors(name, timeout):
                 upstream = pool.client(sock).send(req, stream=True)

@@ -6,8 +6,11 @@ check) and for pip (which runs build scripts of sdists): all plugin-supplied cod
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +69,7 @@ def runtime_policy(settings: HostSettings, manifest: Manifest, install: Path, ui
     """The plugin's policy, exactly as its manifest grants: used when serving and when checking at install."""
     layout = Layout(settings.home_dir)
     name = manifest.name
-    bundle, venv, data, run_dir = install / "bundle", install / "venv", layout.data(name), layout.run_dir(name)
+    bundle, venv, data = install / "bundle", install / "venv", layout.data(name)
     perms = manifest.permissions
     res = perms.resources
     env = {
@@ -87,7 +90,9 @@ def runtime_policy(settings: HostSettings, manifest: Manifest, install: Path, ui
     return Policy(
         name=name,
         ro_paths=(str(install), sys.base_prefix, *perms.filesystem.read),
-        rw_paths=(str(data), str(run_dir), *perms.filesystem.write),
+        # Not its socket dir: the host binds the socket and hands it over (Policy.listen_fd), so the plugin
+        # cannot swap the path the host connects to.
+        rw_paths=(str(data), *perms.filesystem.write),
         env=env,
         cwd=str(bundle),
         uid=uid,
@@ -160,7 +165,6 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> 
     policy = runtime_policy(settings, manifest, install, plugin_uid(settings, record.uid_index), str(generation))
     gunicorn = [
         f"{venv}/bin/python", "-m", "gunicorn",
-        "--bind", f"unix:{instance_sock}",
         "--workers", str(res.workers),
         "--threads", str(res.threads),
         "--worker-class", "gthread",
@@ -184,25 +188,62 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> 
 
 
 def prepare_dirs(settings: HostSettings, name: str, install: Path, uid: int | None) -> None:
-    """Create the plugin's writable dirs (owner-only) and let only its group traverse to its code."""
+    """Create the plugin's data dir (and its .tmp) owned by the plugin, and its root-only socket dir.
+
+    The data dir is the plugin's to fill, so it may hold symlinks it planted: every step here works on
+    file descriptors opened with O_NOFOLLOW, never on paths inside it (a root chown through a planted
+    link would hand any host file to the plugin).
+    """
     layout = Layout(settings.home_dir)
-    data, run_dir = layout.data(name), layout.run_dir(name)
-    for d in (data, data / ".tmp", run_dir):
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o700)
-        if uid is not None:
-            os.chown(d, uid, uid)
+    data_root = os.open(layout.home / "data", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        data = _own_dir(data_root, name, uid)
+        os.close(_own_dir(data, ".tmp", uid))
+        os.close(data)
+    finally:
+        os.close(data_root)
+    run_dir = layout.run_dir(name)
+    run_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(run_dir, 0, 0)
+    os.chmod(run_dir, 0o700)
     if uid is not None:
         root = install.parent
         os.chown(root, 0, uid)
         os.chmod(root, 0o750)  # noqa: S103 - group = the plugin only
 
 
-def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None) -> None:
-    """Ready everything an instance needs; a stale socket of a dead instance is removed first."""
+def _own_dir(parent: int, name: str, uid: int | None) -> int:
+    """Open (creating if needed) directory ``name`` under the fd ``parent`` without following a symlink;
+    anything else in its place is removed. Returns an fd, chmodded 0700 and chowned to ``uid``."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=parent)
+    try:
+        fd = os.open(name, flags, dir_fd=parent)
+    except OSError:  # ELOOP (a symlink) or ENOTDIR (a file): not ours to follow
+        os.unlink(name, dir_fd=parent)
+        os.mkdir(name, 0o700, dir_fd=parent)
+        fd = os.open(name, flags, dir_fd=parent)
+    os.fchmod(fd, 0o700)
+    if uid is not None:
+        os.fchown(fd, uid, uid)
+    return fd
+
+
+def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None) -> socket.socket:
+    """Ready everything an instance needs and bind its listening socket (in the root-only socket dir);
+    the policy hands the socket to the plugin. The caller passes it to the runner and then closes it."""
     prepare_dirs(settings, spec.name, Path(spec.policy.ro_paths[0]), uid)
     spec.instance_socket.unlink(missing_ok=True)
-    write_policy(spec.policy, spec.policy_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(spec.instance_socket))
+        listener.listen(1024)
+        write_policy(dataclasses.replace(spec.policy, listen_fd=listener.fileno()), spec.policy_path)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 def _supports_no_control_socket(venv: Path) -> bool:

@@ -92,11 +92,31 @@ def run(h: Handoff, cmd: list[str], report_fd: int) -> int:
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    env = dict(h.policy.env)
+    if h.policy.listen_fd is not None:
+        try:
+            env.update(hand_over_listener(h.policy.listen_fd))
+        except OSError as exc:
+            return fail(name, "exec", f"listening socket fd {h.policy.listen_fd}: {exc.strerror}", EXEC_FAILED, -1)
     try:
-        os.execve(exe, cmd, h.policy.env)  # noqa: S606 - the command is the point; no shell
+        os.execve(exe, cmd, env)  # noqa: S606 - the command is the point; no shell
     except OSError as exc:
         return fail(name, "exec", f"{cmd[0]}: {exc.strerror}", EXEC_FAILED, -1)
     raise AssertionError("unreachable")
+
+
+LISTEN_FDS_START = 3  # sd_listen_fds(3)
+
+
+def hand_over_listener(fd: int) -> dict[str, str]:
+    """Put the host's listening socket at fd 3 for the command, the systemd way; returns the env to add.
+    LISTEN_PID is this pid, which execve keeps."""
+    if fd != LISTEN_FDS_START:
+        os.dup2(fd, LISTEN_FDS_START, inheritable=True)
+        os.close(fd)
+    else:
+        os.set_inheritable(fd, True)
+    return {"LISTEN_FDS": "1", "LISTEN_PID": str(os.getpid())}
 
 
 def fail(plugin: str, layer: str, reason: str, code: int, report_fd: int) -> int:

@@ -61,6 +61,10 @@ class Policy:
     required: tuple[str, ...] = LAYERS
     # File to which the runner writes one JSON line describing the layers actually applied (for doctor/UI).
     report_path: str | None = None
+    # A listening socket the host created (an fd the runner inherited): handed to CMD as fd 3 with
+    # LISTEN_FDS=1 / LISTEN_PID (systemd socket activation), so the plugin never needs to create its own
+    # socket file, nor write access to the directory the host connects through.
+    listen_fd: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -11,6 +11,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -100,8 +101,11 @@ class Readiness(enum.Enum):
 
 class Instance:
     def __init__(self, spec: LaunchSpec, sink: LogSink, health_path: str,
-                 children: Children | None = None) -> None:
+                 children: Children | None = None, listener: socket.socket | None = None) -> None:
         self.spec = spec
+        # The listening socket the host bound for this instance; handed to the plugin at spawn, after
+        # which only the plugin holds it (so a dead plugin means refused connections, not hanging ones).
+        self.listener = listener
         self.children = children or Children()
         self.sink = sink
         self.health_path = health_path
@@ -146,6 +150,7 @@ class Instance:
                     stdin=subprocess.DEVNULL, stdout=w, stderr=w,
                     start_new_session=True,  # its own process group: killpg reaches the runner and bwrap
                     close_fds=True,
+                    pass_fds=(self.listener.fileno(),) if self.listener is not None else (),
                     env=runner_env(),
                 )
                 self.children.pids.add(self.proc.pid)
@@ -154,6 +159,8 @@ class Instance:
             raise
         finally:
             os.close(w)
+            if self.listener is not None:
+                self.listener.close()
         self._pump = self.sink.pump(r, log_path, self.tail)
         self.pidfd = os.pidfd_open(self.proc.pid)
         self.started_at = time.monotonic()

@@ -246,8 +246,8 @@ class PluginWorker(threading.Thread):
         self.generation += 1
         try:
             spec = launch.build(self.settings, rec, self.generation)
-            launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index))
-            inst = Instance(spec, self.sink, spec.manifest.health_path, self.children)
+            listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index))
+            inst = Instance(spec, self.sink, spec.manifest.health_path, self.children, listener)
             inst.spawn()
         except Exception as exc:  # a broken install or host: not worth retrying
             log.exception("%s: cannot spawn", self.plugin)

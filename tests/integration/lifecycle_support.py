@@ -96,8 +96,9 @@ def pids_matching(fragment: str) -> set[int]:
 
 
 def plugin_pids(home: Path, name: str) -> set[int]:
-    """Every process of one plugin's instances: all of them carry <home>/run/<name>/ in their argv."""
-    return pids_matching(f"{home}/run/{name}/")
+    """Every process of one plugin's instances: all of them carry <home>/plugins/<name>/ in their argv
+    (runner, bwrap and gunicorn: the venv and bundle paths)."""
+    return pids_matching(f"{home}/plugins/{name}/")
 
 
 def wait_gone(pids: set[int], timeout: float = 15.0) -> None:

@@ -6,6 +6,7 @@ The same attacks succeed exactly where the `granted` plugin's manifest grants th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from sandbox_runner.probe import probe
-from tests.integration.harness import FIXTURES, ServedHost, run_host
+from tests.integration.harness import FIXTURES, ServedHost, run_host, wait_for
 
 GRANTED_RO = Path("/tmp/plugin-host-granted-ro")
 GRANTED_RW = Path("/tmp/plugin-host-granted-rw")
@@ -119,6 +120,36 @@ def test_can_write_its_own_data_dir(jail: ServedHost) -> None:
 
 def test_cant_reach_shadow_through_a_symlink(jail: ServedHost) -> None:
     denied(attack(jail, "symlink", target="/etc/shadow"), "ENOENT")
+
+
+def test_cant_make_the_root_host_chown_through_a_planted_symlink(jail: ServedHost) -> None:
+    victim = Path(tempfile.mkdtemp(prefix="plugin-host-victim-", dir="/tmp"))
+    os.chmod(victim, 0o755)
+    try:
+        before = jail.plugin("escape-attempt")["pid"]
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(f"{jail.url}/plugins/escape-attempt/plant_tmp", params={"target": str(victim)}, timeout=10)
+
+        def restarted() -> bool:
+            p = jail.plugin("escape-attempt")
+            return p["state"] == "running" and p["pid"] not in (None, before)
+
+        wait_for(restarted, 30, what="the plugin to be restarted")
+        st = victim.stat()
+        assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (0, 0, "0o755")
+        tmp = jail.home / "data" / "escape-attempt" / ".tmp"
+        assert tmp.is_dir() and not tmp.is_symlink()
+    finally:
+        shutil.rmtree(victim, ignore_errors=True)
+
+
+def test_cant_reach_or_replace_its_own_socket_path(jail: ServedHost) -> None:
+    # The host binds the socket in a root-only dir and hands the plugin the fd: the path the proxy
+    # connects through is not even visible, so it cannot be swapped for a link to another service.
+    run_dir = jail.home / "run" / "escape-attempt"
+    denied(attack(jail, "listdir", path=str(run_dir)), "ENOENT")
+    denied(attack(jail, "symlink", target=str(run_dir / "http.sock")), "ENOENT")
+    assert os.stat(run_dir).st_uid == 0 and (os.stat(run_dir).st_mode & 0o777) == 0o700
 
 
 # -- network ------------------------------------------------------------------------------------------
