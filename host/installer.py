@@ -149,14 +149,19 @@ class Installer:
         self._run(name, "creating the venv", [sys.executable, "-m", "virtualenv", "--no-download",
                   "--no-periodic-update", "--quiet", "-p", _base_python(), str(venv)], log_path, 300.0)
 
+        # Root writes into the venv only now, while no plugin-supplied code has touched it: once pip has run
+        # (sdist builds are plugin code), paths inside the venv may be symlinks planted to redirect us.
+        site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+        if not site.is_dir() or site.is_symlink():
+            raise InstallError(name, "creating the venv", f"no site-packages at {site}")
+        for mod in RUNTIME_MODULES:
+            shutil.copyfile(RUNTIME_DIR / mod, site / mod)
+
         reqs = [*manifest.requirements, *RUNTIME_REQUIREMENTS]
         self.progress(f"installing {len(reqs)} packages: {', '.join(reqs)}")
         (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
         self._pip(name, target, uid, log_path)
-
-        site = _site_packages(venv)
-        for mod in RUNTIME_MODULES:
-            shutil.copyfile(RUNTIME_DIR / mod, site / mod)
+        launch.record_runtime_facts(target)
 
         # The entrypoint is imported once, confined exactly as it will run, so a plugin that cannot even
         # import never gets registered (and its import-time code never runs with the host's privileges).
@@ -243,9 +248,3 @@ def _base_python() -> str:
     """The real interpreter behind the host (not the host's own venv)."""
     return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
-
-def _site_packages(venv: Path) -> Path:
-    found = sorted(venv.glob("lib/python3*/site-packages"))
-    if not found:
-        raise InstallError(None, "creating the venv", f"no site-packages under {venv}")
-    return found[0]

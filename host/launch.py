@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import socket
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +180,7 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> 
         "--chdir", str(install / "bundle"),
         "--pythonpath", str(install / "bundle"),
     ]
-    if _supports_no_control_socket(venv):
+    if _supports_no_control_socket(install):
         gunicorn.append("--no-control-socket")
     gunicorn.append(WSGI_TARGET)
     # One file per plugin: the runner reads it once at start, so a restart may overwrite it.
@@ -246,8 +248,39 @@ def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None) -> socket
     return listener
 
 
-def _supports_no_control_socket(venv: Path) -> bool:
+RUNTIME_FACTS = "runtime.json"  # root-written, next to (not inside) the venv
+
+
+def record_runtime_facts(install: Path) -> None:
+    """Learn once, at install, what the venv's gunicorn supports; launches read the root-owned answer
+    instead of reading plugin-writable files as root on every start."""
+    facts = {"no_control_socket": b"no-control-socket" in _read_confined(install / "venv", _GUNICORN_CONFIG)}
+    (install / RUNTIME_FACTS).write_text(json.dumps(facts))
+
+
+_GUNICORN_CONFIG = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages/gunicorn/config.py"
+
+
+def _read_confined(root: Path, rel: str, limit: int = 1 << 20) -> bytes:
+    """Read a file the plugin's pip wrote, refusing symlinks out of ``root``, FIFOs, devices and huge files."""
+    path = root / rel
+    if not os.path.realpath(path).startswith(os.path.realpath(root) + os.sep):
+        return b""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def _supports_no_control_socket(install: Path) -> bool:
     """gunicorn >= 27 opens a control socket under ~ unless told not to; older ones reject the flag."""
-    for cfg in venv.glob("lib/python3*/site-packages/gunicorn/config.py"):
-        return "no-control-socket" in cfg.read_text(errors="replace")
-    return False
+    try:
+        return bool(json.loads((install / RUNTIME_FACTS).read_text()).get("no_control_socket"))
+    except (OSError, ValueError):
+        return False
