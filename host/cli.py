@@ -34,6 +34,14 @@ class Ctx:
         return layout
 
 
+_CONTROL = {c: "?" for c in range(32) if c not in (9, 10)} | {127: "?"}
+
+
+def printable(text: object) -> str:
+    """Plugin-supplied text (stderr lines, reasons) with terminal control characters defused."""
+    return str(text).translate(_CONTROL) if text is not None else ""
+
+
 def progress(msg: str) -> None:
     click.echo(f"==> {msg}", err=True)
 
@@ -106,9 +114,12 @@ def install(obj: Ctx, path: Path, yes: bool, no_enable: bool, force: bool) -> No
     progress("starting")
     reply = control.call(layout.control_socket, "start", name=name, wait=settings.start_timeout + 5,
                          timeout=settings.start_timeout + 10)
-    state = reply["plugin"]["state"]
-    if state != "running":
-        raise HostError(f"installed, but it is {state}: {reply['plugin'].get('reason')}", plugin=name)
+    st = reply["plugin"]
+    if st["state"] != "running":
+        raise HostError(f"installed, but it is {st['state']}: {printable(st.get('reason'))}", plugin=name)
+    if st.get("install_id") not in (None, result.install_id):
+        raise HostError(f"installed {result.manifest.version}, but it did not start; the previous version keeps "
+                        f"serving: {printable(st.get('reason'))}", plugin=name)
     progress(f"healthy: serving at /plugins/{name}/")
 
 
@@ -154,7 +165,7 @@ def list_(obj: Ctx, as_json: bool) -> None:
     click.echo(f"{'NAME':<20} {'VERSION':<10} {'STATE':<12} {'PID':<8} {'RESTARTS':<8} REASON")
     for row in rows:
         click.echo(f"{row['name']:<20} {row['version']:<10} {row['state']:<12} {row['pid'] or '-'!s:<8} "
-                   f"{row['restarts']:<8} {row['reason'] or ''}")
+                   f"{row['restarts']:<8} {printable(row['reason'])}")
 
 
 def _set_enabled(obj: Ctx, name: str, enabled: bool) -> None:
@@ -254,11 +265,11 @@ def logs(obj: Ctx, name: str, lines: int, follow: bool, previous: bool) -> None:
     with open(path, "rb") as fh:
         tail = fh.read().splitlines()[-lines:] if lines > 0 else []
         for ln in tail:
-            click.echo(ln.decode(errors="replace"))
+            click.echo(printable(ln.decode(errors="replace")))
         while follow:
             chunk = fh.read()
             if chunk:
-                click.echo(chunk.decode(errors="replace"), nl=False)
+                click.echo(printable(chunk.decode(errors="replace")), nl=False)
             else:
                 time.sleep(0.2)
 

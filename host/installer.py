@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from host import launch
+from host import control, launch
 from host.bundle import BundleError, copy_bundle
-from host.errors import InstallError, UsageError
+from host.errors import HostError, InstallError, UsageError
 from host.layout import Layout
 from host.registry import Registry
 from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
@@ -125,7 +125,8 @@ class Installer:
                     shutil.rmtree(d, ignore_errors=True)
                 sweep(self.layout, self.registry)
                 raise
-            self._drop_old_installs(name, keep={install_id, existing.install_id if existing else ""})
+            self._drop_old_installs(name, keep={install_id, existing.install_id if existing else "",
+                                                *self._serving_install_ids(name)})
         return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped))
 
     def _build(self, source: Path, manifest: Manifest, target: Path, log_path: Path) -> list[str]:
@@ -212,6 +213,15 @@ class Installer:
             log.write(proc.stderr)
         if proc.returncode != 0:
             raise InstallError(name, step, _last_line(proc.stderr), log_path)
+
+    def _serving_install_ids(self, name: str) -> set[str]:
+        """What a running supervisor actually serves (after a failed upgrade, an older install)."""
+        try:
+            st = control.call(self.layout.control_socket, "status", timeout=5.0)
+        except HostError:
+            return set()
+        serving = st.get("plugins", {}).get(name, {}).get("install_id")
+        return {serving} if serving else set()
 
     def _drop_old_installs(self, name: str, keep: set[str]) -> None:
         """Keep the live install and the one before it (a running instance may still use it)."""

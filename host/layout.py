@@ -68,6 +68,8 @@ class Layout:
     def ensure(self) -> None:
         """Create the top-level directories with owner-only permissions."""
         self.home.mkdir(parents=True, exist_ok=True)
+        # others may traverse (plugin uids, to their own dirs), never list or read
+        os.chmod(self.home, 0o711)  # noqa: S103
         for d, mode in ((self.plugins, 0o711), (self.run, 0o711), (self.home / "data", 0o711),
                         (self.home / "logs", 0o700), (self.cache, 0o700)):
             d.mkdir(exist_ok=True)

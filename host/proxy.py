@@ -28,6 +28,10 @@ HOST_SET = frozenset({
     "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix", "x-forwarded-port",
     "forwarded", "x-real-ip", "x-plugin-host-user", "x-plugin-host-identity", "host", "content-length",
 })
+# Response headers whose effect reaches beyond the plugin's prefix on the shared origin: a service worker
+# scoped to "/", wiping every plugin's cookies/storage, HSTS or alternative services for the whole host.
+ORIGIN_WIDE = frozenset({"service-worker-allowed", "clear-site-data", "strict-transport-security", "alt-svc",
+                         "public-key-pins", "public-key-pins-report-only"})
 HOST_COOKIE = "plugin_host_session"  # the admin UI's session cookie: never forwarded to plugins
 HOST_TOKEN_PREFIX = "phk_"  # admin API tokens: an Authorization carrying one is never forwarded
 _COOKIE_ATTR = re.compile(r";\s*(path|domain)=[^;]*", re.IGNORECASE)
@@ -179,7 +183,7 @@ def response_headers(upstream: httpx.Headers, prefix: str) -> list[tuple[str, st
     out: list[tuple[str, str]] = []
     for k, v in upstream.multi_items():
         lk = k.lower()
-        if lk in HOP_BY_HOP or lk in named_by_connection:
+        if lk in HOP_BY_HOP or lk in named_by_connection or lk in ORIGIN_WIDE:
             continue
         if lk == "set-cookie":
             v = scope_cookie(v, prefix)

@@ -7,6 +7,7 @@ Every process opens its own connection; nothing is cached across calls except by
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -85,6 +86,10 @@ class Registry:
                 raise RegistryError(f"cannot open registry {self.path}: {exc}") from exc
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
+            # Manifests, events (with plugins' stderr) and settings are the operator's business only; the
+            # -wal and -shm files SQLite creates later copy the database file's mode.
+            if self.path.exists() and self.path.stat().st_uid == os.geteuid():
+                os.chmod(self.path, 0o600)
         return conn
 
     @contextmanager

@@ -108,7 +108,9 @@ class Supervisor:
                     worker.submit("stop")
                 elif rec.enabled and worker.lc.state == State.RUNNING and worker.instance is not None \
                         and worker.instance.spec.install_id != rec.install_id:
-                    worker.submit("restart")  # a new version was installed: switch with no downtime
+                    # A new version was installed: switch with no downtime. "upgrade" re-checks the install
+                    # when it runs, so reconciling twice while the switch is under way restarts once.
+                    worker.submit("upgrade")
             for name in set(self.workers) - set(records):
                 self.workers.pop(name).submit("shutdown")
 

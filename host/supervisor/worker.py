@@ -77,6 +77,7 @@ class PluginWorker(threading.Thread):
         self._drains: list[threading.Thread] = []  # old instances finishing their requests after a restart
         self._probe_failures = 0
         self._next_probe = 0.0
+        self._failed_upgrade: str | None = None
         self._live_since_wall = 0.0
         self._idle_timeout_cached = 0.0
         # Scale to zero: asleep = wanted, but stopped until the next request wakes it.
@@ -107,6 +108,7 @@ class PluginWorker(threading.Thread):
                 "returncode": last.returncode, "reason": last.reason, "stderr": list(last.stderr_tail)},
             "retry_in": round(max(0.0, self.lc.backoff_until - time.monotonic()), 2)
             if self.lc.state == State.BACKOFF else None,
+            "install_id": inst.spec.install_id if inst else None,  # what is actually serving
         }
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -203,6 +205,14 @@ class PluginWorker(threading.Thread):
             self.want_running = False
             self.exiting = True
             self._stop_instance()
+        elif op == "upgrade":
+            # Once per new install: a version that failed to come up is retried by `host restart`, not by
+            # every reconcile.
+            rec = self._record()
+            if self.lc.state == State.RUNNING and self.instance is not None and rec is not None \
+                    and rec.install_id not in (self.instance.spec.install_id, self._failed_upgrade) \
+                    and not self._replace():
+                self._failed_upgrade = rec.install_id
         elif op == "restart":
             self.want_running = True
             self.asleep = False
@@ -321,15 +331,17 @@ class PluginWorker(threading.Thread):
         os.symlink(inst.spec.instance_socket.name, tmp)
         os.replace(tmp, public)
 
-    def _replace(self) -> None:
-        """Zero-downtime restart: bring up a new instance, switch, then drain the old one."""
+    def _replace(self) -> bool:
+        """Zero-downtime restart: bring up a new instance, switch, then drain the old one. False when the
+        new instance did not come up (the old one keeps serving)."""
         old = self.instance
         outcome = self._bring_up()
         if outcome is None or isinstance(outcome, ExitInfo):
             why = outcome.reason if outcome else "cancelled"
             log.error("%s: restart failed, the old instance keeps serving: %s", self.plugin, why)
             self.registry.record(self.plugin, "restart_failed", reason=why)
-            return
+            self.lc.reason = f"restart failed, the previous instance keeps serving: {why}"
+            return False
         self._go_live(outcome)
         self.lc.restarts += 1
         self.registry.record(self.plugin, "restarted", pid=outcome.pid)
@@ -338,6 +350,7 @@ class PluginWorker(threading.Thread):
             t = threading.Thread(target=self._drain_old, args=(old,), name=f"drain-{self.plugin}", daemon=True)
             t.start()
             self._drains.append(t)
+        return True
 
     def _drain_old(self, old: Instance) -> None:
         # This thread owns `old` from now on: SIGTERM lets it finish in-flight requests, then SIGKILL.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -102,3 +103,31 @@ def test_upgrade_while_serving_switches_with_no_failed_request_and_keeps_data(li
     assert live.plugin("example")["version"] == "1.1.0"
     assert live.plugin("example")["pid"] != old_pid
     assert marker.read_text() == "survives upgrades"
+    assert _events(live.home, "example", "restarted") == 1  # one switch, however often the CLI reconciled
+
+
+def _events(home: Path, plugin: str, kind: str) -> int:
+    with sqlite3.connect(home / "registry.db") as db:
+        q = "SELECT COUNT(*) FROM events WHERE plugin = ? AND kind = ?"
+        return int(db.execute(q, (plugin, kind)).fetchone()[0])
+
+
+def test_an_upgrade_that_cannot_start_is_reported_and_the_old_version_keeps_serving(
+        live: ServedHost, tmp_path: Path) -> None:
+    src = tmp_path / "example-broken"
+    shutil.copytree(BUNDLED / "example_plugin", src)
+    (src / "plugin.toml").write_text((src / "plugin.toml").read_text().replace('"1.0.0"', '"2.0.0"'))
+    # imports fine for the install check, dies when gunicorn loads it
+    (src / "example_plugin.py").write_text("import sys\nif 'gunicorn' in sys.modules:\n"
+                                           "    raise RuntimeError('v2 cannot start')\n"
+                                           + (src / "example_plugin.py").read_text())
+    old_pid = live.plugin("example")["pid"]
+    r = live.cli("install", str(src), "--yes")
+    assert r.returncode == 1
+    assert "installed 2.0.0, but it did not start; the previous version keeps serving" in r.stderr
+    assert live.get("/plugins/example/example").text == "Hello from Example Plugin!"
+    assert live.plugin("example")["pid"] == old_pid
+    assert _events(live.home, "example", "restart_failed") == 1
+    # the install the old instance runs from is still on disk after yet another install
+    serving = [d for d in (live.home / "plugins" / "example").iterdir() if d.name.startswith("1.0.0-")]
+    assert serving, "the live install was deleted"

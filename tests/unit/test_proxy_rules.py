@@ -66,6 +66,13 @@ def test_response_headers_keep_repeats_and_drop_hop_by_hop() -> None:
     assert not any(k.lower() in ("connection", "keep-alive") for k, _ in out)
 
 
+def test_origin_wide_response_headers_are_dropped() -> None:
+    up = httpx.Headers([("Service-Worker-Allowed", "/"), ("Clear-Site-Data", '"cookies"'),
+                        ("Strict-Transport-Security", "max-age=63072000"), ("Alt-Svc", 'h3=":443"'),
+                        ("Content-Type", "text/html")])
+    assert response_headers(up, "/plugins/p") == [("content-type", "text/html")]
+
+
 @pytest.mark.parametrize(("cookie", "expected"), [
     ("s=1", "s=1; Path=/plugins/p/"),
     ("s=1; Path=/", "s=1; Path=/plugins/p/"),
