@@ -109,15 +109,15 @@ class Slots:
 class Pool:
     """One pooled httpx client per plugin instance.
 
-    The plugin's public socket is a symlink to its live instance's socket; the pool follows the link on
-    every request, so after a zero-downtime restart new requests reach the new instance at once while
-    kept-alive connections to the draining one are retired (closed after ``retire_after`` seconds).
+    The plugin's public socket is a symlink (in a root-only dir) to its live instance's socket; the pool
+    follows it on every request, so after a zero-downtime restart new requests reach the new instance at
+    once. The old client is dropped, not closed: responses still streaming from the draining instance hold
+    their own connections, which close when those responses end.
     """
 
-    def __init__(self, retire_after: float = 300.0) -> None:
+    def __init__(self) -> None:
         self._clients: dict[Path, tuple[Path, httpx.Client]] = {}
         self._lock = threading.Lock()
-        self.retire_after = retire_after
 
     def client(self, public: Path) -> httpx.Client:
         try:
@@ -135,10 +135,6 @@ class Pool:
                                             limits=httpx.Limits(max_connections=256, max_keepalive_connections=32))
             client = httpx.Client(transport=transport, timeout=30.0, follow_redirects=False, base_url="http://plugin")
             self._clients[public] = (target, client)
-        if entry is not None:
-            timer = threading.Timer(self.retire_after, entry[1].close)
-            timer.daemon = True
-            timer.start()
         return client
 
     def close(self) -> None:
