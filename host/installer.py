@@ -232,7 +232,7 @@ class Installer:
     def uninstall(self, name: str, *, keep_data: bool = False) -> None:
         with home_lock(self.layout):
             self.registry.require(name)
-            self.registry.remove(name)
+            self.registry.remove(name, keep_uid=keep_data)
             shutil.rmtree(self.layout.plugin_root(name), ignore_errors=True)
             shutil.rmtree(self.layout.run_dir(name), ignore_errors=True)
             if not keep_data:

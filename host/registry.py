@@ -137,6 +137,9 @@ class Registry:
         row = self._conn().execute("SELECT uid_index FROM plugins WHERE name = ?", (name,)).fetchone()
         if row is not None:
             return int(row[0])
+        kept = self.get_setting(f"kept_uid:{name}")  # uninstalled with --keep-data: its files are that uid's
+        if kept is not None:
+            return int(kept)
         counter = self.get_setting("uid_counter")
         top = self._conn().execute("SELECT COALESCE(MAX(uid_index), 0) + 1 FROM plugins").fetchone()[0]
         return max(int(counter or 1), int(top))
@@ -149,7 +152,9 @@ class Registry:
             old = db.execute("SELECT uid_index FROM plugins WHERE name = ?", (name,)).fetchone()
             if old is None:
                 db.execute("INSERT INTO settings VALUES ('uid_counter', ?) "
-                           "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(nxt + 1),))
+                           "ON CONFLICT(key) DO UPDATE SET value=MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                           (str(nxt + 1),))
+                db.execute("DELETE FROM settings WHERE key = ?", (f"kept_uid:{name}",))
                 db.execute(
                     "INSERT INTO plugins VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (name, version, install_id, json.dumps(manifest), int(enabled), nxt, now, now),
@@ -161,11 +166,20 @@ class Registry:
                 )
             _event(db, name, "installed", {"version": version, "install_id": install_id})
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, *, keep_uid: bool = False) -> None:
+        """Forget a plugin. ``keep_uid``: its data stays on disk, so a reinstall must run as the same uid."""
         with self._tx() as db:
-            if db.execute("DELETE FROM plugins WHERE name = ?", (name,)).rowcount == 0:
+            row = db.execute("SELECT uid_index FROM plugins WHERE name = ?", (name,)).fetchone()
+            if row is None:
                 raise PluginNotFound(name)
-            _event(db, name, "uninstalled", {})
+            db.execute("DELETE FROM plugins WHERE name = ?", (name,))
+            key = f"kept_uid:{name}"
+            if keep_uid:
+                db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                           (key, str(row[0])))
+            else:
+                db.execute("DELETE FROM settings WHERE key = ?", (key,))
+            _event(db, name, "uninstalled", {"kept_data": keep_uid})
 
     def set_enabled(self, name: str, enabled: bool) -> bool:
         """Set desired state; returns whether it changed."""

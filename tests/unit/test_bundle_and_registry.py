@@ -61,3 +61,18 @@ def test_registry_generation_changes_when_another_connection_commits(tmp_path: P
     assert reader.generation() == g
     writer.put("a", "1", "1-x", {}, enabled=True)
     assert reader.generation() != g
+
+
+def test_uids_are_never_reused_except_for_kept_data(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r.db")
+    reg.put("a", "1", "1-x", {}, enabled=True)
+    reg.put("b", "1", "1-y", {}, enabled=True)
+    a, b = reg.require("a").uid_index, reg.require("b").uid_index
+    reg.remove("b")
+    reg.put("c", "1", "1-z", {}, enabled=True)
+    assert reg.require("c").uid_index not in (a, b)  # b's leftovers never become c's
+    reg.remove("a", keep_uid=True)
+    reg.put("a", "2", "2-x", {}, enabled=True)
+    assert reg.require("a").uid_index == a  # its kept data dir is still writable by it
+    reg.put("d", "1", "1-w", {}, enabled=True)
+    assert reg.require("d").uid_index not in (a, b, reg.require("c").uid_index)
