@@ -151,9 +151,8 @@ class Registry:
         with self._tx() as db:
             old = db.execute("SELECT uid_index FROM plugins WHERE name = ?", (name,)).fetchone()
             if old is None:
-                db.execute("INSERT INTO settings VALUES ('uid_counter', ?) "
-                           "ON CONFLICT(key) DO UPDATE SET value=MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
-                           (str(nxt + 1),))
+                db.execute("INSERT INTO settings VALUES ('uid_counter', ?) ON CONFLICT(key) DO UPDATE "
+                           "SET value=MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))", (str(nxt + 1),))
                 db.execute("DELETE FROM settings WHERE key = ?", (f"kept_uid:{name}",))
                 db.execute(
                     "INSERT INTO plugins VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
