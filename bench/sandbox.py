@@ -10,10 +10,10 @@ Prints medians and the sandboxed/bare ratio; memory is the summed RSS/PSS of eac
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -46,11 +46,13 @@ def tree_memory_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def start_and_wait(argv: list[str], env: dict[str, str], sock: Path) -> tuple[float, subprocess.Popen[bytes]]:
-    sock.unlink(missing_ok=True)
+def start_and_wait(argv: list[str], env: dict[str, str], sock: Path,
+                   listener: socket.socket | None = None) -> tuple[float, subprocess.Popen[bytes]]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, pass_fds=(listener.fileno(),) if listener else ())
+    if listener is not None:
+        listener.close()
     deadline = time.monotonic() + READY_DEADLINE
     while probe(sock, "/", 2.0) is not None:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -82,12 +84,17 @@ def main() -> None:
         results: dict[str, list[float]] = {"bare": [], "sandboxed": []}
         memory: dict[str, tuple[int, int]] = {}
         for i in range(args.runs):
-            spec = launch.build(settings, record, generation=i + 1)
-            launch.prepare(settings, spec, uid)
-            bare = dataclasses.replace(spec, argv=spec.argv[spec.argv.index("--") + 1:])
-            for kind, s in (("bare", bare), ("sandboxed", spec)):
-                env = spec.env if kind == "bare" else {"PATH": os.environ["PATH"]}
-                took, proc = start_and_wait(s.argv, env, s.instance_socket)
+            for kind in ("bare", "sandboxed"):
+                spec = launch.build(settings, record, generation=2 * i + (kind == "bare"))
+                listener = launch.prepare(settings, spec, uid)  # binds the socket, as the supervisor does
+                if kind == "bare":  # gunicorn alone, as root, binding its own socket: no runner, no layers
+                    listener.close()
+                    spec.instance_socket.unlink()
+                    argv = [*spec.argv[spec.argv.index("--") + 1:], "--bind", f"unix:{spec.instance_socket}"]
+                    took, proc = start_and_wait(argv, spec.env, spec.instance_socket)
+                else:
+                    took, proc = start_and_wait(spec.argv, {"PATH": os.environ["PATH"]}, spec.instance_socket,
+                                                listener)
                 results[kind].append(took)
                 if i == 0:
                     time.sleep(1.0)  # idle
