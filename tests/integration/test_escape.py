@@ -25,6 +25,16 @@ from tests.integration.harness import FIXTURES, ServedHost, run_host, wait_for
 
 GRANTED_RO = Path("/tmp/plugin-host-granted-ro")
 GRANTED_RW = Path("/tmp/plugin-host-granted-rw")
+GRANTED_MANIFEST = f"""
+name = "granted"
+version = "1.0.0"
+entrypoint = "app:app"
+
+[permissions]
+environment = ["PLUGIN_HOST_TEST_GRANTED"]
+network = {{ outbound = true }}
+filesystem = {{ read = ["{GRANTED_RO}"], write = ["{GRANTED_RW}"] }}
+"""
 SECRET_ENV = "PLUGIN_HOST_TEST_SECRET"
 
 _layers = probe()
@@ -39,8 +49,12 @@ pytestmark = pytest.mark.skipif(
 def jail() -> Iterator[ServedHost]:
     d = Path(tempfile.mkdtemp(prefix="ph-", dir="/tmp"))
     home = d / "h"
-    for src in ("escape_attempt", "echo", "granted"):
-        run_host(home, "install", str(FIXTURES / src), "--yes", check=True)
+    # `granted`: the very same hostile code, under a manifest that grants some of what it attempts
+    granted = d / "granted"
+    shutil.copytree(FIXTURES / "escape_attempt", granted)
+    (granted / "plugin.toml").write_text(GRANTED_MANIFEST)
+    for src in (FIXTURES / "escape_attempt", FIXTURES / "echo", granted):
+        run_host(home, "install", str(src), "--yes", check=True)
     for p in (GRANTED_RO, GRANTED_RW):
         shutil.rmtree(p, ignore_errors=True)
         p.mkdir(mode=0o755)
