@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.harness import short_home
+
 
 @pytest.fixture
 def home() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="ph-", dir="/tmp"))
-    try:
-        yield d / "h"
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    with short_home() as h:
+        yield h

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +157,30 @@ class ServedHost:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             raise AssertionError(f"host did not stop within {timeout}s:\n{self.read_log()[-3000:]}") from None
+
+
+@contextmanager
+def short_home() -> Iterator[Path]:
+    """A fresh home under /tmp, short enough for Unix socket paths (108 bytes); removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="ph-", dir="/tmp"))
+    try:
+        yield d / "h"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextmanager
+def served_plugins(*sources: Path, wait: tuple[str, ...] = (), env: dict[str, str] | None = None
+                   ) -> Iterator[ServedHost]:
+    """Install ``sources`` into a fresh home and serve them until the block ends."""
+    with short_home() as home:
+        for src in sources:
+            run_host(home, "install", str(src), "--yes", check=True)
+        host = ServedHost(home, env=env or {}).start(wait_plugins=wait)
+        try:
+            yield host
+        finally:
+            host.stop()
 
 
 def plugin_pid(host: ServedHost, name: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -14,19 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.harness import BUNDLED, FIXTURES, ServedHost, alive, run_host, wait_for
+from tests.integration.harness import BUNDLED, FIXTURES, ServedHost, alive, served_plugins, wait_for
 
 
 @pytest.fixture
 def live() -> Iterator[ServedHost]:
-    d = Path(tempfile.mkdtemp(prefix="ph-", dir="/tmp"))
-    run_host(d / "h", "install", str(BUNDLED / "example_plugin"), "--yes", check=True)
-    host = ServedHost(d / "h").start(wait_plugins=("example",))
-    try:
+    with served_plugins(BUNDLED / "example_plugin", wait=("example",)) as host:
         yield host
-    finally:
-        host.stop()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_install_while_serving_starts_it_and_reports_healthy(live: ServedHost) -> None:

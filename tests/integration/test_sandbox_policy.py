@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import BUNDLED, ServedHost, run_host
+from tests.integration.harness import BUNDLED, ServedHost, run_host, short_home
 
 # The runner's documented override of the bubblewrap binary: pointing it at nothing takes the namespace
 # layer away for real (the runner probes it and finds no usable bwrap).
@@ -22,12 +20,9 @@ NO_BWRAP = {"SANDBOX_RUNNER_BWRAP": "/nonexistent/bwrap"}
 
 @pytest.fixture
 def installed_home() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="ph-", dir="/tmp"))
-    run_host(d / "h", "install", str(BUNDLED / "example_plugin"), "--yes", check=True)
-    try:
-        yield d / "h"
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    with short_home() as home:
+        run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", check=True)
+        yield home
 
 
 def test_missing_layer_in_strict_mode_refuses_to_start_and_says_why(installed_home: Path) -> None:
