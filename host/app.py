@@ -33,6 +33,7 @@ from host.proxy import (
     response_headers,
     upstream_errors,
     upstream_path,
+    upstream_request,
 )
 from host.registry import Registry
 from host.settings import HostSettings
@@ -141,20 +142,16 @@ def create_app(settings: HostSettings | None = None) -> Flask:
         query = env.get("QUERY_STRING", "")
         url = path + (f"?{query}" if query else "")
         sock = layout.socket(name)
-        client = pool.client(sock)
-        req = client.build_request(
-            request.method, url, headers=headers,
-            content=body_stream(request.stream, max_body) if has_body else None,
-            timeout=httpx.Timeout(timeout, connect=5.0, pool=5.0),
-        )
+        req = upstream_request(request.method, url, headers,
+                               body_stream(request.stream, max_body) if has_body else None, timeout)
         try:
             with upstream_errors(name, timeout):
-                upstream = client.send(req, stream=True)
+                upstream = pool.transport(sock).handle_request(req)
         except Unavailable:
             # Nothing was sent (the connect failed), so the request can go to the instance that comes up.
             wait_until_available(name)
             with upstream_errors(name, timeout):
-                upstream = pool.client(sock).send(req, stream=True)
+                upstream = pool.transport(sock).handle_request(req)
         except ProxyError as exc:
             # Reset before any answer: the instance died with our connection still in its listen backlog.
             # A bodiless idempotent request is safe to replay once on the instance that replaces it; the
@@ -163,7 +160,7 @@ def create_app(settings: HostSettings | None = None) -> Flask:
                 raise
             wait_until_available(name)
             with upstream_errors(name, timeout):
-                upstream = pool.client(sock).send(req, stream=True)
+                upstream = pool.transport(sock).handle_request(req)
         mark_active(name)
         return stream_response(upstream, name, prefix, timeout)
 

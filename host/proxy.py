@@ -107,41 +107,53 @@ class Slots:
 
 
 class Pool:
-    """One pooled httpx client per plugin instance.
+    """One pooled connection transport per plugin instance, and nothing else.
+
+    Deliberately not an ``httpx.Client``: a client keeps a cookie jar (it stored one user's ``Set-Cookie``
+    and replayed it on other users' requests), default headers (``User-Agent``, ``Accept-Encoding``), auth
+    and redirect handling. The transport holds only idle sockets, and each request carries exactly the
+    headers :func:`request_headers` built from its own client's request.
 
     The plugin's public socket is a symlink (in a root-only dir) to its live instance's socket; the pool
     follows it on every request, so after a zero-downtime restart new requests reach the new instance at
-    once. The old client is dropped, not closed: responses still streaming from the draining instance hold
-    their own connections, which close when those responses end.
+    once. The old transport is dropped, not closed: responses still streaming from the draining instance
+    hold their own connections, which close when those responses end.
     """
 
     def __init__(self) -> None:
-        self._clients: dict[Path, tuple[Path, httpx.Client]] = {}
+        self._transports: dict[Path, tuple[Path, httpx.HTTPTransport]] = {}
         self._lock = threading.Lock()
 
-    def client(self, public: Path) -> httpx.Client:
+    def transport(self, public: Path) -> httpx.HTTPTransport:
         try:
             target = public.parent / os.readlink(public)
         except OSError:
             target = public  # not running: the connect fails and the caller waits or answers 503
-        entry = self._clients.get(public)
+        entry = self._transports.get(public)
         if entry is not None and entry[0] == target:
             return entry[1]
         with self._lock:
-            entry = self._clients.get(public)
+            entry = self._transports.get(public)
             if entry is not None and entry[0] == target:
                 return entry[1]
             transport = httpx.HTTPTransport(uds=str(target), retries=0,
                                             limits=httpx.Limits(max_connections=256, max_keepalive_connections=32))
-            client = httpx.Client(transport=transport, timeout=30.0, follow_redirects=False, base_url="http://plugin")
-            self._clients[public] = (target, client)
-        return client
+            self._transports[public] = (target, transport)
+        return transport
 
     def close(self) -> None:
         with self._lock:
-            for _, c in self._clients.values():
-                c.close()
-            self._clients.clear()
+            for _, t in self._transports.values():
+                t.close()
+            self._transports.clear()
+
+
+def upstream_request(method: str, target: str, headers: list[tuple[str, str]], body: Iterator[bytes] | None,
+                     timeout: float) -> httpx.Request:
+    """A request for one plugin socket built from this client's request alone (no shared defaults)."""
+    t = httpx.Timeout(timeout, connect=5.0, pool=5.0)
+    return httpx.Request(method, "http://plugin" + target, headers=headers, content=body,
+                         extensions={"timeout": t.as_dict()})
 
 
 def request_headers(incoming: list[tuple[str, str]], *, prefix: str, client_ip: str, scheme: str,
