@@ -1,4 +1,4 @@
-"""The plugin manifest schema (plugin.toml). Depends on pydantic only."""
+"""The plugin manifest schema (plugin.toml). Depends on pydantic and packaging only."""
 
 from manifests.errors import ManifestError, ManifestNotFound, ManifestSyntaxError, ManifestValidationError
 from manifests.loader import MANIFEST_FILE, json_schema, load_manifest, parse_manifest

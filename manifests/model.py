@@ -1,4 +1,4 @@
-"""The plugin.toml schema: frozen pydantic models, default deny. Depends on pydantic only."""
+"""The plugin.toml schema: frozen pydantic models, default deny. Depends on pydantic and packaging only."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from manifests.requirements import check_requirement
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
 # module:attr (a WSGI callable), module:factory() (gunicorn's call syntax, no arguments), or a bare module
@@ -17,9 +19,9 @@ _PEP440 = re.compile(
     r"(?:(?:-[0-9]+)|(?:[-_.]?(?:post|rev|r)[-_.]?[0-9]*))?(?:[-_.]?dev[-_.]?[0-9]*)?$",
     re.IGNORECASE,
 )
-# A PEP 508 requirement as pip accepts it from a requirements line, minus anything that turns the
-# line into a pip option or a URL/path install (those would let a manifest point pip anywhere).
-_REQUIREMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._, -]+\])?\s*([<>=!~;(].*)?$")
+# C0 and C1 control characters (ESC, CR, BEL, the 8-bit CSI) and bidirectional overrides and isolates: none
+# belongs in text an operator reads in a terminal, and each can change what the rest of the screen shows.
+_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Environment variables a plugin may never receive even if it asks: they change how the runtime loads code.
 FORBIDDEN_ENV = frozenset({"LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"})
@@ -50,8 +52,8 @@ class Filesystem(_Frozen):
     @classmethod
     def _absolute(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
         for p in paths:
-            if not p.startswith("/") or "\x00" in p or "/../" in f"{p}/":
-                raise ValueError(f"{p!r}: must be an absolute path without '..'")
+            if not p.startswith("/") or _UNSAFE_TEXT.search(p) or "/../" in f"{p}/":
+                raise ValueError(f"{p!a}: must be an absolute path without '..' or control characters")
         return paths
 
 
@@ -104,7 +106,7 @@ class Manifest(_Frozen):
     entrypoint: Annotated[str, Field(pattern=ENTRYPOINT_PATTERN)]
     description: str = Field("", max_length=500)
     requirements: tuple[str, ...] = ()
-    health_path: str = Field("/", pattern=r"^/[^\s]*$", description="Path probed for readiness/liveness.")
+    health_path: str = Field("/", pattern=r"^/[!-~]*$", description="Path probed for readiness/liveness.")
     permissions: Permissions = Permissions()
 
     @field_validator("version")
@@ -114,12 +116,19 @@ class Manifest(_Frozen):
             raise ValueError(f"{v!r} is not a PEP 440 version (e.g. 1.0.0)")
         return v
 
+    @field_validator("description")
+    @classmethod
+    def _one_line_of_text(cls, text: str) -> str:
+        if _UNSAFE_TEXT.search(text):
+            raise ValueError(f"{text[:80]!a}: one line of text without control characters "
+                             "(no newlines, tabs, escape sequences or bidirectional overrides)")
+        return text
+
     @field_validator("requirements")
     @classmethod
     def _requirements(cls, reqs: tuple[str, ...]) -> tuple[str, ...]:
         for r in reqs:
-            if not _REQUIREMENT.match(r.strip()) or "@" in r:
-                raise ValueError(f"{r!r}: must be a PEP 508 requirement such as 'six==1.16.0' (no URLs or pip options)")
+            check_requirement(r)
         return reqs
 
     @property

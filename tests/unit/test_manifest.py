@@ -96,3 +96,73 @@ def test_json_schema_export_describes_the_manifest() -> None:
     assert schema["properties"]["name"]["pattern"] == "^[a-z][a-z0-9-]{0,31}$"
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) == {"name", "version", "entrypoint"}
+
+
+# pip splits a requirements file with str.splitlines(): \r, \v, \f, \x1c-\x1e and \x85 end a line, so each of
+# these entries would hand pip an option line of its own. A regex anchored with ^...$ let them through.
+@pytest.mark.parametrize("entry", [
+    "six==1.16.0\r--index-url=http://127.0.0.1:9/simple",
+    "six\v--trusted-host evil.example",
+    "six\f--extra-index-url http://evil.example/",
+    "six\n-r /etc/shadow",
+    "six\x85--index-url=http://evil/",
+    "six\t; python_version >= '3'",
+    "s\u0131x==1.0",  # dotless i: looks like six, is not ASCII
+    "six\x1b[1A\x1b[2K",
+])
+def test_cant_smuggle_pip_lines_through_a_requirement(entry: str) -> None:
+    with pytest.raises(ManifestValidationError) as exc:
+        parse_manifest({**MINIMAL, "requirements": ["flask", entry]}, "p/plugin.toml")
+    assert exc.value.field == "requirements"
+    message = str(exc.value)
+    assert message == (f"p/plugin.toml: requirements: {entry!a}: only printable ASCII is allowed "
+                       "(no control or non-ASCII characters)")
+    assert message.isprintable() and message.isascii()  # one line, every control character shown escaped
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("--index-url=http://evil/", "not a pip option"),
+    ("  -e .", "not a pip option"),
+    ("pkg @ https://evil/pkg.whl", "by name (no URLs or paths)"),
+    ("pkg@file:///etc/passwd", "by name (no URLs or paths)"),
+    ("./local/pkg", "must be a PEP 508 requirement such as 'six==1.16.0' (Expected package name"),
+    ("/abs/pkg", "must be a PEP 508 requirement"),
+    ("evil.whl", "pip would read 'evil.whl' as a file name"),
+    ("evil.tar.gz[x]", "pip would read 'evil.tar.gz' as a file name"),
+    ("six --hash=sha256:00", "must be a PEP 508 requirement"),
+    ("six; os_name == 'a --index-url=http://evil/'", "may not contain '$'"),
+    ("six; os_name == 'x #'", "may not contain '$'"),
+    ("six; os_name == '${PIP_INDEX_URL}'", "may not contain '$'"),
+    ("six; os_name == 'x\\'", "must be a PEP 508 requirement"),
+    ("", "must be a PEP 508 requirement"),
+])
+def test_requirements_are_plain_pep508_names(entry: str, message: str) -> None:
+    with pytest.raises(ManifestValidationError) as exc:
+        parse_manifest({**MINIMAL, "requirements": [entry]})
+    assert exc.value.field == "requirements"
+    assert f"requirements: {entry!a}: " in str(exc.value)
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_ordinary_requirements_are_accepted() -> None:
+    reqs = ["six==1.16.0", "Flask[async]>=2.2,<4", "humanize (>=4.0)", "tomli; python_version < '3.11'",
+            "zope.interface~=6.0", "backports-zoneinfo; platform_release == '5.4-generic'"]
+    assert parse_manifest({**MINIMAL, "requirements": reqs}).requirements == tuple(reqs)
+
+
+@pytest.mark.parametrize("text", ["\x1b[1A\x1b[2Kplugin: trusted 1.0", "line\nrisk: 1/8", "a\rb", "\u202eevil",
+                                  "\x9b2K"])
+def test_description_is_one_line_without_control_characters(text: str) -> None:
+    with pytest.raises(ManifestValidationError) as exc:
+        parse_manifest({**MINIMAL, "description": text})
+    assert exc.value.field == "description"
+    assert str(exc.value).isprintable()
+    assert parse_manifest({**MINIMAL, "description": "Notes — with ünïcode, ✓"}).description
+
+
+def test_filesystem_paths_and_health_path_refuse_control_characters() -> None:
+    with pytest.raises(ManifestValidationError, match=r"'/srv/\\x1b\[2K': must be an absolute path"):
+        parse_manifest({**MINIMAL, "permissions": {"filesystem": {"read": ["/srv/\x1b[2K"]}}})
+    with pytest.raises(ManifestValidationError, match="health_path: must match"):
+        parse_manifest({**MINIMAL, "health_path": "/\x1b[2K"})
