@@ -77,6 +77,12 @@ def run(h: Handoff, cmd: list[str], report_fd: int) -> int:
     """Confine this process and exec ``cmd``; returns an exit code only on failure."""
     name = h.policy.name
     try:
+        # Whatever the host left open (close_fds is its choice, not a guarantee) must not reach the
+        # command: only 0-2 and the listening socket, which hand_over_listener makes inheritable again.
+        libc.cloexec_from(LISTEN_FDS_START)
+    except OSError as exc:
+        return fail(name, "exec", f"cannot close inherited file descriptors: {exc.strerror}", EXEC_FAILED, report_fd)
+    try:
         exe = resolve(cmd, h.policy.env)
         report = confine(h)
         # After the uid drop, so a cwd the plugin may not enter fails here rather than silently as root.

@@ -15,6 +15,11 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 
 _CAP_VERSION_3 = 0x20080522
+# close_range(2) has one number on every architecture (the unified syscall table, Linux 5.9);
+# CLOSE_RANGE_CLOEXEC arrived in 5.11.
+_NR_CLOSE_RANGE = 436
+_CLOSE_RANGE_CLOEXEC = 1 << 2
+_MAX_FD = 0xFFFFFFFF  # ~0U: "to the last fd"
 
 
 @functools.cache
@@ -44,6 +49,23 @@ def syscall(number: int, *args: Any) -> int:
     fn.restype = ctypes.c_long
     conv = [a if not isinstance(a, int) else ctypes.c_long(a) for a in args]
     return _check(fn(ctypes.c_long(number), *conv), f"syscall({number})")
+
+
+def cloexec_from(first: int) -> None:
+    """Mark every fd >= ``first`` close-on-exec (the fds stay usable until exec; those to keep are made
+    inheritable again by whoever hands them over). close_range(2) when the kernel has it; else /proc/self/fd."""
+    try:
+        syscall(_NR_CLOSE_RANGE, first, _MAX_FD, _CLOSE_RANGE_CLOEXEC)
+        return
+    except OSError:
+        pass  # ENOSYS (< 5.9) or EINVAL (no CLOEXEC flag, < 5.11)
+    for name in os.listdir("/proc/self/fd"):  # raises when /proc is missing: the caller fails closed
+        fd = int(name)
+        if fd >= first:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the fd listdir itself used, closed by now
 
 
 def set_pdeathsig(sig: int) -> None:
