@@ -6,6 +6,7 @@ Routes by socket path only; must not import the supervisor.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -34,7 +35,11 @@ ORIGIN_WIDE = frozenset({"service-worker-allowed", "clear-site-data", "strict-tr
                          "public-key-pins", "public-key-pins-report-only"})
 HOST_COOKIE = "plugin_host_session"  # the admin UI's session cookie: never forwarded to plugins
 HOST_TOKEN_PREFIX = "phk_"  # admin API tokens: an Authorization carrying one is never forwarded
-_COOKIE_ATTR = re.compile(r";\s*(path|domain)=[^;]*", re.IGNORECASE)
+# RFC 6265bis 5.6: a Set-Cookie with a control character other than HTAB is ignored by browsers.
+_COOKIE_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+MAX_COOKIE_ATTR = 1024  # RFC 6265bis 5.6: browsers ignore an attribute whose value is longer
+
+log = logging.getLogger(__name__)
 
 
 class ProxyError(Exception):
@@ -194,20 +199,72 @@ def response_headers(upstream: httpx.Headers, prefix: str) -> list[tuple[str, st
         if lk in HOP_BY_HOP or lk in named_by_connection or lk in ORIGIN_WIDE:
             continue
         if lk == "set-cookie":
-            v = scope_cookie(v, prefix)
+            scoped = scope_cookie(v, prefix)
+            if scoped is None:
+                continue
+            v = scoped
         out.append((k, v))
     return out
 
 
-def scope_cookie(header: str, prefix: str) -> str:
-    """Confine a plugin's cookie to its own prefix: rewrite Path under it, drop Domain."""
-    path = "/"
-    m = re.search(r";\s*path=([^;]*)", header, re.IGNORECASE)
-    if m:
-        path = m.group(1).strip() or "/"
+def scope_cookie(header: str, prefix: str) -> str | None:
+    """Confine a plugin's ``Set-Cookie`` to its own prefix, or None when it must be dropped.
+
+    Parsed the way browsers parse it (RFC 6265bis 5.6), so no spelling slips past: split on ';', the first
+    piece (name=value) is kept as sent; each attribute is split on its first '=', both sides stripped and the
+    name lower-cased, so ``Domain =x``, ``domain= x`` and ``  DOMAIN=x`` are all the Domain attribute.
+    Every Domain is dropped (the cookie stays host-only). Every Path is dropped and exactly one is set: the
+    plugin's (the last one, as browsers take the last) if it is under ``prefix``, else ``prefix`` + it.
+    Other attributes are kept verbatim.
+
+    Dropped outright: a cookie with a control character (browsers ignore it, and how a front proxy would
+    read it is anyone's guess), the host's own session cookie (a plugin must not plant or shadow it), and a
+    ``__Host-`` cookie, which browsers accept only with ``Path=/`` and so can never be honoured under a
+    path prefix. A ``__Secure-`` cookie is kept as is: that prefix demands only the Secure attribute and an
+    https page, which the browser checks itself (over plain http it discards the cookie).
+    """
+    if _COOKIE_CTL.search(header):
+        log.warning("dropped a Set-Cookie with a control character from the plugin at %s", prefix)
+        return None
+    pair, *attributes = header.split(";")
+    name = pair.split("=", 1)[0].strip() if "=" in pair else ""
+    if _cookie_identity(name) == HOST_COOKIE:
+        log.warning("dropped a Set-Cookie for the host's own cookie %r from the plugin at %s", name, prefix)
+        return None
+    if name.lower().startswith("__host-"):
+        log.warning("dropped __Host- cookie %r from the plugin at %s: it requires Path=/, which a plugin under "
+                    "a path prefix cannot have", name, prefix)
+        return None
+    path: str | None = None
+    kept: list[str] = []
+    for av in attributes:
+        attr, _, value = av.partition("=")
+        attr = attr.strip().lower()
+        if attr == "path":
+            path = value.strip()
+        elif attr != "domain" and av.strip():
+            kept.append(av.strip())
+    return "; ".join([pair.rstrip(), *kept, f"Path={_scoped_path(path, prefix)}"])
+
+
+def _scoped_path(path: str | None, prefix: str) -> str:
+    """The Path a plugin's cookie gets: its own if under ``prefix``, else under it. A Path that browsers
+    would ignore (empty, relative or over 1024 octets) would let them fall back to the request's directory,
+    which for ``/plugins/<name>`` itself is ``/plugins``, shared by every plugin: such a Path becomes the
+    plugin's root."""
+    if not path or not path.startswith("/"):
+        path = "/"
     if not (path == prefix or path.startswith(prefix + "/")):
-        path = prefix + (path if path.startswith("/") else "/" + path)
-    return _COOKIE_ATTR.sub("", header) + f"; Path={path}"
+        path = prefix + path
+    return path if len(path) <= MAX_COOKIE_ATTR else prefix + "/"
+
+
+def _cookie_identity(name: str) -> str:
+    """A cookie name without the ``__Host-``/``__Secure-`` prefix, case-folded: what a shadowing cookie matches."""
+    lower = name.lower()
+    for p in ("__host-", "__secure-"):
+        lower = lower.removeprefix(p)
+    return lower
 
 
 def _strip_cookie(header: str, name: str) -> str:

@@ -136,6 +136,17 @@ def test_cookies_are_scoped_to_the_plugin_and_repeated_headers_kept(served: Serv
     assert r.headers.get_list("x-multi") == ["one", "two"]
 
 
+def test_cant_widen_a_cookie_with_attribute_spellings_browsers_accept(served: ServedHost) -> None:
+    r = served.get("/plugins/echo/headers", params=[
+        ("Set-Cookie", "a=1; Domain =evil.example; Path =/"),
+        ("Set-Cookie", "b=2;  DOMAIN= evil.example; path=/plugins/echo/x; Path=/"),
+        ("Set-Cookie", "__Host-c=3; Secure; Path=/"),
+        ("Set-Cookie", "plugin_host_session=forged; Path=/"),
+    ])
+    assert r.status_code == 200
+    assert r.headers.get_list("set-cookie") == ["a=1; Path=/plugins/echo/", "b=2; Path=/plugins/echo/"]
+
+
 def test_unknown_plugin_is_a_json_404(served: ServedHost) -> None:
     r = served.get("/plugins/nope/anything")
     assert r.status_code == 404

@@ -79,9 +79,55 @@ def test_origin_wide_response_headers_are_dropped() -> None:
     ("s=1; path=/plugins/p/x; HttpOnly", "s=1; HttpOnly; Path=/plugins/p/x"),
     ("s=1; Domain=.example.com; Secure", "s=1; Secure; Path=/plugins/p/"),
     ("s=1; Path=/plugins/pp", "s=1; Path=/plugins/p/plugins/pp"),  # a sibling prefix is not ours
+    ("s=1; Path=/plugins/p", "s=1; Path=/plugins/p"),
+    ("__Secure-s=1; Secure; Path=/", "__Secure-s=1; Secure; Path=/plugins/p/"),  # the browser checks Secure
+    ("s=a=b; Max-Age=60; SameSite=Lax", "s=a=b; Max-Age=60; SameSite=Lax; Path=/plugins/p/"),
 ])
 def test_cookies_are_confined_to_the_plugin(cookie: str, expected: str) -> None:
     assert scope_cookie(cookie, "/plugins/p") == expected
+
+
+# Spellings a browser reads as Domain or Path (RFC 6265bis 5.6: split on the first '=', strip both sides,
+# compare names case-insensitively, the last Path wins); each once slipped past a regex.
+@pytest.mark.parametrize(("cookie", "expected"), [
+    ("s=1; Domain =evil.example", "s=1; Path=/plugins/p/"),
+    ("s=1; domain= evil.example", "s=1; Path=/plugins/p/"),
+    ("s=1;  DOMAIN=evil.example", "s=1; Path=/plugins/p/"),
+    ("s=1;Domain\t=\tevil.example;HttpOnly", "s=1; HttpOnly; Path=/plugins/p/"),
+    ("s=1; Domain", "s=1; Path=/plugins/p/"),
+    ("s=1; Domain=a.example; Domain=b.example", "s=1; Path=/plugins/p/"),
+    ("s=1; Path =/", "s=1; Path=/plugins/p/"),
+    ("s=1; PATH= /plugins/p/x ", "s=1; Path=/plugins/p/x"),
+    ("s=1; Path=/plugins/p/x; Path=/", "s=1; Path=/plugins/p/"),  # browsers keep the last Path
+    ("s=1; Path=/; path=/plugins/p/x", "s=1; Path=/plugins/p/x"),
+    ("s=1; Path=/other; Path =/plugins/p/x", "s=1; Path=/plugins/p/x"),
+    ("s=1; Path=", "s=1; Path=/plugins/p/"),
+    ("s=1; Path=relative", "s=1; Path=/plugins/p/"),  # browsers ignore a Path not starting with '/'
+])
+def test_cookie_attributes_are_parsed_as_browsers_parse_them(cookie: str, expected: str) -> None:
+    assert scope_cookie(cookie, "/plugins/p") == expected
+
+
+def test_cant_escape_the_prefix_with_a_path_browsers_ignore() -> None:
+    # Over 1024 octets browsers drop the Path and fall back to the request's directory: "/plugins" for a
+    # response to "/plugins/p", which every plugin shares.
+    long = "/plugins/p/" + "a" * 1100
+    assert scope_cookie(f"s=1; Path={long}", "/plugins/p") == "s=1; Path=/plugins/p/"
+
+
+@pytest.mark.parametrize("cookie", [
+    "__Host-s=1; Secure; Path=/",  # needs Path=/ (and no Domain): impossible under a prefix
+    "__host-s=1; Secure; Path=/",
+    "plugin_host_session=forged; Path=/",  # the host's own session cookie
+    " plugin_host_session =forged",
+    "__Secure-plugin_host_session=forged; Secure",
+    "s=1; Domain=evil.example\x0b; Path=/",  # a control character: browsers ignore the whole cookie
+    "s=1\x00; Path=/",
+])
+def test_cant_set_cookies_the_plugin_may_not_have(cookie: str) -> None:
+    assert scope_cookie(cookie, "/plugins/p") is None
+    up = httpx.Headers([("Set-Cookie", cookie), ("Content-Type", "text/plain")])
+    assert response_headers(up, "/plugins/p") == [("content-type", "text/plain")]
 
 
 @pytest.mark.parametrize(("sub", "bad"), [("a/b", False), ("../x", True), ("a/../../x", True), ("./a", True),
