@@ -18,6 +18,7 @@ from host.installer import Installer
 from host.layout import Layout
 from host.registry import Registry
 from host.settings import HostSettings
+from host.terminal import PrintableFormatter, printable
 from manifests import Manifest, ManifestError, json_schema, load_manifest
 
 
@@ -34,16 +35,9 @@ class Ctx:
         return layout
 
 
-_CONTROL = {c: "?" for c in range(32) if c not in (9, 10)} | {127: "?"}
-
-
-def printable(text: object) -> str:
-    """Plugin-supplied text (stderr lines, reasons) with terminal control characters defused."""
-    return str(text).translate(_CONTROL) if text is not None else ""
-
-
 def progress(msg: str) -> None:
-    click.echo(f"==> {msg}", err=True)
+    """One progress line; it may quote a manifest, a bundle's file names or pip's output."""
+    click.echo(f"==> {printable(msg)}", err=True)
 
 
 def _supervisor(layout: Layout, op: str, **args: Any) -> dict[str, Any] | None:
@@ -76,7 +70,7 @@ def permission_summary(m: Manifest) -> list[str]:
     ]
     lines += [f"{g.permission + ':':<16} {g.value:<44} [{g.enforced_by}]" for g in grants(m)]
     lines.append(f"risk:        {risk.score}/8  ({'; '.join(risk.reasons)})")
-    return lines
+    return [printable(line) for line in lines]
 
 
 @cli.command()
@@ -155,7 +149,8 @@ def list_(obj: Ctx, as_json: bool) -> None:
         state = st.get("state") or ("stopped" if status else "not serving")
         rows.append({"name": r.name, "version": r.version, "enabled": r.enabled,
                      "state": state if r.enabled else "disabled", "pid": st.get("pid"),
-                     "restarts": st.get("restarts", 0), "reason": st.get("reason")})
+                     "restarts": st.get("restarts", 0), "reason": st.get("reason"),
+                     "egress_refused": st.get("egress_refused", 0)})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -164,8 +159,8 @@ def list_(obj: Ctx, as_json: bool) -> None:
         return
     click.echo(f"{'NAME':<20} {'VERSION':<10} {'STATE':<12} {'PID':<8} {'RESTARTS':<8} REASON")
     for row in rows:
-        click.echo(f"{row['name']:<20} {row['version']:<10} {row['state']:<12} {row['pid'] or '-'!s:<8} "
-                   f"{row['restarts']:<8} {printable(row['reason'])}")
+        click.echo(printable(f"{row['name']:<20} {row['version']:<10} {row['state']:<12} {row['pid'] or '-'!s:<8} "
+                             f"{row['restarts']:<8} {row['reason'] or ''}"))
 
 
 def _set_enabled(obj: Ctx, name: str, enabled: bool) -> None:
@@ -205,7 +200,7 @@ def restart(obj: Ctx, name: str) -> None:
                          timeout=settings.start_timeout + 10)
     st = reply["plugin"]
     if st["state"] != "running":
-        raise HostError(f"is {st['state']}: {st.get('reason')}", plugin=name)
+        raise HostError(f"is {st['state']}: {printable(st.get('reason'))}", plugin=name)
     progress(f"{name} restarted (pid {st['pid']})")
 
 
@@ -239,8 +234,9 @@ def serve(obj: Ctx, bind: str | None, workers: int | None, verbose: bool) -> Non
     """Run the supervisor, every enabled plugin and the web tier until SIGTERM/Ctrl-C."""
     from host.supervisor.core import Supervisor
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    console = logging.StreamHandler()
+    console.setFormatter(PrintableFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[console])
     if not verbose:
         logging.getLogger("plugins").setLevel(logging.INFO)
     settings = obj.settings(bind=bind, web_workers=workers)
@@ -265,11 +261,11 @@ def logs(obj: Ctx, name: str, lines: int, follow: bool, previous: bool) -> None:
     with open(path, "rb") as fh:
         tail = fh.read().splitlines()[-lines:] if lines > 0 else []
         for ln in tail:
-            click.echo(printable(ln.decode(errors="replace")))
+            click.echo(printable(ln.decode(errors="replace"), multiline=True))
         while follow:
             chunk = fh.read()
             if chunk:
-                click.echo(printable(chunk.decode(errors="replace")), nl=False)
+                click.echo(printable(chunk.decode(errors="replace"), multiline=True), nl=False)
             else:
                 time.sleep(0.2)
 
@@ -323,10 +319,10 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except ManifestError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(exc)}", err=True)
         sys.exit(2)
     except HostError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(exc)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("error: interrupted; nothing was changed", err=True)
@@ -334,6 +330,6 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("HOST_DEBUG"):
             raise
-        click.echo(f"error: unexpected {exc.__class__.__name__}: {exc} (set HOST_DEBUG=1 for a traceback)",
+        click.echo(f"error: unexpected {exc.__class__.__name__}: {printable(exc)} (set HOST_DEBUG=1 for a traceback)",
                    err=True)
         sys.exit(1)
