@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
-from manifests import Manifest
+from manifests import Destination, Manifest
 
 
 @dataclass(frozen=True)
@@ -25,16 +26,24 @@ def grants(m: Manifest) -> list[Grant]:
     p = m.permissions
     r = p.resources
     net = p.network
-    if not net.outbound:
+    egress_layer = ("own netns + host egress point (refuses loopback, link-local, private, this host unless "
+                    "listed) + Landlock TCP")
+    extra: list[Grant] = []
+    if not net.enabled:
         net_value = "none"
         net_layer = "network namespace (no interfaces) + seccomp (no IP/netlink/packet sockets) + Landlock (TCP)"
+    elif net.any_public:
+        net_value = "public internet, " + (f"TCP ports {', '.join(map(str, net.ports))}" if net.ports else "any port")
+        net_layer = egress_layer
     else:
-        net_value = "outbound, " + (f"TCP ports {', '.join(map(str, net.ports))}" if net.ports else "any port")
-        net_layer = "Landlock TCP connect allow-list; bind denied" if net.ports else "host network; bind denied"
+        net_value = f"{len(net.destinations)} destination(s) only"
+        net_layer = egress_layer
+        extra = [Grant("  egress", f"{d} (risk: {destination_risk(d)})", "host egress point") for d in net.destinations]
     fs = ["own data dir (read-write)", "own code + venv (read-only)"]
     fs += [f"{x} (read-only)" for x in p.filesystem.read] + [f"{x} (read-write)" for x in p.filesystem.write]
     return [
         Grant("network", net_value, net_layer),
+        *extra,
         Grant("filesystem", "; ".join(fs), "mount namespace (bubblewrap) + Landlock allow-list + own uid, 0700 dirs"),
         Grant("environment", ", ".join(p.environment) or "none", "sandbox runner (clean environment)"),
         Grant("memory", f"{r.memory_mb} MiB", "cgroup memory.limit (RLIMIT_AS without cgroups)"),
@@ -44,6 +53,8 @@ def grants(m: Manifest) -> list[Grant]:
               "RLIMIT_CPU (SIGXCPU) + cgroup cpu quota"),
         Grant("open files", str(r.open_files), "RLIMIT_NOFILE"),
         Grant("file size", f"{r.file_size_mb} MiB", "RLIMIT_FSIZE (EFBIG)"),
+        Grant("disk", f"{r.disk_mb} MiB, {r.files} files (data dir and TMPDIR)",
+              "ext4 image per plugin, loop-mounted on its data dir (ENOSPC)"),
         Grant("workers", f"{r.workers} x {r.threads} threads", "gunicorn arguments"),
         Grant("requests", f"{p.requests.timeout_seconds:g} s timeout, {p.requests.max_body_mb} MiB body",
               "host proxy (504 / 413)"),
@@ -51,6 +62,14 @@ def grants(m: Manifest) -> list[Grant]:
         Grant("kernel surface", "ptrace, mount, namespaces, bpf, keyctl, io_uring, perf, modules denied",
               "seccomp + no_new_privs + no capabilities"),
     ]
+
+
+def destination_risk(d: Destination) -> str:
+    """high: an address on this machine or a private network (databases, admin ports, the host itself)."""
+    if not d.ip:
+        return "medium: any subdomain" if d.wildcard else "low"
+    addr = ipaddress.ip_address(d.host)
+    return "low" if addr.is_global else "high"
 
 
 def assess(m: Manifest) -> Risk:
@@ -63,8 +82,15 @@ def assess(m: Manifest) -> Risk:
         score += points
         reasons.append(f"+{points} {why}")
 
-    if p.network.outbound:
-        add(2 if p.network.ports else 3, "outbound network" + (" (listed ports)" if p.network.ports else " (any port)"))
+    net = p.network
+    if net.any_public:
+        add(2 if net.ports else 3, "public internet" + (" (listed ports)" if net.ports else " (any port)"))
+    elif net.enabled:
+        high = [str(d) for d in net.destinations if destination_risk(d) == "high"]
+        if high:
+            add(3, f"reaches this machine or a private network: {', '.join(high)}")
+        else:
+            add(1, f"reaches {len(net.destinations)} listed destination(s)")
     if p.filesystem.write:
         add(2, f"writes outside its data dir: {', '.join(p.filesystem.write)}")
     if p.filesystem.read:
@@ -74,7 +100,7 @@ def assess(m: Manifest) -> Risk:
     if any(s.endswith(":write") for s in p.host_api):
         add(1, "may change host state through the host API")
     r = p.resources
-    if r.memory_mb > 1024 or r.processes > 256 or r.workers * r.threads > 64:
+    if r.memory_mb > 1024 or r.processes > 256 or r.workers * r.threads > 64 or r.disk_mb > 8192:
         add(1, "large resource allowance")
     if m.requirements:
         reasons.append(f"+0 {len(m.requirements)} third-party package(s), installed confined")

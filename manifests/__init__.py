@@ -2,10 +2,11 @@
 
 from manifests.errors import ManifestError, ManifestNotFound, ManifestSyntaxError, ManifestValidationError
 from manifests.loader import MANIFEST_FILE, json_schema, load_manifest, parse_manifest
-from manifests.model import Manifest, Permissions
+from manifests.model import Destination, Manifest, Permissions, parse_destination
 
 __all__ = [
     "MANIFEST_FILE",
+    "Destination",
     "Manifest",
     "ManifestError",
     "ManifestNotFound",
@@ -14,5 +15,6 @@ __all__ = [
     "Permissions",
     "json_schema",
     "load_manifest",
+    "parse_destination",
     "parse_manifest",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from manifests.requirements import check_requirement
 
@@ -33,13 +33,106 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Network(_Frozen):
-    """Outbound network. Default: none at all (empty network namespace, no IP sockets)."""
+# An egress destination: "host:port", where host is a name ("api.example.com"), a wildcard name
+# ("*.example.org": any subdomain, not the bare domain), an IPv4 literal or a bracketed IPv6 literal.
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DEST_NAME = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
 
-    outbound: bool = Field(False, description="Allow outbound IP connections (DNS/UDP included).")
-    ports: tuple[Annotated[int, Field(ge=1, le=65535)], ...] = Field(
-        (), description="When outbound: TCP ports the plugin may connect to; empty = any port."
+
+class Destination(_Frozen):
+    """One parsed egress destination (see :data:`Network.outbound`)."""
+
+    host: str  # lower-case name without a trailing dot, or an IP literal (IPv6 without brackets)
+    port: int
+    wildcard: bool = False  # host "*.x.org": any name ending in ".x.org"
+    ip: bool = False  # host is an IP literal: granted exactly, even loopback or private (high risk)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'*.' if self.wildcard else ''}{host}:{self.port}"
+
+    def matches(self, host: str, port: int) -> bool:
+        if port != self.port:
+            return False
+        host = host.lower().rstrip(".")
+        if self.wildcard:
+            return host.endswith("." + self.host)
+        return host == self.host
+
+
+def parse_destination(text: str) -> Destination:
+    """``"api.example.com:443"`` → Destination; ValueError with a one-line reason otherwise."""
+    import ipaddress
+
+    if not isinstance(text, str) or not text.isascii() or not text.isprintable() or " " in text:
+        raise ValueError(f"{text!r}: a destination is 'host:port' in printable ASCII")
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: a destination is 'host:port' with a port from 1 to 65535")
+    port = int(port_text)
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return Destination(host=str(ipaddress.IPv6Address(host[1:-1])), port=port, ip=True)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host} is not an IPv6 address") from None
+    try:
+        return Destination(host=str(ipaddress.IPv4Address(host)), port=port, ip=True)
+    except ValueError:
+        pass
+    name = host.lower().rstrip(".")
+    if len(name) > 253 or not _DEST_NAME.match(name) or name.replace(".", "").isdigit():
+        raise ValueError(f"{text!r}: {host!r} is not a host name, '*.' wildcard name or IP address")
+    if name.startswith("*."):
+        if name.count(".") < 2:
+            raise ValueError(f"{text!r}: a wildcard must name a domain below a public suffix, e.g. '*.example.org'")
+        return Destination(host=name[2:], port=port, wildcard=True)
+    return Destination(host=name, port=port)
+
+
+class Network(_Frozen):
+    """Outbound network. Default: none at all (an empty network namespace, no IP sockets).
+
+    Every plugin gets its own network namespace; what it may reach goes through the host's egress point,
+    which refuses loopback, link-local, private and multicast addresses and the host itself unless a
+    destination names that IP literally."""
+
+    outbound: StrictBool | tuple[str, ...] = Field(
+        False,
+        description=(
+            "false: no network. true: the public internet, any port (or the listed `ports`). A list of "
+            "destinations 'host:port' ('api.example.com:443', '*.example.org:443', '203.0.113.7:5432', "
+            "'127.0.0.1:5432'): only those."
+        ),
     )
+    ports: tuple[Annotated[int, Field(ge=1, le=65535)], ...] = Field(
+        (), description="With outbound = true: the TCP ports the plugin may reach; empty = any port."
+    )
+
+    @field_validator("outbound")
+    @classmethod
+    def _destinations(cls, value: bool | tuple[str, ...]) -> bool | tuple[str, ...]:
+        if isinstance(value, tuple):
+            if not value:
+                raise ValueError("an empty destination list grants nothing: write outbound = false")
+            if len(value) > 256:
+                raise ValueError("at most 256 destinations")
+            for d in value:
+                parse_destination(d)
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.outbound is not False
+
+    @property
+    def destinations(self) -> tuple[Destination, ...]:
+        """The listed destinations (empty for ``true`` and ``false``)."""
+        return tuple(parse_destination(d) for d in self.outbound) if isinstance(self.outbound, tuple) else ()
+
+    @property
+    def any_public(self) -> bool:
+        """``outbound = true``: any public address, on ``ports`` (or any port)."""
+        return self.outbound is True
 
 
 class Filesystem(_Frozen):
@@ -58,7 +151,7 @@ class Filesystem(_Frozen):
 
 
 class Resources(_Frozen):
-    """Resource ceilings, enforced by cgroups and rlimits."""
+    """Resource ceilings, enforced by cgroups, rlimits and a filesystem image per plugin."""
 
     memory_mb: int = Field(256, ge=32, le=65536)
     cpu_seconds: int | None = Field(None, ge=1, description="CPU seconds per process (RLIMIT_CPU).")
@@ -68,6 +161,9 @@ class Resources(_Frozen):
     file_size_mb: int = Field(64, ge=1, le=1048576)
     workers: int = Field(1, ge=1, le=16, description="gunicorn worker processes.")
     threads: int = Field(4, ge=1, le=64, description="Threads per worker.")
+    disk_mb: int = Field(512, ge=16, le=1048576,
+                         description="Disk space for everything the plugin writes: its data dir, TMPDIR included.")
+    files: int = Field(20000, ge=100, le=10_000_000, description="Files and directories it may create (inodes).")
 
 
 class Requests(_Frozen):

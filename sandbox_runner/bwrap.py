@@ -53,6 +53,8 @@ def usable(timeout: float = 5.0) -> tuple[str | None, str]:
 
 
 def _unshare(root: bool, network: bool) -> list[str]:
+    """``network``: keep the namespace the runner is in (the host's egress namespace it joined, or the
+    host's own network for an unconfined legacy grant); otherwise bwrap makes a new empty one."""
     # Not --unshare-all: as root its user namespace would map only uid 0, and the drop to the plugin's uid
     # inside would fail. Non-root hosts need the user namespace to get the others at all.
     out = ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
@@ -114,7 +116,7 @@ def _parents(dests: list[str]) -> list[str]:
 
 def argv(policy: Policy, facts: Launch, cmd: list[str], ctx_fd: int, report_fd: int, info_fd: int) -> list[str]:
     """Pure: the full bwrap command line whose payload is the inner stage, then ``cmd``."""
-    out = [facts.bwrap, *_unshare(facts.root, policy.network.enabled)]
+    out = [facts.bwrap, *_unshare(facts.root, policy.network.enabled or policy.network.netns_fd is not None)]
     # Not --as-pid-1: bwrap's own init stays pid 1 (root, so the parent-death signal from bwrap may reach
     # it; the plugin's uid could not be signalled by the capability-less bwrap). When the command or the
     # init dies the kernel kills the whole pid namespace, and the command keeps ordinary signal semantics

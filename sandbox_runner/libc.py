@@ -51,6 +51,19 @@ def syscall(number: int, *args: Any) -> int:
     return _check(fn(ctypes.c_long(number), *conv), f"syscall({number})")
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def join_netns(fd: int) -> None:
+    """setns(2) into the network namespace ``fd`` names, then close ``fd`` (nothing after us may hold it)."""
+    fn = libc().setns
+    fn.restype = ctypes.c_int
+    try:
+        _check(fn(ctypes.c_int(fd), ctypes.c_int(CLONE_NEWNET)), "setns(CLONE_NEWNET)")
+    finally:
+        os.close(fd)
+
+
 def cloexec_from(first: int) -> None:
     """Mark every fd >= ``first`` close-on-exec (the fds stay usable until exec; those to keep are made
     inheritable again by whoever hands them over). close_range(2) when the kernel has it; else /proc/self/fd."""

@@ -56,8 +56,19 @@ def choose_backend(policy: Policy) -> tuple[str, str | None, Outcome]:
         if policy.backend == "bwrap":
             raise LayerUnavailable("namespaces", f"bwrap not usable: {detail}")
         return "syscalls", None, outcome(False, f"bwrap not usable: {detail}")
-    net = "" if policy.network.enabled else " net"
-    return "bwrap", path, outcome(True, f"bwrap: pid mount ipc uts cgroup{net}")
+    return "bwrap", path, outcome(True, f"bwrap: pid mount ipc uts cgroup {_net_detail(policy)}")
+
+
+def _net_detail(policy: Policy) -> str:
+    if policy.network.netns_fd is not None:
+        return "net (the host's egress namespace)"
+    return "(host network)" if policy.network.enabled else "net (empty)"
+
+
+def _join_netns(policy: Policy) -> None:
+    """In the forked child, before bwrap or the inner stage: enter the namespace the host prepared."""
+    if policy.network.netns_fd is not None:
+        libc.join_netns(policy.network.netns_fd)
 
 
 def _cgroups(policy: Policy) -> tuple[cgroup.Groups | None, Outcome]:
@@ -84,7 +95,7 @@ def _run_bwrap(h: Handoff, path: str, groups: cgroup.Groups | None, cmd: list[st
     argv = bwrap.argv(h.policy, bwrap.launch_facts(path), cmd, ctx, report_w, info_w)
     pid = os.fork()
     if pid == 0:
-        _exec_child(argv, groups, (ctx, report_w, info_w))
+        _exec_child(argv, groups, (ctx, report_w, info_w), h.policy)
     for fd in (ctx, report_w, info_w):
         os.close(fd)
     child = supervise.Child(pid, None)
@@ -121,10 +132,12 @@ def _bwrap_exit(code: int) -> int:
     return code
 
 
-def _exec_child(argv: list[str], groups: cgroup.Groups | None, fds: tuple[int, ...]) -> None:
-    """In the forked child: join the cgroups (so the whole sandbox is born inside) and exec bwrap."""
+def _exec_child(argv: list[str], groups: cgroup.Groups | None, fds: tuple[int, ...], policy: Policy) -> None:
+    """In the forked child: join the cgroups (so the whole sandbox is born inside), the network namespace,
+    and exec bwrap."""
     try:
         supervise.reset_in_child()
+        _join_netns(policy)
         if groups is not None:
             cgroup.join(groups)
         for fd in fds:
@@ -147,6 +160,7 @@ def _run_forked(h: Handoff, groups: cgroup.Groups | None, cmd: list[str], wake_f
         try:
             supervise.reset_in_child()
             os.close(report_r)
+            _join_netns(h.policy)
             if groups is not None:
                 cgroup.join(groups)
             code = inner.run(h, cmd, report_w)

@@ -25,6 +25,9 @@ class Network:
     enabled: bool = False
     # When enabled: TCP ports the plugin may connect to (Landlock); empty tuple = any port.
     connect_ports: tuple[int, ...] = ()
+    # A network namespace the host prepared (an fd the runner inherited): the sandbox joins it instead of a
+    # new empty one. It holds the host's egress listeners, so "enabled" no longer means the host's network.
+    netns_fd: int | None = None
 
 
 @dataclass(frozen=True)
