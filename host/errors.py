@@ -5,6 +5,7 @@ HostError                       exit code 1 unless stated
  │    └── PluginNotFound        no such installed plugin
  ├── InstallError               an install step failed; ``step`` names it, ``log`` points at the kept log
  ├── RegistryError              the registry could not be read or written
+ ├── UidError                   the machine-wide uid file is unusable, or a plugin's uid is another home's
  └── SupervisorUnavailable      no `host serve` is running for this home (control socket absent)
 """
 
@@ -39,6 +40,10 @@ class InstallError(HostError):
 
 
 class RegistryError(HostError):
+    pass
+
+
+class UidError(HostError):
     pass
 
 

@@ -26,6 +26,7 @@ from host.layout import Layout
 from host.registry import Registry
 from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
 from host.settings import HostSettings
+from host.uids import UidFile
 from manifests import Manifest, ManifestError, load_manifest
 
 PARTIAL_MARKER = ".partial"
@@ -113,11 +114,13 @@ class Installer:
             target = self.layout.install_dir(name, install_id)
             log_path = self.layout.logs(name) / f"install-{install_id}.log"
             fresh = [d for d in (self.layout.data(name), self.layout.run_dir(name)) if not d.exists()]
+            uid_index = self._uid_index(name)
             try:
-                skipped = self._build(source, manifest, target, log_path)
+                skipped = self._build(source, manifest, target, log_path, uid_index)
                 self.progress("registering")
                 self.registry.put(name, manifest.version, install_id, manifest.model_dump(mode="json"),
-                                  enabled=enable if existing is None else (existing.enabled and enable))
+                                  enabled=enable if existing is None else (existing.enabled and enable),
+                                  uid_index=uid_index)
                 (target / PARTIAL_MARKER).unlink()
             except BaseException:
                 shutil.rmtree(target, ignore_errors=True)
@@ -129,9 +132,19 @@ class Installer:
                                                 *self._serving_install_ids(name)})
         return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped))
 
-    def _build(self, source: Path, manifest: Manifest, target: Path, log_path: Path) -> list[str]:
+    def _uid_index(self, name: str) -> int:
+        """The plugin's uid index in this home. A root host takes the uid from the machine-wide uid file, so
+        no two homes on this machine run plugins as the same uid; a plugin keeps the uid it already has."""
+        own = self.registry.own_uid_index(name)
+        base = self.settings.uid_base
+        if launch.plugin_uid(self.settings, 0) is None:  # not root: plugins run in a user namespace instead
+            return self.registry.uid_index_for(name)
+        return UidFile(self.settings.uid_file).claim(self.layout.home, name, base,
+                                                     None if own is None else base + own) - base
+
+    def _build(self, source: Path, manifest: Manifest, target: Path, log_path: Path, uid_index: int) -> list[str]:
         name = manifest.name
-        uid = launch.plugin_uid(self.settings, self.registry.uid_index_for(name))
+        uid = launch.plugin_uid(self.settings, uid_index)
         target.mkdir(parents=True)
         (target / PARTIAL_MARKER).touch()
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,6 +246,8 @@ class Installer:
         with home_lock(self.layout):
             self.registry.require(name)
             self.registry.remove(name, keep_uid=keep_data)
+            if not keep_data and launch.plugin_uid(self.settings, 0) is not None:
+                UidFile(self.settings.uid_file).release(self.layout.home, name)
             shutil.rmtree(self.layout.plugin_root(name), ignore_errors=True)
             shutil.rmtree(self.layout.run_dir(name), ignore_errors=True)
             if not keep_data:

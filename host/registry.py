@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS plugins (
     install_id  TEXT NOT NULL,
     manifest    TEXT NOT NULL,           -- the validated manifest as JSON
     enabled     INTEGER NOT NULL DEFAULT 1,
-    uid_index   INTEGER NOT NULL UNIQUE, -- plugin uid = settings.uid_base + uid_index
+    uid_index   INTEGER NOT NULL UNIQUE, -- plugin uid = settings.uid_base + uid_index (host.uids: machine-wide)
     installed_at REAL NOT NULL,
     updated_at  REAL NOT NULL
 );
@@ -131,23 +131,32 @@ class Registry:
         rows = self._conn().execute("SELECT * FROM plugins ORDER BY name").fetchall()
         return [_record(r) for r in rows]
 
-    def uid_index_for(self, name: str) -> int:
-        """The plugin's uid index: its own if installed, else the next never-used one (uids are not reused,
-        so a new plugin never inherits files a removed one left behind)."""
+    def own_uid_index(self, name: str) -> int | None:
+        """The uid index the plugin already has: installed, or uninstalled with --keep-data (its files are
+        that uid's); None for a plugin new to this home."""
         row = self._conn().execute("SELECT uid_index FROM plugins WHERE name = ?", (name,)).fetchone()
         if row is not None:
             return int(row[0])
-        kept = self.get_setting(f"kept_uid:{name}")  # uninstalled with --keep-data: its files are that uid's
-        if kept is not None:
-            return int(kept)
+        kept = self.get_setting(f"kept_uid:{name}")
+        return int(kept) if kept is not None else None
+
+    def uid_index_for(self, name: str) -> int:
+        """The plugin's uid index: its own if it has one, else the next never-used one in this home (uids are
+        not reused, so a new plugin never inherits files a removed one left behind). Root hosts allocate
+        machine-wide instead (host.uids) and pass the result to :meth:`put`."""
+        own = self.own_uid_index(name)
+        if own is not None:
+            return own
         counter = self.get_setting("uid_counter")
         top = self._conn().execute("SELECT COALESCE(MAX(uid_index), 0) + 1 FROM plugins").fetchone()[0]
         return max(int(counter or 1), int(top))
 
-    def put(self, name: str, version: str, install_id: str, manifest: dict[str, Any], enabled: bool) -> None:
-        """Insert or replace a plugin's live install, in one transaction together with its audit event."""
+    def put(self, name: str, version: str, install_id: str, manifest: dict[str, Any], enabled: bool,
+            uid_index: int | None = None) -> None:
+        """Insert or replace a plugin's live install, in one transaction together with its audit event.
+        ``uid_index``: for a plugin new to this home, the index allocated for it (default: the next one)."""
         now = time.time()
-        nxt = self.uid_index_for(name)
+        nxt = self.uid_index_for(name) if uid_index is None else uid_index
         with self._tx() as db:
             old = db.execute("SELECT uid_index FROM plugins WHERE name = ?", (name,)).fetchone()
             if old is None:

@@ -37,8 +37,11 @@ class HostSettings(BaseSettings):
     stable_after: float = Field(10.0, gt=0)
     # Scale to zero: stop a plugin after this many idle seconds (0 = never), start it on the next request.
     idle_timeout: float = Field(0.0, ge=0)
-    # Per-plugin uids when the host runs as root: plugin N runs as uid_base + N.
+    # Per-plugin uids when the host runs as root: from uid_base + 1 up, each unique on this machine (not only in
+    # this home): allocated in uid_file, shared by every home, and never a uid /etc/passwd, /etc/group or a
+    # running process already uses.
     uid_base: int = Field(700000, ge=1000)
+    uid_file: Path = Path("/var/lib/plugin-host/uids.json")
     # Sandbox strength: "strict" refuses to start a plugin when a layer is missing; "weak" starts it anyway
     # with whatever layers exist and says so loudly in logs, `host list` and /healthz.
     sandbox: str = Field("strict", pattern="^(strict|weak)$")

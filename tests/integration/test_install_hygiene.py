@@ -1,7 +1,9 @@
-"""Install-time hygiene, end to end: what reaches the operator's terminal from a hostile plugin."""
+"""Install-time hygiene, end to end: what reaches the operator's terminal from a hostile plugin, and which
+uid its code runs as."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -9,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.integration.harness import HOST
+from tests.integration.harness import BUNDLED, HOST, run_host, short_home
 
 ERASE_LINE_ABOVE = "\x1b[1A\x1b[2K"
 
@@ -67,3 +69,25 @@ def test_cant_write_escape_sequences_to_the_operators_terminal(tmp_path: Path, h
     assert "\x1b" not in out
     assert "warning: skipped symlink ?[1A?[2Kshadow -> /etc/shadow" in out
     assert rc == 1
+
+
+def test_plugin_uids_are_unique_per_machine_not_per_home(tmp_path: Path) -> None:
+    uid_file = tmp_path / "lib" / "uids.json"
+    uid_file.parent.mkdir(mode=0o700)
+    busy = 1_900_000_001  # the first uid this file would hand out
+    uid_file.write_text(json.dumps({"next": busy, "owners": {}}))
+    squatter = subprocess.Popen(["sleep", "300"], user=busy, group=busy, stdin=subprocess.DEVNULL)
+    owners = []
+    try:
+        with short_home() as a, short_home() as b:
+            for home in (a, b):
+                run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", "--no-enable", check=True,
+                         env={"HOST_UID_FILE": str(uid_file), "HOST_UID_BASE": str(busy - 1)})
+                owners.append((home / "data" / "example").stat().st_uid)
+            recorded = json.loads(uid_file.read_text())["owners"]
+    finally:
+        squatter.kill()
+        squatter.wait()
+    assert owners == [busy + 1, busy + 2]  # not the squatter's uid, and not the same in both homes
+    assert recorded == {str(busy + 1): {"home": str(a), "plugin": "example"},
+                        str(busy + 2): {"home": str(b), "plugin": "example"}}
