@@ -33,6 +33,14 @@ HOST_SET = frozenset({
 # scoped to "/", wiping every plugin's cookies/storage, HSTS or alternative services for the whole host.
 ORIGIN_WIDE = frozenset({"service-worker-allowed", "clear-site-data", "strict-transport-security", "alt-svc",
                          "public-key-pins", "public-key-pins-report-only"})
+# Instructions to a front proxy (nginx, Apache, lighttpd, LiteSpeed) that an operator may put before the host:
+# serve a file from its disk, redirect internally to a location clients cannot reach, purge its cache.
+# Only the front proxy should ever read them; a plugin's copy is dropped. X-Accel-Buffering stays: it only
+# turns off nginx's buffering of this one response (what a streaming or server-sent-events plugin needs),
+# which a plugin could as well get by streaming slowly.
+FRONT_PROXY_PREFIXES = ("x-accel-", "x-sendfile", "x-lighttpd-send-", "x-litespeed-")
+FRONT_PROXY = frozenset({"x-reproxy-url"})
+FRONT_PROXY_ALLOWED = frozenset({"x-accel-buffering"})
 HOST_COOKIE = "plugin_host_session"  # the admin UI's session cookie: never forwarded to plugins
 HOST_TOKEN_PREFIX = "phk_"  # admin API tokens: an Authorization carrying one is never forwarded
 # RFC 6265bis 5.6: a Set-Cookie with a control character other than HTAB is ignored by browsers.
@@ -196,7 +204,7 @@ def response_headers(upstream: httpx.Headers, prefix: str) -> list[tuple[str, st
     out: list[tuple[str, str]] = []
     for k, v in upstream.multi_items():
         lk = k.lower()
-        if lk in HOP_BY_HOP or lk in named_by_connection or lk in ORIGIN_WIDE:
+        if lk in HOP_BY_HOP or lk in named_by_connection or lk in ORIGIN_WIDE or _front_proxy_instruction(lk):
             continue
         if lk == "set-cookie":
             scoped = scope_cookie(v, prefix)
@@ -205,6 +213,10 @@ def response_headers(upstream: httpx.Headers, prefix: str) -> list[tuple[str, st
             v = scoped
         out.append((k, v))
     return out
+
+
+def _front_proxy_instruction(name: str) -> bool:
+    return name not in FRONT_PROXY_ALLOWED and (name in FRONT_PROXY or name.startswith(FRONT_PROXY_PREFIXES))
 
 
 def scope_cookie(header: str, prefix: str) -> str | None:

@@ -147,6 +147,18 @@ def test_cant_widen_a_cookie_with_attribute_spellings_browsers_accept(served: Se
     assert r.headers.get_list("set-cookie") == ["a=1; Path=/plugins/echo/", "b=2; Path=/plugins/echo/"]
 
 
+def test_cant_instruct_a_front_proxy(served: ServedHost) -> None:
+    # nginx would serve /etc/shadow (or an internal-only location) for X-Accel-Redirect; lighttpd and Apache
+    # mod_xsendfile likewise for X-Sendfile.
+    sent = [("X-Accel-Redirect", "/internal/admin"), ("X-Sendfile", "/etc/shadow"), ("X-Sendfile-Type", "X-Sendfile"),
+            ("X-LIGHTTPD-send-file", "/etc/shadow"), ("X-Lighttpd-Send-File", "/etc/shadow"),
+            ("X-Accel-Limit-Rate", "1"), ("X-Accel-Buffering", "no")]
+    r = served.get("/plugins/echo/headers", params=sent)
+    assert r.status_code == 200
+    passed = {k for k, _ in r.headers.multi_items() if k.startswith(("x-accel", "x-sendfile", "x-lighttpd"))}
+    assert passed == {"x-accel-buffering"}
+
+
 def test_unknown_plugin_is_a_json_404(served: ServedHost) -> None:
     r = served.get("/plugins/nope/anything")
     assert r.status_code == 404

@@ -73,6 +73,20 @@ def test_origin_wide_response_headers_are_dropped() -> None:
     assert response_headers(up, "/plugins/p") == [("content-type", "text/html")]
 
 
+@pytest.mark.parametrize("name", ["X-Accel-Redirect", "x-accel-redirect", "X-Accel-Limit-Rate", "X-Accel-Expires",
+                                  "X-Accel-Charset", "X-Sendfile", "X-SENDFILE", "X-Sendfile-Type", "X-Sendfile2",
+                                  "X-LIGHTTPD-send-file", "X-Lighttpd-Send-File", "X-Lighttpd-Send-Tempfile",
+                                  "X-LiteSpeed-Location", "X-LiteSpeed-Purge", "X-Reproxy-URL"])
+def test_front_proxy_instructions_are_dropped(name: str) -> None:
+    up = httpx.Headers([(name, "/etc/shadow"), ("Content-Type", "text/plain")])
+    assert response_headers(up, "/plugins/p") == [("content-type", "text/plain")]
+
+
+def test_accel_buffering_passes_so_streams_stay_unbuffered() -> None:
+    up = httpx.Headers([("X-Accel-Buffering", "no")])
+    assert response_headers(up, "/plugins/p") == [("x-accel-buffering", "no")]
+
+
 @pytest.mark.parametrize(("cookie", "expected"), [
     ("s=1", "s=1; Path=/plugins/p/"),
     ("s=1; Path=/", "s=1; Path=/plugins/p/"),
