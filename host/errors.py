@@ -6,6 +6,7 @@ HostError                       exit code 1 unless stated
  ├── InstallError               an install step failed; ``step`` names it, ``log`` points at the kept log
  ├── RegistryError              the registry could not be read or written
  ├── UidError                   the machine-wide uid file is unusable, or a plugin's uid is another home's
+ ├── UnsafeTree                 root will not walk a plugin-writable tree (not a directory, too deep); ``path``
  └── SupervisorUnavailable      no `host serve` is running for this home (control socket absent)
 """
 
@@ -45,6 +46,12 @@ class RegistryError(HostError):
 
 class UidError(HostError):
     pass
+
+
+class UnsafeTree(HostError):
+    def __init__(self, path: Path, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
 
 
 class SupervisorUnavailable(HostError):

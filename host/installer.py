@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from host import control, launch
+from host import control, launch, rootfs
 from host.bundle import BundleError, copy_bundle
-from host.errors import HostError, InstallError, UsageError
+from host.errors import HostError, InstallError, UnsafeTree, UsageError
 from host.layout import Layout
 from host.registry import Registry
 from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
@@ -74,7 +74,7 @@ def sweep(layout: Layout, registry: Registry) -> list[Path]:
             if rec is not None and rec.install_id == d.name:
                 (d / PARTIAL_MARKER).unlink()  # killed between the commit and the marker removal
                 continue
-            shutil.rmtree(d, ignore_errors=True)
+            rootfs.remove_tree(d)
             removed.append(d)
         if rec is None and not any(root.iterdir()):
             root.rmdir()
@@ -123,9 +123,9 @@ class Installer:
                                   uid_index=uid_index)
                 (target / PARTIAL_MARKER).unlink()
             except BaseException:
-                shutil.rmtree(target, ignore_errors=True)
+                rootfs.remove_tree(target)
                 for d in fresh:
-                    shutil.rmtree(d, ignore_errors=True)
+                    rootfs.remove_tree(d)
                 sweep(self.layout, self.registry)
                 raise
             self._drop_old_installs(name, keep={install_id, existing.install_id if existing else "",
@@ -180,7 +180,7 @@ class Installer:
         # The entrypoint is imported once, confined exactly as it will run, so a plugin that cannot even
         # import never gets registered (and its import-time code never runs with the host's privileges).
         self.progress(f"checking entrypoint {manifest.entrypoint}")
-        launch.prepare_dirs(self.settings, name, target, uid)
+        rootfs.prepare_plugin_dirs(self.layout, name, target, uid)
         policy_path = target / ".check.policy.json"
         launch.write_policy(launch.runtime_policy(self.settings, manifest, target, uid), policy_path)
         check = launch.confined(policy_path, [str(venv / "bin" / "python"), "-I", "-c", "import plugin_host_wsgi"])
@@ -193,12 +193,12 @@ class Installer:
         venv = target / "venv"
         cache = self.layout.cache / "pip" / name  # per plugin: one plugin cannot poison another's wheels
         tmp = target / ".tmp"
+        cache.parent.mkdir(parents=True, exist_ok=True)  # cache/pip: root's; cache/pip/<name>: the plugin's
         for d in (cache, tmp):
-            d.mkdir(parents=True, exist_ok=True)
-            os.chmod(d, 0o700)
+            rootfs.ensure_dir(d, None)
         if uid is not None:
             for d in (cache, tmp, venv):
-                _chown_tree(d, uid)
+                self._chown(name, d, uid)
         policy_path = target / ".pip.policy.json"
         launch.write_policy(launch.pip_policy(self.settings, name, target, cache, uid), policy_path)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
@@ -206,10 +206,22 @@ class Installer:
         try:
             self._run(name, "installing packages", launch.confined(policy_path, pip), log_path, PIP_TIMEOUT)
         finally:
-            if uid is not None:
-                _chown_tree(venv, 0)  # the plugin may read its venv, never change it
-            shutil.rmtree(tmp, ignore_errors=True)
+            rootfs.remove_tree(tmp)
             policy_path.unlink(missing_ok=True)
+        if uid is not None:
+            # Only on success: a failed install is removed whole. Hard links stay the plugin's, so refuse them.
+            linked = self._chown(name, venv, 0, rootfs.LOCK_STRIP)  # the plugin may read its venv, never change it
+            if linked:
+                raise InstallError(name, "locking the venv", f"{venv / linked[0]}: a hard link (its other name may "
+                                   "be a host file, so root neither chowns nor chmods it)")
+
+    @staticmethod
+    def _chown(name: str, tree: Path, uid: int, strip: int = 0) -> list[str]:
+        """rootfs.chown_tree, its refusal as an install error; returns the hard links it left alone."""
+        try:
+            return rootfs.chown_tree(tree, uid, strip)
+        except (UnsafeTree, OSError) as exc:
+            raise InstallError(name, "preparing the plugin's files", str(exc)) from exc
 
     def _run(self, name: str, step: str, argv: list[str], log_path: Path, timeout: float,
              cwd: Path | None = None) -> None:
@@ -240,7 +252,7 @@ class Installer:
         """Keep the live install and the one before it (a running instance may still use it)."""
         for d in self.layout.plugin_root(name).iterdir():
             if d.is_dir() and d.name not in keep:
-                shutil.rmtree(d, ignore_errors=True)
+                rootfs.remove_tree(d)
 
     def uninstall(self, name: str, *, keep_data: bool = False) -> None:
         with home_lock(self.layout):
@@ -248,10 +260,10 @@ class Installer:
             self.registry.remove(name, keep_uid=keep_data)
             if not keep_data and launch.plugin_uid(self.settings, 0) is not None:
                 UidFile(self.settings.uid_file).release(self.layout.home, name)
-            shutil.rmtree(self.layout.plugin_root(name), ignore_errors=True)
-            shutil.rmtree(self.layout.run_dir(name), ignore_errors=True)
+            rootfs.remove_tree(self.layout.plugin_root(name))
+            rootfs.remove_tree(self.layout.run_dir(name))
             if not keep_data:
-                shutil.rmtree(self.layout.data(name), ignore_errors=True)
+                rootfs.remove_tree(self.layout.data(name))
 
 
 def _last_line(stderr: bytes) -> str:
@@ -260,13 +272,6 @@ def _last_line(stderr: bytes) -> str:
     errors = [ln for ln in lines if ln.startswith("ERROR:")]
     pick = errors[0] if errors else (lines[-1] if lines else "failed with no output")
     return pick[:300]
-
-
-def _chown_tree(path: Path, uid: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(path):
-        os.lchown(dirpath, uid, uid)
-        for f in (*dirnames, *filenames):
-            os.lchown(os.path.join(dirpath, f), uid, uid)
 
 
 def _base_python() -> str:

@@ -6,17 +6,16 @@ check) and for pip (which runs build scripts of sdists): all plugin-supplied cod
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import socket
-import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from host import rootfs
 from host.layout import Layout
 from host.registry import PluginRecord
 from host.runtime import WSGI_TARGET
@@ -189,53 +188,10 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> 
                       instance_sock, manifest, policy.env, record.install_id)
 
 
-def prepare_dirs(settings: HostSettings, name: str, install: Path, uid: int | None) -> None:
-    """Create the plugin's data dir (and its .tmp) owned by the plugin, and its root-only socket dir.
-
-    The data dir is the plugin's to fill, so it may hold symlinks it planted: every step here works on
-    file descriptors opened with O_NOFOLLOW, never on paths inside it (a root chown through a planted
-    link would hand any host file to the plugin).
-    """
-    layout = Layout(settings.home_dir)
-    data_root = os.open(layout.home / "data", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        data = _own_dir(data_root, name, uid)
-        os.close(_own_dir(data, ".tmp", uid))
-        os.close(data)
-    finally:
-        os.close(data_root)
-    run_dir = layout.run_dir(name)
-    run_dir.mkdir(mode=0o700, exist_ok=True)
-    os.chown(run_dir, 0, 0)
-    os.chmod(run_dir, 0o700)
-    if uid is not None:
-        root = install.parent
-        os.chown(root, 0, uid)
-        os.chmod(root, 0o750)  # noqa: S103 - group = the plugin only
-
-
-def _own_dir(parent: int, name: str, uid: int | None) -> int:
-    """Open (creating if needed) directory ``name`` under the fd ``parent`` without following a symlink;
-    anything else in its place is removed. Returns an fd, chmodded 0700 and chowned to ``uid``."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(name, 0o700, dir_fd=parent)
-    try:
-        fd = os.open(name, flags, dir_fd=parent)
-    except OSError:  # ELOOP (a symlink) or ENOTDIR (a file): not ours to follow
-        os.unlink(name, dir_fd=parent)
-        os.mkdir(name, 0o700, dir_fd=parent)
-        fd = os.open(name, flags, dir_fd=parent)
-    os.fchmod(fd, 0o700)
-    if uid is not None:
-        os.fchown(fd, uid, uid)
-    return fd
-
-
 def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None) -> socket.socket:
     """Ready everything an instance needs and bind its listening socket (in the root-only socket dir);
     the policy hands the socket to the plugin. The caller passes it to the runner and then closes it."""
-    prepare_dirs(settings, spec.name, Path(spec.policy.ro_paths[0]), uid)
+    rootfs.prepare_plugin_dirs(Layout(settings.home_dir), spec.name, Path(spec.policy.ro_paths[0]), uid)
     spec.instance_socket.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -254,28 +210,11 @@ RUNTIME_FACTS = "runtime.json"  # root-written, next to (not inside) the venv
 def record_runtime_facts(install: Path) -> None:
     """Learn once, at install, what the venv's gunicorn supports; launches read the root-owned answer
     instead of reading plugin-writable files as root on every start."""
-    facts = {"no_control_socket": b"no-control-socket" in _read_confined(install / "venv", _GUNICORN_CONFIG)}
+    facts = {"no_control_socket": b"no-control-socket" in rootfs.read_beneath(install / "venv", _GUNICORN_CONFIG)}
     (install / RUNTIME_FACTS).write_text(json.dumps(facts))
 
 
 _GUNICORN_CONFIG = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages/gunicorn/config.py"
-
-
-def _read_confined(root: Path, rel: str, limit: int = 1 << 20) -> bytes:
-    """Read a file the plugin's pip wrote, refusing symlinks out of ``root``, FIFOs, devices and huge files."""
-    path = root / rel
-    if not os.path.realpath(path).startswith(os.path.realpath(root) + os.sep):
-        return b""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return b""
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return b""
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
 
 
 def _supports_no_control_socket(install: Path) -> bool:
