@@ -68,6 +68,7 @@ CLONE_NAMESPACE_FLAGS = (
 )
 TIOCSTI = 0x5412  # push bytes into the terminal's input: a classic sandbox escape
 TIOCLINUX = 0x541C
+PERSONALITY_QUERY = 0xFFFFFFFF  # personality(0xffffffff) reads the persona without changing it
 SOCK_TYPE_MASK = 0xF
 SOCK_RAW = 3
 SOCK_PACKET = 10
@@ -105,6 +106,12 @@ def rules(policy: Policy) -> list[Rule]:
     table += [Rule("clone", errno.EPERM, ((0, OP_MASKED_EQ, flag, flag),)) for flag in CLONE_NAMESPACE_FLAGS]
     # ioctl's cmd is an unsigned int in the kernel: compare only the low 32 bits so high junk cannot dodge.
     table += [Rule("ioctl", errno.EPERM, ((1, OP_MASKED_EQ, U32, cmd),)) for cmd in (TIOCSTI, TIOCLINUX)]
+    # personality(2) could switch off ASLR (ADDR_NO_RANDOMIZE), make readable memory executable
+    # (READ_IMPLIES_EXEC) or map page zero at exec (MMAP_PAGE_ZERO): old, little-tested kernel paths no web
+    # plugin needs (Docker's default profile restricts it too). Only the query passes: libseccomp allows
+    # one comparison per argument, so an allow-list of values cannot be written in a default-allow filter.
+    # A value with high bits set is refused too (the kernel would truncate it), which errs the safe way.
+    table.append(Rule("personality", errno.EPERM, ((0, OP_NE, PERSONALITY_QUERY, 0),)))
     allowed = allowed_families(policy)
     for name in ("socket", "socketpair"):
         table += [

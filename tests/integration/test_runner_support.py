@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -304,9 +305,10 @@ def wait_until(cond: Any, timeout: float = 5.0) -> bool:
     return bool(cond())
 
 
-@pytest.fixture(params=BACKENDS)
-def jail(request: pytest.FixtureRequest) -> Iterator[Jail]:
-    backend = request.param
+@contextlib.contextmanager
+def open_jail(backend: str) -> Iterator[Jail]:
+    """A jail for ``backend`` (skips where this machine cannot enforce it); on exit everything it started
+    is killed and its directories and cgroups removed."""
     need("uid", "landlock", "seccomp", *(("bwrap",) if backend == "bwrap" else ()))
     root = Path(tempfile.mkdtemp(prefix="sbx-", dir="/tmp"))
     root.chmod(0o755)
@@ -325,3 +327,9 @@ def jail(request: pytest.FixtureRequest) -> Iterator[Jail]:
         if j.policy.cgroup_name:
             cleanup(j.policy.cgroup_name)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=BACKENDS)
+def jail(request: pytest.FixtureRequest) -> Iterator[Jail]:
+    with open_jail(request.param) as j:
+        yield j
