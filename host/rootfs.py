@@ -242,12 +242,13 @@ def remove_tree(path: Path) -> bool:
     except OSError:
         return not os.path.lexists(path)
     try:
-        return _remove(parent, path.name)
+        return remove_at(parent, path.name)
     finally:
         os.close(parent)
 
 
-def _remove(parent: int, name: str) -> bool:
+def remove_at(parent: int, name: str) -> bool:
+    """``remove_tree`` for entry ``name`` of the directory fd ``parent`` (for callers that hold the parent)."""
     try:
         top = os.open(name, DIR_FLAGS, dir_fd=parent)
     except FileNotFoundError:
