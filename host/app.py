@@ -23,6 +23,7 @@ from host.errors import HostError
 from host.layout import Layout
 from host.proxy import (
     CHUNK,
+    Forwarding,
     Pool,
     ProxyError,
     Slots,
@@ -61,6 +62,7 @@ def create_app(settings: HostSettings | None = None) -> Flask:
     pool = Pool()
     slots = Slots(settings.inflight_limit)
     touched: dict[str, float] = {}
+    forwarding = Forwarding(settings.forwarded_networks)
 
     def mark_active(name: str) -> None:
         """Tell the supervisor (by mtime) that the plugin is in use; at most once a second per plugin."""
@@ -134,9 +136,10 @@ def create_app(settings: HostSettings | None = None) -> Flask:
             raise ProxyError(413, "Request body too large", f"the plugin accepts at most {max_body} bytes")
         chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
         has_body = chunked or (length is not None and int(length) > 0)
+        client_ip, host = forwarding.client(request.remote_addr or "", request.host, list(request.headers.items()))
         headers = request_headers(
-            list(request.headers.items()), prefix=prefix, client_ip=request.remote_addr or "",
-            scheme=request.scheme, host=request.host, content_length=length if not chunked else None,
+            list(request.headers.items()), prefix=prefix, client_ip=client_ip,
+            scheme=request.scheme, host=host, content_length=length if not chunked else None,
         )
         path = upstream_path(env.get("RAW_URI") or env.get("REQUEST_URI"), prefix, subpath)
         query = env.get("QUERY_STRING", "")

@@ -6,6 +6,7 @@ Routes by socket path only; must not import the supervisor.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -27,6 +28,8 @@ HOP_BY_HOP = frozenset({
 HOST_SET = frozenset({
     "expect",  # the web tier already answered 100-continue; the plugin gets the body straight away
     "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix", "x-forwarded-port",
+    # Scheme headers the plugin's gunicorn would believe too (it trusts every peer of its Unix socket).
+    "x-forwarded-ssl", "x-forwarded-protocol", "x-forwarded-scheme", "x-url-scheme", "front-end-https",
     "forwarded", "x-real-ip", "x-plugin-host-user", "x-plugin-host-identity", "host", "content-length",
 })
 # Response headers whose effect reaches beyond the plugin's prefix on the shared origin: a service worker
@@ -95,6 +98,64 @@ def upstream_errors(plugin: str, timeout: float) -> Iterator[None]:
         raise ProxyError(502, "Bad gateway", f"plugin {plugin!r} closed the connection or answered garbage") from exc
     except httpx.HTTPError as exc:
         raise ProxyError(502, "Bad gateway", f"plugin {plugin!r}: {exc.__class__.__name__}") from exc
+
+
+# A Host value as a front proxy may forward it: a name or IPv4 address, or a bracketed IPv6 address, and a port.
+_FORWARDED_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+@dataclass(frozen=True)
+class Forwarding:
+    """Who the client is, as the web tier tells plugins: the peer's own address and Host, unless the peer is
+    a configured front proxy (``HostSettings.forwarded_allow_ips``), whose X-Forwarded-For and -Host are
+    then believed. The scheme is gunicorn's business: the web tier gives it the same list and only
+    X-Forwarded-Proto as the scheme header, and gunicorn sets ``wsgi.url_scheme`` (it never rewrites
+    REMOTE_ADDR from X-Forwarded-For, since 19.0, so the client address is worked out here)."""
+
+    proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def trusts(self, peer: str) -> bool:
+        """Whether ``peer`` is a front proxy. A Unix-socket peer has no address; gunicorn believes its
+        scheme header unconditionally, so it is believed here too, but only once some proxy is configured
+        (with none, the web tier gives gunicorn no scheme header to believe)."""
+        ip = _ip(peer)
+        if ip is None:
+            return bool(self.proxies) and not peer
+        return any(ip in net for net in self.proxies)
+
+    def client(self, peer: str, host: str, incoming: list[tuple[str, str]]) -> tuple[str, str]:
+        """(client address, host) for the request that ``peer`` sent with Host ``host`` and headers ``incoming``.
+
+        From a front proxy the client is the last X-Forwarded-For hop that is not a front proxy itself: each
+        proxy appends the address it saw, so hops left of the first untrusted one are whatever the client
+        wrote. A hop that is not an address ends the walk at the last proxy. The host is the last
+        X-Forwarded-Host entry (the nearest proxy's), if it looks like a host."""
+        if not self.trusts(peer):
+            return peer, host
+        client = peer
+        for hop in reversed(_joined(incoming, "x-forwarded-for").split(",")):
+            hop = hop.strip()
+            if _ip(hop) is None:
+                break
+            client = hop
+            if not self.trusts(hop):
+                break
+        forwarded_host = _joined(incoming, "x-forwarded-host").split(",")[-1].strip()
+        if _FORWARDED_HOST.fullmatch(forwarded_host):
+            host = forwarded_host
+        return client, host
+
+
+def _joined(headers: list[tuple[str, str]], name: str) -> str:
+    """All values of header ``name`` (lower case) as one comma-separated list, in the order sent."""
+    return ",".join(v for k, v in headers if k.lower() == name)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 class Slots:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +16,11 @@ class HostSettings(BaseSettings):
 
     home: Path = Field(Path("./var"), description="Where the registry, plugins, data, sockets and logs live.")
     bind: str = "127.0.0.1:8000"
+    # Front proxies (nginx, a load balancer) whose X-Forwarded-For/-Proto/-Host the web tier believes:
+    # comma-separated addresses or networks ("10.0.0.5", "10.0.0.0/24"); "*" = any peer, only when nothing
+    # but the proxy can reach `bind`. Empty: believe no one, loopback included (gunicorn's own default trusts
+    # 127.0.0.1 and ::1, so any local process could tell plugins the scheme is https).
+    forwarded_allow_ips: str = ""
     web_workers: int = Field(2, ge=1, le=64)
     web_threads: int = Field(16, ge=1, le=512)
     # Requests in flight to ONE plugin per web worker; 0 = half the threads. A hung plugin can only ever
@@ -52,6 +58,23 @@ class HostSettings(BaseSettings):
     @property
     def inflight_limit(self) -> int:
         return self.plugin_max_inflight or max(1, self.web_threads // 2)
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_networks(cls, value: str) -> str:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        for item in items:
+            if item != "*":
+                ipaddress.ip_network(item)  # strict, as gunicorn: "10.0.0.1/24" is a mistake, not 10.0.0.0/24
+        return ",".join(items)
+
+    @property
+    def forwarded_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The front proxies' networks (``forwarded_allow_ips``); "*" is every address."""
+        items = self.forwarded_allow_ips.split(",") if self.forwarded_allow_ips else []
+        if "*" in items:
+            return ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")
+        return tuple(ipaddress.ip_network(item) for item in items)
 
     @property
     def home_dir(self) -> Path:

@@ -48,6 +48,12 @@ class WebTier(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "proc_name": "plugin-host-web",
             "control_socket_disable": True,
+            # Forwarded headers only from the operator's front proxies (gunicorn's default trusts loopback).
+            # One scheme header, the one the proxy sets; with no proxy, none, since gunicorn believes every
+            # Unix-socket peer. No SCRIPT_NAME/PATH_INFO from anyone: the host is always mounted at "/".
+            "forwarded_allow_ips": s.forwarded_allow_ips,
+            "secure_scheme_headers": {"X-FORWARDED-PROTO": "https"} if s.forwarded_allow_ips else {},
+            "forwarder_headers": "",
         }
         for key, value in opts.items():
             if key in self.cfg.settings:

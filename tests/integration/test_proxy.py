@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.harness import ServedHost
+from tests.integration.harness import FIXTURES, ServedHost, served_plugins
 
 MiB = 1024 * 1024
 
@@ -123,6 +125,52 @@ def test_forwarded_headers_are_set_by_the_host_not_the_client(served: ServedHost
     assert "keep-alive" not in headers
     assert "authorization" not in headers
     assert info["cookies"] == {"theme": "dark"}
+
+
+SPOOFED = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "6.6.6.6, 203.0.113.9",
+           "X-Forwarded-Host": "www.example.org"}
+
+
+def _seen(url: str, headers: dict[str, str], source: str = "127.0.0.1") -> dict[str, Any]:
+    """What the echo plugin saw of a request sent from ``source`` (any 127/8 address reaches the host)."""
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=10) as client:
+        r = client.get(url + "/plugins/echo/request", headers=headers)
+    assert r.status_code == 200, r.text
+    info = dict(r.json())
+    info["headers"] = {k.lower(): v for k, v in info["headers"]}
+    return info
+
+
+def test_cant_claim_https_from_loopback_by_default(served: ServedHost) -> None:
+    # gunicorn's default forwarded_allow_ips trusts 127.0.0.1: any local process could say "https".
+    for spoof in (SPOOFED, {"X-Forwarded-Ssl": "on"}, {"X-Forwarded-Protocol": "ssl"}):
+        info = _seen(served.url, spoof)
+        assert info["url"] == f"{served.url}/plugins/echo/request"
+        assert info["headers"]["x-forwarded-proto"] == "http"
+        assert info["remote_addr"] == "127.0.0.1"
+        assert not {"x-forwarded-ssl", "x-forwarded-protocol"} & set(info["headers"])
+
+
+@pytest.fixture(scope="module")
+def behind_proxy() -> Iterator[ServedHost]:
+    """A host whose operator put a front proxy on 127.0.0.1 (HOST_FORWARDED_ALLOW_IPS)."""
+    with served_plugins(FIXTURES / "echo", wait=("echo",), env={"HOST_FORWARDED_ALLOW_IPS": "127.0.0.1"}) as host:
+        yield host
+
+
+def test_a_configured_front_proxy_tells_the_plugin_scheme_client_and_host(behind_proxy: ServedHost) -> None:
+    info = _seen(behind_proxy.url, SPOOFED)
+    assert info["url"] == "https://www.example.org/plugins/echo/request"
+    assert info["remote_addr"] == "203.0.113.9"  # the last hop the proxy did not vouch for, not 6.6.6.6
+    assert info["headers"]["x-forwarded-for"] == "203.0.113.9"
+    assert info["headers"]["x-forwarded-proto"] == "https"
+
+
+def test_cant_pass_for_the_front_proxy_from_another_address(behind_proxy: ServedHost) -> None:
+    info = _seen(behind_proxy.url, SPOOFED, source="127.0.0.2")
+    assert info["url"] == f"{behind_proxy.url}/plugins/echo/request"
+    assert info["remote_addr"] == "127.0.0.2"
+    assert info["headers"]["x-forwarded-proto"] == "http"
 
 
 def test_cookies_are_scoped_to_the_plugin_and_repeated_headers_kept(served: ServedHost) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from host.proxy import (
     BodyTooLarge,
+    Forwarding,
     ProxyError,
     body_stream,
     escapes_prefix,
@@ -16,6 +18,7 @@ from host.proxy import (
     upstream_errors,
     upstream_path,
 )
+from host.settings import HostSettings
 
 
 def build(headers: list[tuple[str, str]], length: str | None = None) -> dict[str, list[str]]:
@@ -42,6 +45,52 @@ def test_client_cannot_spoof_forwarding_headers() -> None:
     assert h["x-forwarded-proto"] == ["https"]
     assert h["host"] == ["example.org"]
     assert "forwarded" not in h
+
+
+def test_client_cannot_send_scheme_headers_the_plugins_gunicorn_believes() -> None:
+    h = build([("X-Forwarded-Ssl", "on"), ("X-Forwarded-Protocol", "ssl"), ("X-Forwarded-Scheme", "https"),
+               ("X-Url-Scheme", "https"), ("Front-End-Https", "on")])
+    assert set(h) == {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix"}
+
+
+def forwarding(spec: str) -> Forwarding:
+    return Forwarding(HostSettings(forwarded_allow_ips=spec).forwarded_networks)
+
+
+XFF = [("X-Forwarded-For", "6.6.6.6, 203.0.113.9"), ("x-forwarded-for", "10.0.0.7"),
+       ("X-Forwarded-Host", "evil.example, www.example.org")]
+
+
+def test_no_one_is_a_front_proxy_by_default_not_even_loopback() -> None:
+    fwd = Forwarding(HostSettings().forwarded_networks)
+    for peer in ("127.0.0.1", "::1", "10.0.0.2", ""):
+        assert not fwd.trusts(peer)
+        assert fwd.client(peer, "host:8000", XFF) == (peer, "host:8000")
+
+
+def test_a_front_proxy_is_believed_up_to_the_last_hop_it_does_not_vouch_for() -> None:
+    fwd = forwarding("10.0.0.2, 10.0.0.0/29")
+    # 10.0.0.7 is a proxy too; 203.0.113.9 is the client it saw; 6.6.6.6 is what the client wrote.
+    assert fwd.client("10.0.0.2", "10.0.0.2:8000", XFF) == ("203.0.113.9", "www.example.org")
+    assert fwd.client("10.0.0.2", "h", [("X-Forwarded-For", "10.0.0.3, 10.0.0.4")]) == ("10.0.0.3", "h")
+    assert fwd.client("10.0.0.2", "h", [("X-Forwarded-For", "6.6.6.6, junk, 10.0.0.4")]) == ("10.0.0.4", "h")
+    assert fwd.client("10.0.0.2", "h", []) == ("10.0.0.2", "h")
+    assert fwd.client("10.0.0.9", "h", XFF) == ("10.0.0.9", "h")  # not a proxy: its headers are the client's
+    assert fwd.client("10.0.0.2", "h", [("X-Forwarded-Host", "a.example\r\nX: y")]) == ("10.0.0.2", "h")
+    v6 = "[2001:db8::1]:8443"
+    assert fwd.client("10.0.0.2", "h", [("X-Forwarded-Host", v6)]) == ("10.0.0.2", v6)
+
+
+def test_a_unix_socket_peer_is_a_proxy_only_once_proxies_are_configured() -> None:
+    assert not forwarding("").trusts("")
+    assert forwarding("10.0.0.2").trusts("")
+    assert forwarding("*").trusts("192.0.2.1") and forwarding("*").trusts("2001:db8::1")
+
+
+@pytest.mark.parametrize("spec", ["10.0.0.1/24", "localhost", "127.0.0.1;10.0.0.1"])
+def test_forwarded_allow_ips_must_be_addresses_or_networks(spec: str) -> None:
+    with pytest.raises(ValidationError, match="forwarded_allow_ips"):
+        HostSettings(forwarded_allow_ips=spec)
 
 
 def test_host_credentials_never_reach_a_plugin() -> None:
