@@ -83,7 +83,7 @@ def test_plugin_uids_are_unique_per_machine_not_per_home(tmp_path: Path) -> None
             for home in (a, b):
                 run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", "--no-enable", check=True,
                          env={"HOST_UID_FILE": str(uid_file), "HOST_UID_BASE": str(busy - 1)})
-                owners.append((home / "data" / "example").stat().st_uid)
+                owners.append((home / "plugins" / "example").stat().st_gid)  # group = the plugin's uid
             recorded = json.loads(uid_file.read_text())["owners"]
     finally:
         squatter.kill()
