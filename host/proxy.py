@@ -75,6 +75,12 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BadRequestBody(Exception):
+    """The client's request body could not be read: broken chunked framing (gunicorn's parser raises
+    InvalidChunkSize, ChunkMissingTerminator, InvalidChunkExtension... from ``wsgi.input``) or a body cut
+    short. Raised while httpx pulls the body, so it surfaces from ``handle_request`` as itself."""
+
+
 @dataclass(frozen=True)
 class Limits:
     timeout: float
@@ -88,6 +94,8 @@ def upstream_errors(plugin: str, timeout: float) -> Iterator[None]:
         yield
     except BodyTooLarge as exc:
         raise ProxyError(413, "Request body too large", str(exc)) from exc
+    except BadRequestBody as exc:
+        raise ProxyError(400, "Malformed request body", str(exc)) from exc
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         raise Unavailable(f"plugin {plugin!r} is not accepting connections") from exc
     except httpx.PoolTimeout as exc:
@@ -362,10 +370,16 @@ def escapes_prefix(subpath: str) -> bool:
 
 
 def body_stream(stream: object, max_body: int) -> Iterator[bytes]:
-    """Read the client's body in chunks, failing once it exceeds ``max_body``."""
+    """Read the client's body in chunks, failing once it exceeds ``max_body`` or cannot be read."""
     read = getattr(stream, "read")  # noqa: B009 - a wsgi.input or werkzeug stream
     total = 0
-    while chunk := read(CHUNK):
+    while True:
+        try:
+            chunk = read(CHUNK)
+        except Exception as exc:  # whatever the server's body parser or socket raises: the client's doing
+            raise BadRequestBody(f"the request body is malformed or ended early ({type(exc).__name__})") from exc
+        if not chunk:
+            return
         total += len(chunk)
         if total > max_body:
             raise BodyTooLarge(f"request body exceeds the plugin's limit of {max_body} bytes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -222,6 +223,40 @@ def test_dot_dot_cannot_escape_the_prefix(served: ServedHost) -> None:
         while chunk := s.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 400")
+
+
+def _raw(port: int, request: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send ``request`` as is, close our side, and read the whole answer: (status line, headers, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        for _ in range(1000):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.decode().partition(":") for line in lines)}
+    return status, headers, body
+
+
+@pytest.mark.parametrize("body", [
+    b"5\nhello\n0\n\n",  # bare LF ends the chunk lines
+    b"zz\r\nhello\r\n0\r\n\r\n",  # not a hex size
+    b"5\r\nhelloXX0\r\n\r\n",  # no CRLF after the chunk data
+    b"5;a b\r\nhello\r\n0\r\n\r\n",  # a broken chunk extension
+    b"5\r\nhel",  # the body ends mid-chunk
+])
+def test_broken_chunked_framing_is_a_400_problem(served: ServedHost, body: bytes) -> None:
+    status, headers, answer = _raw(served.port, b"POST /plugins/echo/echo HTTP/1.1\r\nHost: x\r\n"
+                                                b"Transfer-Encoding: chunked\r\n\r\n" + body)
+    assert status.startswith(b"HTTP/1.1 400 ")
+    assert headers["content-type"] == "application/problem+json"
+    problem = json.loads(answer[: int(headers["content-length"])])
+    assert problem["title"] == "Malformed request body"
+    assert problem["status"] == 400
 
 
 def test_body_over_the_manifest_limit_is_413(served: ServedHost) -> None:

@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from host.proxy import (
+    BadRequestBody,
     BodyTooLarge,
     Forwarding,
     ProxyError,
@@ -212,7 +213,28 @@ def test_body_stream_stops_at_the_limit() -> None:
         b"".join(body_stream(io.BytesIO(b"x" * 11), 10))
 
 
+class BrokenChunks:
+    """A wsgi.input whose parser finds broken framing after the first read (as gunicorn's raises)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def read(self, size: int) -> bytes:
+        self.reads += 1
+        if self.reads > 1:
+            raise ValueError("Invalid chunk size: b'zz'")
+        return b"hello"
+
+
+def test_body_stream_reports_a_body_it_cannot_read() -> None:
+    stream = body_stream(BrokenChunks(), 100)
+    assert next(stream) == b"hello"
+    with pytest.raises(BadRequestBody, match=r"malformed or ended early \(ValueError\)"):
+        next(stream)
+
+
 @pytest.mark.parametrize(("exc", "status"), [
+    (BadRequestBody("broken"), 400),
     (httpx.ConnectError("refused"), 503),
     (httpx.ReadTimeout("slow"), 504),
     (httpx.RemoteProtocolError("garbage"), 502),
