@@ -16,6 +16,7 @@ from host import control
 from host.errors import HostError, SupervisorUnavailable
 from host.installer import Installer
 from host.layout import Layout
+from host.quota import disk_usage, usage_cell
 from host.registry import Registry
 from host.settings import HostSettings
 from host.terminal import PrintableFormatter, printable
@@ -151,16 +152,21 @@ def list_(obj: Ctx, as_json: bool) -> None:
                      "state": state if r.enabled else "disabled", "pid": st.get("pid"),
                      "restarts": st.get("restarts", 0), "reason": st.get("reason"),
                      "egress_refused": st.get("egress_refused", 0)})
+    # None: no disk image mounted (the host is not serving, or runs without the disk layer)
+    disks = {r.name: disk_usage(layout, r.name) for r in records}
+    for row in rows:
+        use = disks[str(row["name"])]
+        row["disk"] = use.as_dict() if use else None
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("no plugins installed")
         return
-    click.echo(f"{'NAME':<20} {'VERSION':<10} {'STATE':<12} {'PID':<8} {'RESTARTS':<8} REASON")
+    click.echo(f"{'NAME':<20} {'VERSION':<10} {'STATE':<12} {'PID':<8} {'RESTARTS':<8} {'DISK':<30} REASON")
     for row in rows:
         click.echo(printable(f"{row['name']:<20} {row['version']:<10} {row['state']:<12} {row['pid'] or '-'!s:<8} "
-                             f"{row['restarts']:<8} {row['reason'] or ''}"))
+                             f"{row['restarts']:<8} {usage_cell(disks[row['name']]):<30} {row['reason'] or ''}"))
 
 
 def _set_enabled(obj: Ctx, name: str, enabled: bool) -> None:
@@ -283,9 +289,11 @@ def check(path: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(as_json: bool) -> None:
     """Probe which sandbox layers this machine can enforce."""
+    from host.quota import LAYER, probe_disk
     from sandbox_runner.probe import probe
 
     report = probe()
+    report[LAYER] = probe_disk(HostSettings())  # the host mounts it, not the runner
     weak = HostSettings().sandbox == "weak"
     for info in report.values():
         # strict: every layer is required, so an available layer is used and a missing one blocks starts

@@ -5,6 +5,8 @@ HostError                       exit code 1 unless stated
  │    └── PluginNotFound        no such installed plugin
  ├── InstallError               an install step failed; ``step`` names it, ``log`` points at the kept log
  ├── RegistryError              the registry could not be read or written
+ ├── QuotaError                 a plugin's disk quota (its filesystem image) could not be set up
+ │    └── QuotaUnavailable      this machine cannot enforce disk quotas at all (no root, loop devices, mkfs)
  ├── UidError                   the machine-wide uid file is unusable, or a plugin's uid is another home's
  ├── UnsafeTree                 root will not walk a plugin-writable tree (not a directory, too deep); ``path``
  └── SupervisorUnavailable      no `host serve` is running for this home (control socket absent)
@@ -42,6 +44,18 @@ class InstallError(HostError):
 
 class RegistryError(HostError):
     pass
+
+
+class QuotaError(HostError):
+    prefix = "disk quota"
+
+    def __init__(self, plugin: str | None, message: str) -> None:
+        self.detail = message
+        super().__init__(f"{self.prefix}: {message}", plugin=plugin)
+
+
+class QuotaUnavailable(QuotaError):
+    prefix = "disk layer unavailable"
 
 
 class UidError(HostError):

@@ -23,6 +23,7 @@ from host import control, launch, rootfs
 from host.bundle import BundleError, copy_bundle
 from host.errors import HostError, InstallError, UnsafeTree, UsageError
 from host.layout import Layout
+from host.quota import Quota, ensure_mounted, release, remove
 from host.registry import Registry
 from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
 from host.settings import HostSettings
@@ -123,11 +124,13 @@ class Installer:
                                   uid_index=uid_index)
                 (target / PARTIAL_MARKER).unlink()
             except BaseException:
+                self._quota_after_install(name, failed_first=self.layout.data(name) in fresh)
                 rootfs.remove_tree(target)
                 for d in fresh:
                     rootfs.remove_tree(d)
                 sweep(self.layout, self.registry)
                 raise
+            self._quota_after_install(name, failed_first=False)
             self._drop_old_installs(name, keep={install_id, existing.install_id if existing else "",
                                                 *self._serving_install_ids(name)})
         return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped))
@@ -180,6 +183,8 @@ class Installer:
         # The entrypoint is imported once, confined exactly as it will run, so a plugin that cannot even
         # import never gets registered (and its import-time code never runs with the host's privileges).
         self.progress(f"checking entrypoint {manifest.entrypoint}")
+        # It writes into the data dir as the plugin will: inside its disk quota image.
+        ensure_mounted(self.settings, name, Quota.of(manifest.permissions.resources), uid)
         rootfs.prepare_plugin_dirs(self.layout, name, target, uid)
         policy_path = target / ".check.policy.json"
         launch.write_policy(launch.runtime_policy(self.settings, manifest, target, uid), policy_path)
@@ -239,6 +244,17 @@ class Installer:
         if proc.returncode != 0:
             raise InstallError(name, step, _last_line(proc.stderr), log_path)
 
+    def _quota_after_install(self, name: str, failed_first: bool) -> None:
+        """A failed first install takes its new disk image along. Otherwise the image stays mounted only
+        while a supervisor serves (it unmounts them at shutdown): a bare `host install` leaves no mount."""
+        if failed_first:
+            remove(self.layout, name)
+            return
+        try:
+            control.call(self.layout.control_socket, "ping", timeout=5.0)
+        except HostError:
+            release(self.layout, name, lazy=False)
+
     def _serving_install_ids(self, name: str) -> set[str]:
         """What a running supervisor actually serves (after a failed upgrade, an older install)."""
         try:
@@ -262,6 +278,11 @@ class Installer:
                 UidFile(self.settings.uid_file).release(self.layout.home, name)
             rootfs.remove_tree(self.layout.plugin_root(name))
             rootfs.remove_tree(self.layout.run_dir(name))
+            # Unmount first: deleting the data dir must remove the mount point, not the files in the image.
+            if keep_data:
+                release(self.layout, name, lazy=True)
+            else:
+                remove(self.layout, name)
             if not keep_data:
                 rootfs.remove_tree(self.layout.data(name))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from host import rootfs
 from host.layout import Layout
+from host.quota import Quota, ensure_mounted
 from host.registry import PluginRecord
 from host.runtime import WSGI_TARGET
 from host.settings import HostSettings
@@ -191,6 +192,8 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> 
 def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None) -> socket.socket:
     """Ready everything an instance needs and bind its listening socket (in the root-only socket dir);
     the policy hands the socket to the plugin. The caller passes it to the runner and then closes it."""
+    # The data dir is a mount of the plugin's quota image (mounted once, shared by every instance).
+    ensure_mounted(settings, spec.name, Quota.of(spec.manifest.permissions.resources), uid)
     rootfs.prepare_plugin_dirs(Layout(settings.home_dir), spec.name, Path(spec.policy.ro_paths[0]), uid)
     spec.instance_socket.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -48,6 +48,10 @@ class Layout:
     def data(self, name: str) -> Path:
         return self.home / "data" / name
 
+    def disk_image(self, name: str) -> Path:
+        """The plugin's quota filesystem, mounted on :meth:`data` (root-only; never inside the sandbox)."""
+        return self.home / "data" / f"{name}.img"
+
     def run_dir(self, name: str) -> Path:
         return self.run / name
 

@@ -51,6 +51,8 @@ class HostSettings(BaseSettings):
     # Sandbox strength: "strict" refuses to start a plugin when a layer is missing; "weak" starts it anyway
     # with whatever layers exist and says so loudly in logs, `host list` and /healthz.
     sandbox: str = Field("strict", pattern="^(strict|weak)$")
+    # Where the disk quota finds mkfs.ext4, resize2fs (e2fsprogs), mount, losetup and unshare (util-linux).
+    disk_tools_path: str = "/usr/sbin:/usr/bin:/sbin:/bin"
     # Extra pip arguments for plugin installs (e.g. "--index-url https://mirror/simple").
     pip_args: str = ""
     log_max_bytes: int = Field(5 * 1024 * 1024, ge=4096)

@@ -17,6 +17,7 @@ from typing import Any
 
 from host.errors import HostError
 from host.layout import Layout
+from host.quota import release_all
 from host.registry import Registry
 from host.settings import HostSettings
 from host.supervisor.control_server import ControlServer
@@ -129,6 +130,11 @@ class Supervisor:
         control = ControlServer(self.layout.control_socket, self.handle)
         control.start()
         log.info("supervisor %s serving %s", os.getpid(), self.layout.home)
+        # Disk images a killed host left mounted stay mounted for the plugins still installed (adopted as
+        # they are); those of plugins uninstalled since are unmounted.
+        stale = release_all(self.layout, keep=frozenset(r.name for r in self.registry.all()))
+        if stale:
+            log.info("unmounted the disk images of uninstalled plugins: %s", ", ".join(stale))
         try:
             self.reconcile()
             if self.web_enabled:
@@ -138,6 +144,7 @@ class Supervisor:
             log.info("shutting down")
             self._stop_web()
             self._shutdown_workers()
+            release_all(self.layout)  # the plugins' disk images (lazily where a dying instance still holds one)
             control.close()
             lock.close()
         return 0

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from host import launch
+from host.errors import QuotaError
 from host.layout import Layout
+from host.quota import FullAlarm, disk_usage, refusal
 from host.registry import PluginRecord, Registry
 from host.settings import HostSettings
 from host.supervisor.health import probe
@@ -77,6 +79,7 @@ class PluginWorker(threading.Thread):
         self._drains: list[threading.Thread] = []  # old instances finishing their requests after a restart
         self._probe_failures = 0
         self._next_probe = 0.0
+        self._disk = FullAlarm()
         self._failed_upgrade: str | None = None
         self._live_since_wall = 0.0
         self._idle_timeout_cached = 0.0
@@ -259,6 +262,8 @@ class PluginWorker(threading.Thread):
             listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index))
             inst = Instance(spec, self.sink, spec.manifest.health_path, self.children, listener)
             inst.spawn()
+        except QuotaError as exc:  # fail closed: no disk quota, no start (HOST_SANDBOX=strict)
+            return ExitInfo(None, True, refusal(exc), setup_failure=True)
         except Exception as exc:  # a broken install or host: not worth retrying
             log.exception("%s: cannot spawn", self.plugin)
             return ExitInfo(None, True, f"cannot start: {exc}", setup_failure=True)
@@ -412,6 +417,7 @@ class PluginWorker(threading.Thread):
 
     def _liveness(self, inst: Instance) -> None:
         self._next_probe = time.monotonic() + self.settings.probe_interval
+        self._check_disk()
         public = inst.spec.socket
         if not public.is_symlink() or os.readlink(public) != inst.spec.instance_socket.name:
             # Someone removed or replaced the path the proxy connects to: the plugin is fine, its address
@@ -433,6 +439,18 @@ class PluginWorker(threading.Thread):
             tail = inst.last_lines(TAIL, drain=DRAIN_OUTPUT)
             inst.cleanup()
             self._failed(ExitInfo(inst.returncode, False, f"unhealthy: {why}", stderr_tail=tail))
+
+    def _check_disk(self) -> None:
+        """Say once, loudly, when the plugin's data dir fills up (its writes now fail with ENOSPC)."""
+        use = disk_usage(self.layout, self.plugin)
+        said = self._disk.update(use)
+        if said is None:
+            return
+        if self._disk.full:
+            log.warning("%s: %s", self.plugin, said)
+            self.registry.record(self.plugin, "disk_full", **(use.as_dict() if use else {}))
+        else:
+            log.info("%s: %s", self.plugin, said)
 
     # -- stopping ---------------------------------------------------------------------------------------
 

@@ -166,7 +166,23 @@ def short_home() -> Iterator[Path]:
     try:
         yield d / "h"
     finally:
+        unmount_under(d)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def mounts_under(root: Path) -> list[str]:
+    """Mount points below ``root`` in our mount namespace (plugin disk images), deepest first."""
+    prefix = f"{root.resolve()}/"
+    with open("/proc/self/mountinfo") as fh:
+        points = [line.split()[4] for line in fh]
+    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
+
+
+def unmount_under(root: Path) -> None:
+    """Unmount what a host killed by a test left mounted under ``root``, before the tree is deleted (else
+    rmtree empties the images and leaves their mounts and loop devices behind)."""
+    for point in mounts_under(root):
+        subprocess.run(["umount", "--lazy", point], capture_output=True, check=False, timeout=30)
 
 
 @contextmanager

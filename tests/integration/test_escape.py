@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from sandbox_runner.probe import probe
-from tests.integration.harness import FIXTURES, ServedHost, run_host, wait_for
+from tests.integration.harness import FIXTURES, ServedHost, run_host, unmount_under, wait_for
 
 GRANTED_RO = Path("/tmp/plugin-host-granted-ro")
 GRANTED_RW = Path("/tmp/plugin-host-granted-rw")
@@ -68,6 +68,7 @@ def jail() -> Iterator[ServedHost]:
         yield host
     finally:
         host.stop()
+        unmount_under(d)  # disk images a killed host left mounted
         shutil.rmtree(d, ignore_errors=True)
         for p in (GRANTED_RO, GRANTED_RW):
             shutil.rmtree(p, ignore_errors=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.harness import FIXTURES, ServedHost, alive, run_host, wait_for
+from tests.integration.harness import FIXTURES, ServedHost, alive, run_host, unmount_under, wait_for
 from tests.integration.lifecycle_support import (
     RequestLoop,
     events,
@@ -46,6 +46,7 @@ def host() -> Iterator[ServedHost]:
         yield served
     finally:
         served.stop()
+        unmount_under(d)  # disk images a killed host left mounted
         shutil.rmtree(d, ignore_errors=True)
 
 

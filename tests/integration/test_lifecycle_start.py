@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.harness import FIXTURES, ServedHost, run_host, wait_for
+from tests.integration.harness import FIXTURES, ServedHost, run_host, unmount_under, wait_for
 from tests.integration.lifecycle_support import (
     RequestLoop,
     events,
@@ -42,6 +42,7 @@ def home() -> Iterator[Path]:
     try:
         yield home
     finally:
+        unmount_under(d)  # disk images a killed host left mounted
         shutil.rmtree(d, ignore_errors=True)
 
 
