@@ -46,8 +46,10 @@ FRONT_PROXY = frozenset({"x-reproxy-url"})
 FRONT_PROXY_ALLOWED = frozenset({"x-accel-buffering"})
 HOST_COOKIE = "plugin_host_session"  # the admin UI's session cookie: never forwarded to plugins
 HOST_TOKEN_PREFIX = "phk_"  # admin API tokens: an Authorization carrying one is never forwarded
-# RFC 6265bis 5.6: a Set-Cookie with a control character other than HTAB is ignored by browsers.
-_COOKIE_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters other than HTAB: invalid in any field value (RFC 9110 5.5); browsers ignore a Set-Cookie
+# with one (RFC 6265bis 5.6).
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a field name (RFC 9110 5.6.2)
 MAX_COOKIE_ATTR = 1024  # RFC 6265bis 5.6: browsers ignore an attribute whose value is longer
 
 log = logging.getLogger(__name__)
@@ -234,7 +236,10 @@ def upstream_request(method: str, target: str, headers: list[tuple[str, str]], b
                      timeout: float) -> httpx.Request:
     """A request for one plugin socket built from this client's request alone (no shared defaults)."""
     t = httpx.Timeout(timeout, connect=5.0, pool=5.0)
-    return httpx.Request(method, "http://plugin" + target, headers=headers, content=body,
+    # WSGI header strings are the bytes as sent, decoded as latin-1 (PEP 3333); encoded back the same way,
+    # not as ASCII (httpx's default, which failed with a 500 on any obs-text byte from a client).
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    return httpx.Request(method, "http://plugin" + target, headers=raw, content=body,
                          extensions={"timeout": t.as_dict()})
 
 
@@ -247,7 +252,7 @@ def request_headers(incoming: list[tuple[str, str]], *, prefix: str, client_ip: 
     out: list[tuple[str, str]] = []
     for k, v in incoming:
         lk = k.lower()
-        if lk in HOP_BY_HOP or lk in HOST_SET or lk in named_by_connection:
+        if _hop_by_hop(lk) or lk in HOST_SET or lk in named_by_connection:
             continue
         if lk == "authorization" and HOST_TOKEN_PREFIX in v:
             continue
@@ -269,19 +274,38 @@ def request_headers(incoming: list[tuple[str, str]], *, prefix: str, client_ip: 
 
 
 def response_headers(upstream: httpx.Headers, prefix: str) -> list[tuple[str, str]]:
+    """Headers to send the client from a plugin's response.
+
+    Taken as the plugin sent the bytes (latin-1, as WSGI servers write them back), not as httpx decodes them
+    (UTF-8 when it can, which the web tier's gunicorn then could not encode: a 500). h11 already refuses CR,
+    LF, NUL and non-token names (the plugin gets a 502); what it lets through and the web tier's gunicorn
+    would refuse with a 500 (other control characters) is dropped here. A Content-Length beside a
+    Transfer-Encoding goes (RFC 9112 6.3: the body was framed by the chunks, which are gone by now).
+    """
     named_by_connection = {t.strip().lower() for t in upstream.get("connection", "").split(",")}
+    chunked = "transfer-encoding" in upstream
     out: list[tuple[str, str]] = []
-    for k, v in upstream.multi_items():
-        lk = k.lower()
-        if lk in HOP_BY_HOP or lk in named_by_connection or lk in ORIGIN_WIDE or _front_proxy_instruction(lk):
+    for raw_name, raw_value in upstream.raw:
+        lk, v = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        if (_hop_by_hop(lk) or lk in named_by_connection or lk in ORIGIN_WIDE or _front_proxy_instruction(lk)
+                or (chunked and lk == "content-length")):
+            continue
+        if not _TOKEN.fullmatch(lk) or _CTL.search(v):
+            log.warning("dropped response header %r from the plugin at %s: invalid name or control character",
+                        lk, prefix)
             continue
         if lk == "set-cookie":
             scoped = scope_cookie(v, prefix)
             if scoped is None:
                 continue
             v = scoped
-        out.append((k, v))
+        out.append((lk, v))
     return out
+
+
+def _hop_by_hop(name: str) -> bool:
+    # "Proxy" too: as HTTP_PROXY in a CGI-style environment it would pick the plugin's outbound proxy (httpoxy).
+    return name in HOP_BY_HOP or name == "proxy" or name.startswith("proxy-")
 
 
 def _front_proxy_instruction(name: str) -> bool:
@@ -304,7 +328,7 @@ def scope_cookie(header: str, prefix: str) -> str | None:
     path prefix. A ``__Secure-`` cookie is kept as is: that prefix demands only the Secure attribute and an
     https page, which the browser checks itself (over plain http it discards the cookie).
     """
-    if _COOKIE_CTL.search(header):
+    if _CTL.search(header):
         log.warning("dropped a Set-Cookie with a control character from the plugin at %s", prefix)
         return None
     pair, *attributes = header.split(";")
@@ -337,7 +361,7 @@ def _scoped_path(path: str | None, prefix: str) -> str:
         path = "/"
     if not (path == prefix or path.startswith(prefix + "/")):
         path = prefix + path
-    return path if len(path) <= MAX_COOKIE_ATTR else prefix + "/"
+    return path if len(path) <= MAX_COOKIE_ATTR else prefix + "/"  # latin-1: one character per octet
 
 
 def _cookie_identity(name: str) -> str:

@@ -18,6 +18,7 @@ from host.proxy import (
     scope_cookie,
     upstream_errors,
     upstream_path,
+    upstream_request,
 )
 from host.settings import HostSettings
 
@@ -114,6 +115,37 @@ def test_response_headers_keep_repeats_and_drop_hop_by_hop() -> None:
     assert [v for k, v in out if k.lower() == "x-multi"] == ["1", "2"]
     assert [v for k, v in out if k.lower() == "set-cookie"] == ["a=1; Path=/plugins/p/", "b=2; Path=/plugins/p/x"]
     assert not any(k.lower() in ("connection", "keep-alive") for k, _ in out)
+
+
+def test_response_headers_pass_byte_for_byte() -> None:
+    # UTF-8 from a plugin used to be decoded by httpx and then refused by the web tier's gunicorn (latin-1).
+    up = httpx.Headers([(b"X-Price", "9 \u20ac".encode())])
+    assert response_headers(up, "/plugins/p") == [("x-price", "9 \xe2\x82\xac")]
+    up = httpx.Headers([(b"X-Name", b"caf\xe9")])
+    assert response_headers(up, "/plugins/p") == [("x-name", "caf\xe9")]
+
+
+def test_response_headers_the_web_tier_could_not_send_are_dropped() -> None:
+    up = httpx.Headers([(b"X-A", b"a\x01b"), (b"X-B", b"a\x7fb"), (b"X-C", b"a\tb"), (b"X(D)", b"1")])
+    assert response_headers(up, "/plugins/p") == [("x-c", "a\tb")]
+
+
+def test_content_length_beside_transfer_encoding_is_dropped() -> None:
+    up = httpx.Headers([("Content-Length", "2"), ("Transfer-Encoding", "chunked"), ("Content-Type", "text/plain")])
+    assert response_headers(up, "/plugins/p") == [("content-type", "text/plain")]
+    assert response_headers(httpx.Headers([("Content-Length", "2")]), "/p") == [("content-length", "2")]
+
+
+def test_proxy_headers_go_both_ways() -> None:
+    assert "proxy" not in build([("Proxy", "http://evil.example:3128")])  # httpoxy
+    assert "proxy-foo" not in build([("Proxy-Foo", "1")])
+    assert response_headers(httpx.Headers([("Proxy-Status", "x"), ("Proxy", "y")]), "/p") == []
+
+
+def test_upstream_request_keeps_the_clients_header_bytes() -> None:
+    # A client's obs-text byte arrives latin-1 decoded (PEP 3333); httpx's ASCII default raised: a 500.
+    req = upstream_request("GET", "/", [("Host", "h"), ("X-Name", "caf\xe9")], None, 3.0)
+    assert req.headers.raw == [(b"Host", b"h"), (b"X-Name", b"caf\xe9")]
 
 
 def test_origin_wide_response_headers_are_dropped() -> None:
