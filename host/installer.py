@@ -23,6 +23,7 @@ from host import control, launch, rootfs
 from host.bundle import BundleError, copy_bundle
 from host.errors import HostError, InstallError, UnsafeTree, UsageError
 from host.layout import Layout
+from host.pip_options import index_options, redact
 from host.quota import Quota, ensure_mounted, release, remove
 from host.registry import Registry
 from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
@@ -196,10 +197,9 @@ class Installer:
     def _pip(self, name: str, target: Path, uid: int | None, log_path: Path) -> None:
         """pip runs confined as the plugin's uid: sdist build scripts are plugin-supplied code."""
         venv = target / "venv"
-        cache = self.layout.cache / "pip" / name  # per plugin: one plugin cannot poison another's wheels
-        tmp = target / ".tmp"
-        cache.parent.mkdir(parents=True, exist_ok=True)  # cache/pip: root's; cache/pip/<name>: the plugin's
-        for d in (cache, tmp):
+        tmp = target / ".tmp"  # pip's HOME and TMPDIR: fresh, and removed when pip is done
+        cache = tmp / "cache"  # per install too: build code can write into pip's cache, so no later install reads it
+        for d in (tmp, cache):
             rootfs.ensure_dir(d, None)
         if uid is not None:
             for d in (cache, tmp, venv):
@@ -207,7 +207,7 @@ class Installer:
         policy_path = target / ".pip.policy.json"
         launch.write_policy(launch.pip_policy(self.settings, name, target, cache, uid), policy_path)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
-               *shlex.split(self.settings.pip_args), "-r", str(target / "requirements.txt")]
+               *index_options(self.settings.pip_args), "-r", str(target / "requirements.txt")]
         try:
             self._run(name, "installing packages", launch.confined(policy_path, pip), log_path, PIP_TIMEOUT)
         finally:
@@ -233,7 +233,7 @@ class Installer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HOST_", "PYTHON"))}
         env["PIP_NO_INPUT"] = "1"
         with open(log_path, "ab") as log:
-            log.write(f"\n$ {shlex.join(argv)}\n".encode())
+            log.write(f"\n$ {shlex.join(redact(argv))}\n".encode())  # no index passwords in logs
             log.flush()
             try:
                 proc = subprocess.run(argv, stdout=log, stderr=subprocess.PIPE, timeout=timeout, cwd=cwd,
@@ -276,6 +276,8 @@ class Installer:
             self.registry.remove(name, keep_uid=keep_data)
             if not keep_data and launch.plugin_uid(self.settings, 0) is not None:
                 UidFile(self.settings.uid_file).release(self.layout.home, name)
+            # where pip's HOME used to be kept across installs (a build may have planted a pip.conf there)
+            rootfs.remove_tree(self.layout.cache / "pip" / name)
             rootfs.remove_tree(self.layout.plugin_root(name))
             rootfs.remove_tree(self.layout.run_dir(name))
             # Unmount first: deleting the data dir must remove the mount point, not the files in the image.

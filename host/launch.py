@@ -17,6 +17,7 @@ from pathlib import Path
 
 from host import rootfs
 from host.layout import Layout
+from host.pip_options import index_options, local_paths
 from host.quota import Quota, ensure_mounted
 from host.registry import PluginRecord
 from host.runtime import WSGI_TARGET
@@ -27,8 +28,6 @@ from sandbox_runner.policy import LAYERS, Network, Policy, Resources
 
 MiB = 1024 * 1024
 ROOT_ONLY_LAYERS = ("uid", "cgroup")
-# pip reads the machine's pip configuration and needs name resolution and CA certificates.
-PIP_CONFIG = ("/etc/pip.conf", "/etc/xdg/pip")
 # Memory, processes and file size for pip: building an sdist needs more than a small Flask app.
 PIP_RESOURCES = Resources(memory_bytes=2048 * MiB, processes=256, open_files=4096, file_size_bytes=1024 * MiB)
 
@@ -116,21 +115,25 @@ def runtime_policy(settings: HostSettings, manifest: Manifest, install: Path, ui
 
 
 def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, uid: int | None) -> Policy:
-    """pip with network (to reach the index) but writing only the new venv, its cache and a scratch dir."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("PIP_") and k != "PIP_CACHE_DIR"}
+    """pip with network (to reach the index) but writing only the new venv and a scratch dir (its HOME,
+    TMPDIR and ``cache``, inside it) which the installer removes when pip is done.
+
+    Build code of sdists runs in here, so no operator PIP_* variable and no pip.conf reaches it: the index
+    configuration comes as explicit options (host.pip_options); the local paths those name are mounted."""
     tmp = install / ".tmp"
-    env.update({
+    env = {
         "PATH": f"{install / 'venv'}/bin:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(cache),
+        "HOME": str(tmp),  # fresh per install: nothing a build writes under ~ outlives it
         "TMPDIR": str(tmp),
         "LANG": "C.UTF-8",
         "PIP_CACHE_DIR": str(cache),
+        "PIP_CONFIG_FILE": os.devnull,  # no config file at all: not the machine's, not one a build planted
         "PIP_NO_INPUT": "1",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    })
+    }
     return Policy(
         name=name,
-        ro_paths=(str(install / "requirements.txt"), sys.base_prefix, *PIP_CONFIG),
+        ro_paths=(str(install / "requirements.txt"), sys.base_prefix, *local_paths(index_options(settings.pip_args))),
         rw_paths=(str(install / "venv"), str(cache), str(tmp)),
         env=env,
         cwd=str(install),

@@ -1,16 +1,22 @@
-"""Install-time hygiene, end to end: what reaches the operator's terminal from a hostile plugin, and which
-uid its code runs as."""
+"""Install-time hygiene, end to end: what reaches the operator's terminal from a hostile plugin, which uid
+its code runs as, and what the build code of its sdist dependencies sees and leaves behind."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
 import select
+import shutil
 import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
+from host.installer import RUNTIME_REQUIREMENTS
 from tests.integration.harness import BUNDLED, HOST, run_host, short_home
 
 ERASE_LINE_ABOVE = "\x1b[1A\x1b[2K"
@@ -91,3 +97,121 @@ def test_plugin_uids_are_unique_per_machine_not_per_home(tmp_path: Path) -> None
     assert owners == [busy + 1, busy + 2]  # not the squatter's uid, and not the same in both homes
     assert recorded == {str(busy + 1): {"home": str(a), "plugin": "example"},
                         str(busy + 2): {"home": str(b), "plugin": "example"}}
+
+
+DUMP = "plugin-host-test-envdump"
+# The in-tree build backend of an sdist-only dependency: the build code pip runs at install time. It
+# records what it can see, plants a pip.conf that would steer the next install of its plugin to a
+# "2.0" it also plants, and builds a wheel that carries the record into the venv.
+BACKEND = r'''
+import base64, hashlib, json, os, zipfile
+
+NAME, SECRET = "plugin_host_test_envdump", os.environ.get("SEEN_SECRET_PROBE", "")
+
+
+def _wheel(directory, version, files):
+    dist = f"{NAME}-{version}"
+    files = {**files, f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {version}\n",
+             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
+              f"{len(t.encode())}" for p, t in files.items()]
+    name = f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(directory, name), "w") as z:
+        for p, t in files.items():
+            z.writestr(p, t)
+        z.writestr(f"{dist}.dist-info/RECORD", "\n".join([*record, f"{dist}.dist-info/RECORD,,"]) + "\n")
+    return name
+
+
+def _procs(needle):
+    hits = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        for what in ("environ", "cmdline"):
+            try:
+                with open(f"/proc/{pid}/{what}", "rb") as fh:
+                    if needle and needle.encode() in fh.read():
+                        hits.append(f"{pid}/{what}")
+            except OSError:
+                pass
+    return hits
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    home = os.path.expanduser("~")
+    evil = os.path.join(home, "evil-wheels")
+    os.makedirs(evil, exist_ok=True)
+    _wheel(evil, "2.0", {f"{NAME}/__init__.py": "PLANTED = True\n"})
+    for conf in (os.path.join(home, ".config", "pip", "pip.conf"), os.path.join(home, ".pip", "pip.conf")):
+        os.makedirs(os.path.dirname(conf), exist_ok=True)
+        with open(conf, "w") as fh:
+            fh.write(f"[global]\nfind-links = {evil}\n")
+    seen = {"environ": dict(os.environ), "home": home, "uid": os.getuid(),
+            "proc_hits": _procs("hunter2-from-the-operator")}
+    return _wheel(wheel_directory, "1.0", {f"{NAME}/__init__.py": "PLANTED = False\n",
+                                           f"{NAME}/seen.json": json.dumps(seen)})
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+'''
+
+
+def _sdist(directory: Path) -> None:
+    """plugin-host-test-envdump 1.0, sdist only, with the backend above (needs nothing from an index)."""
+    root = "plugin_host_test_envdump-1.0"
+    files = {
+        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "dumpbackend"\nbackend-path = ["."]\n'
+                          f'[project]\nname = "{DUMP}"\nversion = "1.0"\n',
+        "dumpbackend.py": BACKEND,
+        "PKG-INFO": f"Metadata-Version: 2.1\nName: {DUMP}\nVersion: 1.0\n",
+    }
+    with tarfile.open(directory / f"{root}.tar.gz", "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{root}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _install(home: Path, plugin: Path, env: dict[str, str], *more: str) -> None:
+    # As run by an operator with no find-links of their own in the environment: PIP_FIND_LINKS would
+    # override (not add to) the find-links of any pip.conf, the planted one included, and hide the attack.
+    clean = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}
+    r = subprocess.run([*HOST, "--home", str(home), "install", str(plugin), "--yes", "--no-enable", *more],
+                       capture_output=True, text=True, timeout=600, env={**clean, **env}, check=False)
+    assert r.returncode == 0, r.stderr
+
+
+def _installed(home: Path) -> Path:
+    """The dump package in the live venv of plugin `dumper`."""
+    live = json.loads(run_host(home, "list", "--json", check=True).stdout)
+    assert [p["name"] for p in live] == ["dumper"]
+    return next((home / "plugins" / "dumper").glob("*/venv/lib/python*/site-packages/plugin_host_test_envdump"))
+
+
+def test_cant_see_operator_secrets_or_keep_a_pip_conf_while_building_an_sdist(tmp_path: Path, home: Path) -> None:
+    wheelhouse = Path(tempfile.mkdtemp(prefix="ph-wheels-", dir="/tmp"))  # not under pytest's 0700 tmp
+    try:
+        wheelhouse.chmod(0o755)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:", "-d",
+                        str(wheelhouse), *RUNTIME_REQUIREMENTS], check=True, timeout=300)
+        _sdist(wheelhouse)
+        plugin = _plugin(tmp_path / "dumper", "dumper", f'requirements = ["{DUMP}"]\n')
+        env = {"HOST_PIP_ARGS": f"--no-index --find-links {wheelhouse}", "PIP_FOO_SECRET": "hunter2-from-the-operator"}
+
+        _install(home, plugin, env)
+        seen = json.loads((_installed(home) / "seen.json").read_text())
+        assert "PIP_FOO_SECRET" not in seen["environ"]
+        assert "hunter2" not in json.dumps(seen["environ"])
+        assert seen["proc_hits"] == []  # nor in the environment or argv of any process it can read
+        assert not Path(seen["home"]).exists()  # its HOME (and what it planted there) went with the install
+
+        # the next install of the same name: the planted pip.conf (find-links -> a "2.0") must not count
+        _install(home, plugin, env, "--force")
+        pkg = _installed(home)
+        assert (pkg / "__init__.py").read_text() == "PLANTED = False\n"
+        assert [d.name for d in pkg.parent.glob("plugin_host_test_envdump-*.dist-info")] == \
+            ["plugin_host_test_envdump-1.0.dist-info"]
+        assert not [p for p in home.rglob("*") if p.name in ("pip.conf", "evil-wheels")]
+    finally:
+        shutil.rmtree(wheelhouse, ignore_errors=True)

@@ -1,0 +1,146 @@
+"""pip's index configuration, read on the host side and handed to the confined pip as explicit options.
+
+pip at install time runs the build code of sdists, so nothing of the operator's pip set-up may sit where
+that code can read it or change it: no ``PIP_*`` variable enters the sandbox and pip reads no config file
+(``PIP_CONFIG_FILE=/dev/null``, which also ignores any pip.conf a build plants). What the operator
+configured for pip machine-wide (``/etc/xdg/pip/pip.conf``, ``/etc/pip.conf``, ``$PIP_CONFIG_FILE``) and in
+``PIP_*`` variables is translated here, for the settings that choose where packages come from, into
+command-line options placed before ``HOST_PIP_ARGS`` (so those win, as command-line options win in pip).
+Per-user pip configuration was never read by the confined pip and still is not.
+
+Known limit: an index URL carrying credentials ends up in pip's argv, which code running as the same uid
+can read from /proc; keep credentials out of index URLs (or give them to the egress point) until pip's
+network access goes through a proxy that adds them.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shlex
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+
+# pip config key -> (command-line option, how many values). Everything else in pip.conf is ignored here:
+# proxy (the egress point owns the network), client-cert (a private key build code could read), and the
+# options that would change what gets installed where (target, user, prefix, ...).
+TRANSLATED: dict[str, tuple[str, str]] = {
+    "index-url": ("--index-url", "one"),
+    "extra-index-url": ("--extra-index-url", "many"),
+    "find-links": ("--find-links", "many"),
+    "trusted-host": ("--trusted-host", "many"),
+    "no-index": ("--no-index", "flag"),
+    "cert": ("--cert", "one"),
+    "constraint": ("--constraint", "many"),
+    "timeout": ("--timeout", "one"),
+    "default-timeout": ("--timeout", "one"),
+    "retries": ("--retries", "one"),
+}
+# Options whose value may be a local path or a file: URL: those paths are mounted read-only for pip.
+PATH_OPTIONS = {"--index-url": "-i", "--extra-index-url": "", "--find-links": "-f", "--cert": "",
+                "--constraint": "-c"}
+_TRUE = {"y", "yes", "t", "true", "on", "1"}  # pip's strtobool
+_CREDENTIALS = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
+
+
+def index_options(host_pip_args: str, environ: Mapping[str, str] | None = None,
+                  config_files: Iterable[str] | None = None) -> list[str]:
+    """The options the confined pip gets: the operator's pip configuration translated, then HOST_PIP_ARGS."""
+    env = os.environ if environ is None else environ
+    files = machine_config_files(env) if config_files is None else list(config_files)
+    values = _configured(files, env)
+    args: list[str] = []
+    for key, (option, kind) in TRANSLATED.items():
+        value = values.get(key)
+        if value is None:
+            continue
+        if kind == "flag":
+            if value.strip().lower() in _TRUE:
+                args.append(option)
+        elif kind == "many":
+            args += [a for v in value.split() for a in (option, v)]
+        elif value.strip():
+            args += [option, value.strip()]
+    return [*args, *shlex.split(host_pip_args)]
+
+
+def machine_config_files(environ: Mapping[str, str]) -> list[str]:
+    """The files pip itself would read for the machine and the environment, in pip's order (later wins)."""
+    if environ.get("PIP_CONFIG_FILE") == os.devnull:
+        return []
+    xdg = environ.get("XDG_CONFIG_DIRS") or "/etc/xdg"
+    files = [os.path.join(d, "pip", "pip.conf") for d in xdg.split(os.pathsep) if d]
+    files.append("/etc/pip.conf")
+    if environ.get("PIP_CONFIG_FILE"):
+        files.append(environ["PIP_CONFIG_FILE"])
+    return files
+
+
+def _configured(files: list[str], env: Mapping[str, str]) -> dict[str, str]:
+    """Key -> value as pip resolves them: files merged in order, [global] then [install], then PIP_* vars."""
+    merged: dict[tuple[str, str], str] = {}
+    for path in files:
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue  # pip would refuse to run; here it means no index configuration from that file
+        for section in parser.sections():
+            for key, value in parser.items(section):
+                merged[(section, _normalized(key))] = value
+    values: dict[str, str] = {}
+    for wanted in ("global", "install"):
+        values.update({key: v for (section, key), v in merged.items() if section == wanted})
+    values.update({_normalized(k[4:]): v for k, v in env.items() if k.startswith("PIP_")})
+    return values
+
+
+def _normalized(key: str) -> str:
+    return key.lower().replace("_", "-").removeprefix("--")
+
+
+def local_paths(args: list[str]) -> tuple[str, ...]:
+    """Existing local directories and files that ``args`` point pip at (find-links dirs, file: indexes,
+    certificate and constraint files): they must be visible, read-only, inside pip's sandbox."""
+    found: list[str] = []
+    for option, value in _option_values(args):
+        if option not in PATH_OPTIONS:
+            continue
+        if value.startswith("file:"):
+            path = urllib.request.url2pathname(urllib.parse.urlparse(value).path)
+        elif "://" in value:
+            continue
+        else:
+            path = value
+        path = os.path.abspath(path)
+        if os.path.exists(path):
+            found.append(path)
+    return tuple(dict.fromkeys(found))
+
+
+def _option_values(args: list[str]) -> Iterable[tuple[str, str]]:
+    """(long option, value) for each option of PATH_OPTIONS in ``args``, in any of pip's spellings."""
+    short = {s: long for long, s in PATH_OPTIONS.items() if s}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        if arg.startswith("--") and name in PATH_OPTIONS:
+            if not eq:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            yield name, value
+        elif arg[:2] in short:
+            value = arg[2:]
+            if not value:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            yield short[arg[:2]], value
+        i += 1
+
+
+def redact(argv: list[str]) -> list[str]:
+    """``argv`` with the password of every ``scheme://user:password@host`` replaced, for logs."""
+    return [_CREDENTIALS.sub(r"\1:****@", a) for a in argv]
