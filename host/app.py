@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import socket
@@ -36,7 +35,6 @@ from host.proxy import (
     upstream_path,
     upstream_request,
 )
-from host.registry import Registry
 from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
@@ -54,34 +52,37 @@ def problem(status: int, title: str, detail: str, retry_after: int | None = None
     return resp
 
 
-def create_app(settings: HostSettings | None = None) -> Flask:
+def create_app(settings: HostSettings | None = None, layout: Layout | None = None) -> Flask:
+    """``layout``: the home as the web tier reaches it (host.webtier passes an fd path, since after dropping
+    root it may not be able to walk the home's real path). The app reads the supervisor's routing snapshot
+    and talks to its web socket; it never opens the registry nor the root-only control socket."""
     settings = settings or HostSettings()
-    layout = Layout(settings.home_dir)
-    registry = Registry(layout.registry)
-    directory = Directory(registry)
+    layout = layout or Layout(settings.home_dir)
+    directory = Directory(layout.routes)
     pool = Pool()
     slots = Slots(settings.inflight_limit)
     touched: dict[str, float] = {}
     forwarding = Forwarding(settings.forwarded_networks)
 
     def mark_active(name: str) -> None:
-        """Tell the supervisor (by mtime) that the plugin is in use; at most once a second per plugin."""
+        """Tell the supervisor that the plugin is in use (scale to zero); at most once a second per plugin."""
         now = time.monotonic()
         if now - touched.get(name, 0.0) < 1.0:
             return
         touched[name] = now
         try:
-            layout.activity(name).touch()
-        except OSError:
+            control.call(layout.web_socket, "active", timeout=1.0, names=[name])
+        except HostError:
             log.debug("cannot mark %s active", name, exc_info=True)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None
-    app.extensions["plugin_host"] = {"settings": settings, "pool": pool, "registry": registry}
+    app.extensions["plugin_host"] = {"settings": settings, "pool": pool, "directory": directory}
 
     def supervisor_status() -> dict[str, Any] | None:
+        """The supervisor's public view (state, retry_in, sandbox level per plugin: no pid, no stderr)."""
         try:
-            return control.call(layout.control_socket, "status", timeout=2.0)
+            return control.call(layout.web_socket, "status", timeout=2.0)
         except HostError:
             return None
 
@@ -93,14 +94,14 @@ def create_app(settings: HostSettings | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> Response:
+        """Anonymous: overall status, and per plugin its state, enabled, version and sandbox level. Never a
+        pid or a failure reason (which carries the plugin's stderr): `host list` shows those to the operator."""
         status = supervisor_status()
         plugins: dict[str, Any] = {}
         for entry in directory.all():
             live = (status or {}).get("plugins", {}).get(entry.name, {})
             plugins[entry.name] = {"version": entry.version, "enabled": entry.enabled,
-                                   "state": live.get("state", "unknown"), "pid": live.get("pid"),
-                                   "restarts": live.get("restarts", 0), "reason": live.get("reason"),
-                                   "sandbox": sandbox_summary(layout, entry.name)}
+                                   "state": live.get("state", "unknown"), "sandbox": live.get("sandbox")}
         body = {"status": "ok" if status else "degraded",
                 "supervisor": "running" if status else "unreachable", "plugins": plugins}
         resp = jsonify(body)
@@ -199,10 +200,12 @@ def create_app(settings: HostSettings | None = None) -> Flask:
             if st is None:
                 raise ProxyError(503, "Plugin unavailable", "the supervisor is not running this plugin", 5)
             state = st["state"]
+            # Why it failed (its stderr) is the operator's business: `host list`, `host logs`.
             if state == "quarantined":
-                raise ProxyError(503, "Plugin quarantined", f"plugin {name!r} is quarantined: {st['reason']}", 60)
+                raise ProxyError(503, "Plugin quarantined", f"plugin {name!r} is quarantined after repeated "
+                                 "failures", 60)
             if state == "backoff" and (st.get("retry_in") or 0) > remaining:
-                raise ProxyError(503, "Plugin restarting", f"plugin {name!r} is restarting: {st['reason']}",
+                raise ProxyError(503, "Plugin restarting", f"plugin {name!r} is restarting after a failure",
                                  max(1, math.ceil(st["retry_in"])))
             if state == "running" and _connectable(layout.socket(name)):
                 return
@@ -214,7 +217,7 @@ def create_app(settings: HostSettings | None = None) -> Flask:
             # Starting, backing off briefly, or scaled to zero: the supervisor answers once it runs (or
             # gives up). Concurrent callers all wait for the same single start.
             with contextlib.suppress(HostError):
-                control.call(layout.control_socket, "wake", name=name, wait=remaining, timeout=remaining + 5)
+                control.call(layout.web_socket, "wake", name=name, wait=remaining, timeout=remaining + 5)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -226,17 +229,6 @@ def create_app(settings: HostSettings | None = None) -> Flask:
         return problem(500, "Internal error", "the host failed to handle this request; see the host log")
 
     return app
-
-
-def sandbox_summary(layout: Layout, name: str) -> dict[str, Any] | None:
-    """What the runner reported it applied to the plugin's current instance; missing layers are listed."""
-    try:
-        report = json.loads(layout.sandbox_report(name).read_text())
-    except (OSError, ValueError):
-        return None
-    layers = report.get("layers", {})
-    missing = sorted(k for k, v in layers.items() if not v.get("applied"))
-    return {"backend": report.get("backend"), "level": "weak" if missing else "full", "missing": missing}
 
 
 def _connectable(path: Any) -> bool:

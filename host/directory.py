@@ -1,15 +1,17 @@
-"""What the web tier knows about installed plugins: a per-thread cache of the registry, invalidated by
-SQLite's data_version (which changes whenever another process commits) — no stale state, one cheap pragma."""
+"""What the web tier knows about installed plugins: the supervisor's routing snapshot (run/routes.json, see
+:mod:`host.routes`), re-read only when the file was replaced — one ``stat`` per lookup, no registry access."""
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from host.proxy import Limits
-from host.registry import Registry
 
-MiB = 1024 * 1024
+_Key = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -22,28 +24,31 @@ class PluginEntry:
 
 
 class Directory:
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self._local = threading.local()
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cache: tuple[_Key, dict[str, PluginEntry]] | None = None
+        self._lock = threading.Lock()
 
     def _table(self) -> dict[str, PluginEntry]:
-        gen = self.registry.generation()
-        cached = getattr(self._local, "cache", None)
-        if cached is not None and cached[0] == gen:
-            table: dict[str, PluginEntry] = cached[1]
-            return table
-        table = {}
-        for rec in self.registry.all():
-            req = rec.manifest.get("permissions", {}).get("requests", {})
-            table[rec.name] = PluginEntry(
-                name=rec.name,
-                version=rec.version,
-                description=rec.manifest.get("description", ""),
-                enabled=rec.enabled,
-                limits=Limits(timeout=float(req.get("timeout_seconds", 30.0)),
-                              max_body=int(req.get("max_body_mb", 16)) * MiB),
-            )
-        self._local.cache = (gen, table)
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return {}  # the supervisor has not published yet: no plugin is routable
+        cached = self._cache
+        if cached is not None and cached[0] == _key(st):
+            return cached[1]
+        with self._lock:
+            with open(self.path, "rb") as fh:
+                # The key of what was read (not of the earlier stat): a newer file is picked up next time.
+                key = _key(os.fstat(fh.fileno()))
+                raw = json.loads(fh.read())
+            table = {
+                name: PluginEntry(name=name, version=str(p["version"]), description=str(p["description"]),
+                                  enabled=bool(p["enabled"]),
+                                  limits=Limits(timeout=float(p["timeout"]), max_body=int(p["max_body"])))
+                for name, p in raw["plugins"].items()
+            }
+            self._cache = (key, table)
         return table
 
     def get(self, name: str) -> PluginEntry | None:
@@ -51,3 +56,7 @@ class Directory:
 
     def all(self) -> list[PluginEntry]:
         return sorted(self._table().values(), key=lambda e: e.name)
+
+
+def _key(st: os.stat_result) -> _Key:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)

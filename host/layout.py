@@ -28,7 +28,18 @@ class Layout:
 
     @property
     def control_socket(self) -> Path:
+        """Every op, for root (the CLI): 0600."""
         return self.run / "control.sock"
+
+    @property
+    def web_socket(self) -> Path:
+        """The few ops the unprivileged web tier may ask for (status, wake, active): root:<web gid> 0660."""
+        return self.run / "web.sock"
+
+    @property
+    def routes(self) -> Path:
+        """The routing snapshot the supervisor publishes for the web tier (see host.routes)."""
+        return self.run / "routes.json"
 
     @property
     def lock(self) -> Path:
@@ -57,10 +68,6 @@ class Layout:
 
     def socket(self, name: str) -> Path:
         return self.run / name / SOCKET_NAME
-
-    def activity(self, name: str) -> Path:
-        """Touched by the web tier when it proxies to the plugin (root-owned: the plugin cannot fake it)."""
-        return self.run / f".activity-{name}"
 
     def sandbox_report(self, name: str) -> Path:
         """Written by the sandbox runner when the plugin execs: the layers actually applied."""

@@ -1,43 +1,113 @@
-"""The web tier process: gunicorn (threaded workers) serving the host's Flask app.
+"""The web tier process: gunicorn (threaded workers) serving the host's Flask app, never as root.
 
-Started by the supervisor as ``python -m host.webtier`` with HostSettings in HOST_* variables. It asks the
-kernel to SIGKILL it if the supervisor dies, so a killed host never leaves a web tier behind.
+Started by the supervisor as ``python -m host.webtier --listen-fd N --home-fd M [--user UID:GID]`` with
+HostSettings in HOST_* variables. The supervisor binds the listening socket (so ports below 1024 work) and
+opens the home (O_PATH). This process starts as root only so that Python can load from wherever it is
+installed; it keeps the installation reachable (host.web_mounts), then drops to the web user — setgroups([]),
+setresgid, setresuid, no_new_privs, and proves root is gone — before gunicorn's arbiter starts, before the app
+is built and before any byte is read from a client. gunicorn binds nothing: it serves the inherited socket.
+The home is reached through /proc/self/fd/M, so a home below a directory the web user cannot enter works.
+
+It asks the kernel to SIGKILL it if the supervisor dies (after the drop, which would clear that), so a killed
+host never leaves a web tier behind.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
+import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+import host
+from host import web_mounts
 from host.app import create_app
+from host.errors import HostError
+from host.layout import Layout
 from host.settings import HostSettings
 
+log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
 
 
-def die_with_parent() -> None:
+def _prctl(option: int, arg: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getppid()
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if libc.prctl(option, arg, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option})")
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL us when ``parent`` (the supervisor) dies; exit at once if it already has."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
 
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become ``uid``:``gid`` for good: no supplementary groups, real/effective/saved ids all changed, no
+    capabilities, and nothing (setuid binaries, file capabilities) can give any of it back."""
+    if 0 in (uid, gid):
+        raise HostError("the web tier never runs as root (uid/gid 0)")
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
+        raise HostError(f"the web tier did not become {uid}:{gid} (ids {os.getresuid()} {os.getresgid()})")
+    if _capabilities() != 0:
+        raise HostError("the web tier kept capabilities after dropping root")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    raise HostError("the web tier could become root again after dropping privileges")
+
+
+def _capabilities() -> int:
+    """Permitted | effective capability bits of this process."""
+    with open("/proc/self/status") as fh:
+        fields = dict(line.split(":", 1) for line in fh if ":" in line)
+    return int(fields["CapPrm"], 16) | int(fields["CapEff"], 16)
+
+
+def keep_python_reachable() -> None:
+    """Before the drop: make sure the new uid can still import from this installation (host.web_mounts)."""
+    paths = [p for p in web_mounts.python_paths() if p != os.getcwd()]  # -m puts the cwd first: not needed
+    paths.append(os.path.dirname(host.__file__))  # editable installs import it through a finder, not sys.path
+    try:
+        covered = web_mounts.open_up(paths)
+    except OSError as exc:
+        closed = web_mounts.unreachable(paths)
+        if closed:
+            log.warning("web tier: %s; after dropping root it cannot read %s, so a lazy import may fail. Make "
+                        "the Python installation readable by others (o+rx up to it)", exc, ", ".join(closed))
+        return
+    if covered:
+        log.debug("web tier: private mount view over %s", ", ".join(covered))
+
+
 class WebTier(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: HostSettings) -> None:
+    def __init__(self, settings: HostSettings, listen_fd: int | None = None, layout: Layout | None = None) -> None:
         self.settings = settings
+        self.listen_fd = listen_fd
+        self.layout = layout
         super().__init__()
 
     def load_config(self) -> None:
         s = self.settings
         opts: dict[str, Any] = {
-            "bind": [s.bind],
+            # The supervisor's socket; binding ourselves is only for running this module by hand.
+            "bind": [f"fd://{self.listen_fd}"] if self.listen_fd is not None else [s.bind],
+            # Who we are now (gunicorn's defaults were taken at import, as root): workers change nothing.
+            "user": os.geteuid(),
+            "group": os.getegid(),
             "workers": s.web_workers,
             "threads": s.web_threads,
             "worker_class": "gthread",
@@ -60,14 +130,34 @@ class WebTier(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return create_app(self.settings)
+        return create_app(self.settings, self.layout)
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    def ids(text: str) -> tuple[int, int]:
+        uid, _, gid = text.partition(":")
+        return int(uid), int(gid or uid)
+
+    parser = argparse.ArgumentParser(prog="python -m host.webtier")
+    parser.add_argument("--listen-fd", type=int, help="listening socket inherited from the supervisor")
+    parser.add_argument("--home-fd", type=int, help="O_PATH fd of the home inherited from the supervisor")
+    parser.add_argument("--user", type=ids, help="UID[:GID] to drop to before serving (root hosts)")
+    return parser.parse_args(argv)
 
 
 def main() -> None:
-    die_with_parent()
+    parent = os.getppid()
+    args = _arguments(sys.argv[1:])
+    if args.user is not None:
+        keep_python_reachable()
+        drop_privileges(*args.user)
+    elif os.geteuid() == 0:
+        raise SystemExit("host.webtier: refusing to serve as root; the supervisor passes --user UID:GID")
+    die_with_parent(parent)
     settings = HostSettings()
+    layout = Layout(Path(f"/proc/self/fd/{args.home_fd}")) if args.home_fd is not None else None
     sys.argv = sys.argv[:1]  # gunicorn must not parse our arguments
-    WebTier(settings).run()
+    WebTier(settings, args.listen_fd, layout).run()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ class _Server(socketserver.ThreadingUnixStreamServer):
 
 
 class ControlServer:
-    def __init__(self, path: Path, handler: Handler) -> None:
+    """``mode``/``group``: who may connect (the socket is born 0600 and only then opened up to ``group``)."""
+
+    def __init__(self, path: Path, handler: Handler, mode: int = 0o600, group: int | None = None) -> None:
         self.path = path
         path.unlink(missing_ok=True)
         dispatch = handler
@@ -46,6 +48,9 @@ class ControlServer:
             self.server = _Server(str(path), _Req)
         finally:
             os.umask(old)
+        if group is not None:
+            os.chown(path, -1, group)
+        os.chmod(path, mode)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="control", daemon=True)
 

@@ -9,6 +9,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,9 @@ from host.settings import HostSettings
 from host.supervisor.control_server import ControlServer
 from host.supervisor.process import Children, children_of
 from host.supervisor.state import State
+from host.supervisor.web import WEB_OPS, RoutesPublisher, bind_listener, public_view, web_env
 from host.supervisor.worker import PluginWorker
+from host.webuser import web_user
 
 log = logging.getLogger(__name__)
 WEB_RESTART_DELAY = (0.1, 5.0)  # first and maximum delay between web tier restarts
@@ -35,14 +38,6 @@ def become_subreaper() -> bool:
     init, where nobody would ever kill them; :meth:`Supervisor.reap_orphans` finishes them off."""
     libc = ctypes.CDLL(None, use_errno=True)
     return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-
-
-def settings_env(settings: HostSettings) -> dict[str, str]:
-    """Settings as HOST_* variables, so child processes rebuild the very same HostSettings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
-    for key, value in settings.model_dump().items():
-        env[f"HOST_{key.upper()}"] = str(settings.home_dir if key == "home" else value)
-    return env
 
 
 class Supervisor:
@@ -60,6 +55,11 @@ class Supervisor:
         self.web: subprocess.Popen[bytes] | None = None
         self._web_delay = WEB_RESTART_DELAY[0]
         self.started = time.time()
+        # Root hosts run the web tier as its own user (HostError here if HOST_WEB_USER is unusable).
+        self.web_user = web_user(settings)
+        self.routes = RoutesPublisher(self.layout.routes, self.web_user)
+        self.listener: socket.socket | None = None  # bound by us, inherited by every web tier we start
+        self._home_fd: int | None = None  # how the web tier reaches the home once it is no longer root
 
     # -- control requests (any thread) ------------------------------------------------------------------
 
@@ -92,6 +92,36 @@ class Supervisor:
             "plugins": {name: w.snapshot() for name, w in sorted(workers.items())},
         }
 
+    def handle_web(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The web socket: only what the web tier needs, answered with the public view of plugins."""
+        op = req["op"]
+        if op == "status":
+            with self._lock:
+                workers = dict(self.workers)
+            return {"plugins": {name: public_view(w.snapshot()) for name, w in sorted(workers.items())}}
+        if op == "active":
+            names = req.get("names")
+            if not isinstance(names, list):
+                raise HostError("'active' needs a list of plugin names")
+            with self._lock:
+                for name in names:
+                    worker = self.workers.get(str(name))
+                    if worker is not None:
+                        worker.mark_active()
+            return {"ok": True}
+        if op == "wake":
+            wait = min(max(0.0, float(req.get("wait") or 0.0)), self.settings.request_wait)
+            reply = self.handle({"op": "wake", "name": str(req.get("name", "")), "wait": wait})
+            return {"ok": True, "plugin": public_view(reply["plugin"])}
+        raise HostError(f"op {op!r} is not allowed on the web socket (only {', '.join(WEB_OPS)})")
+
+    def publish_routes(self) -> None:
+        """Republish the web tier's routing snapshot if the registry changed (cheap when it did not)."""
+        try:
+            self.routes.publish(self.registry.all())
+        except (HostError, OSError):
+            log.exception("cannot publish the routing snapshot %s", self.layout.routes)
+
     def reconcile(self) -> None:
         """Make the set of workers and their desired state match the registry."""
         with self._lock:
@@ -114,6 +144,8 @@ class Supervisor:
                     worker.submit("upgrade")
             for name in set(self.workers) - set(records):
                 self.workers.pop(name).submit("shutdown")
+            # Before any caller (`host install`, enable, disable) hears back: the next request sees it.
+            self.routes.publish(records.values())
 
     # -- main loop --------------------------------------------------------------------------------------
 
@@ -129,6 +161,9 @@ class Supervisor:
             log.warning("cannot become a child subreaper; orphaned plugin processes would go to init")
         control = ControlServer(self.layout.control_socket, self.handle)
         control.start()
+        web_api = ControlServer(self.layout.web_socket, self.handle_web, mode=0o660,
+                                group=self.web_user.gid if self.web_user else None)
+        web_api.start()
         log.info("supervisor %s serving %s", os.getpid(), self.layout.home)
         # Disk images a killed host left mounted stay mounted for the plugins still installed (adopted as
         # they are); those of plugins uninstalled since are unmounted.
@@ -136,6 +171,8 @@ class Supervisor:
         if stale:
             log.info("unmounted the disk images of uninstalled plugins: %s", ", ".join(stale))
         try:
+            if self.web_enabled:
+                self._open_web_listener()  # first: a port in use fails before any plugin starts
             self.reconcile()
             if self.web_enabled:
                 self._start_web()
@@ -145,7 +182,9 @@ class Supervisor:
             self._stop_web()
             self._shutdown_workers()
             release_all(self.layout)  # the plugins' disk images (lazily where a dying instance still holds one)
+            web_api.close()
             control.close()
+            self._close_web_listener()
             lock.close()
         return 0
 
@@ -172,6 +211,7 @@ class Supervisor:
                 log.info("received %s", signal.Signals(sig[0]).name)
                 return
             self.reap_orphans()
+            self.publish_routes()
             if self.web_enabled and (self.web is None or self.web.poll() is not None):
                 self._web_died()
 
@@ -197,15 +237,36 @@ class Supervisor:
 
     # -- web tier ---------------------------------------------------------------------------------------
 
+    def _open_web_listener(self) -> None:
+        self.listener = bind_listener(self.settings.bind)
+        # O_PATH: the web tier can walk from it into run/ even when a directory above the home is closed to
+        # its uid (a home under /root, a 0700 temp dir); it grants nothing the home's own modes do not.
+        self._home_fd = os.open(self.layout.home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _close_web_listener(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        if self._home_fd is not None:
+            os.close(self._home_fd)
+            self._home_fd = None
+
     def _start_web(self) -> None:
+        assert self.listener is not None and self._home_fd is not None
+        fds = (self.listener.fileno(), self._home_fd)
+        argv = [sys.executable, "-m", "host.webtier", "--listen-fd", str(fds[0]), "--home-fd", str(fds[1])]
+        if self.web_user is not None:
+            argv += ["--user", f"{self.web_user.uid}:{self.web_user.gid}"]
         with self.children.lock:
             # Its own session: a terminal's Ctrl-C reaches only the supervisor, which then stops the web
             # tier and the plugins in order (instead of the web tier dying first and being restarted).
-            self.web = subprocess.Popen([sys.executable, "-m", "host.webtier"], env=settings_env(self.settings),
+            # It starts as root only to load Python and drop (host.webtier): before gunicorn starts.
+            self.web = subprocess.Popen(argv, env=web_env(self.settings), pass_fds=fds,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
             self.children.pids.add(self.web.pid)
         self._web_started = time.monotonic()
-        log.info("web tier %s on http://%s", self.web.pid, self.settings.bind)
+        log.info("web tier %s on http://%s as uid %d", self.web.pid, self.settings.bind,
+                 self.web_user.uid if self.web_user else os.geteuid())
 
     def _web_died(self) -> None:
         rc = self.web.returncode if self.web else None

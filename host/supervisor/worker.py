@@ -5,7 +5,6 @@ A plugin that hangs or crash-loops only ever blocks its own thread.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
@@ -26,6 +25,8 @@ from host.supervisor.health import probe
 from host.supervisor.logs import LogSink
 from host.supervisor.process import Children, Instance, Readiness
 from host.supervisor.state import ExitInfo, Lifecycle, RestartPolicy, State
+from host.supervisor.web import sandbox_summary
+from host.webuser import share_path, web_user
 from sandbox_runner.errors import SETUP_EXIT_CODES
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,9 @@ class PluginWorker(threading.Thread):
         self._failed_upgrade: str | None = None
         self._live_since_wall = 0.0
         self._idle_timeout_cached = 0.0
+        self.last_active = 0.0  # wall clock of the web tier's last "active" for this plugin (scale to zero)
+        self.sandbox: dict[str, Any] | None = None  # what the runner applied to the live instance
+        self.web_user = web_user(settings)
         # Scale to zero: asleep = wanted, but stopped until the next request wakes it.
         self.asleep = self.idle_timeout() > 0
 
@@ -112,7 +116,13 @@ class PluginWorker(threading.Thread):
             "retry_in": round(max(0.0, self.lc.backoff_until - time.monotonic()), 2)
             if self.lc.state == State.BACKOFF else None,
             "install_id": inst.spec.install_id if inst else None,  # what is actually serving
+            "sandbox": self.sandbox,
         }
+
+    def mark_active(self) -> None:
+        """The web tier proxied a request to this plugin (it says so over the web socket, at most once a
+        second per plugin and web worker)."""
+        self.last_active = time.time()
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -261,6 +271,10 @@ class PluginWorker(threading.Thread):
             spec = launch.build(self.settings, rec, self.generation)
             listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index))
             inst = Instance(spec, self.sink, spec.manifest.health_path, self.children, listener)
+            # The web tier (its own uid) may pass through the plugin's socket dir and connect to the socket;
+            # no one else but root may (plugins never see run/).
+            share_path(self.layout.run_dir(self.plugin), self.web_user, 0o710)
+            share_path(spec.instance_socket, self.web_user, 0o660)
             inst.spawn()
         except QuotaError as exc:  # fail closed: no disk quota, no start (HOST_SANDBOX=strict)
             return ExitInfo(None, True, refusal(exc), setup_failure=True)
@@ -310,20 +324,18 @@ class PluginWorker(threading.Thread):
 
     def _warn_if_weak(self) -> None:
         """HOST_SANDBOX=weak may start a plugin without some layers: say so loudly, every time."""
-        try:
-            report = json.loads(self.layout.sandbox_report(self.plugin).read_text())
-        except (OSError, ValueError):
-            return
-        missing = sorted(k for k, v in report.get("layers", {}).items() if not v.get("applied"))
+        missing = (self.sandbox or {}).get("missing")
         if missing:
             log.warning("%s: running with a weaker sandbox (HOST_SANDBOX=%s): missing %s", self.plugin,
                         self.settings.sandbox, ", ".join(missing))
-            self.registry.record(self.plugin, "sandbox_weak", missing=missing, backend=report.get("backend"))
+            self.registry.record(self.plugin, "sandbox_weak", missing=missing,
+                                 backend=(self.sandbox or {}).get("backend"))
 
     def _go_live(self, inst: Instance) -> None:
         """Point the stable socket path at this instance (atomic symlink swap)."""
         self._point_public_socket(inst)
         self.instance = inst
+        self.sandbox = sandbox_summary(self.layout.sandbox_report(self.plugin))  # the runner wrote it at exec
         self._live_since_wall = time.time()
         self._idle_timeout_cached = self.idle_timeout()
         self._probe_failures = 0
@@ -384,11 +396,7 @@ class PluginWorker(threading.Thread):
 
     def _idle_for(self, inst: Instance) -> float:
         """Seconds since the web tier last proxied to this plugin (or since it started)."""
-        try:
-            last = self.layout.activity(self.plugin).stat().st_mtime
-        except FileNotFoundError:
-            last = 0.0
-        return time.time() - max(last, self._live_since_wall)
+        return time.time() - max(self.last_active, self._live_since_wall)
 
     def _watch(self) -> None:
         inst = self.instance

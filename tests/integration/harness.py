@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from host import control
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "plugins"
 BUNDLED = REPO / "plugins"
@@ -97,8 +99,8 @@ class ServedHost:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait_plugins: tuple[str, ...] = (), timeout: float = 60) -> ServedHost:
-        self.port = free_port()
+    def start(self, wait_plugins: tuple[str, ...] = (), timeout: float = 60, port: int | None = None) -> ServedHost:
+        self.port = port or free_port()
         self.log = self.home.parent / f"serve-{self.port}.log"
         env = {**os.environ, "HOST_WEB_WORKERS": "1", "HOST_WEB_THREADS": "32", **self.env}
         with open(self.log, "wb") as log:
@@ -120,10 +122,16 @@ class ServedHost:
             return False
 
     def health(self) -> dict[str, Any]:
+        """What anyone may see: /healthz (states, versions, sandbox levels; no pid, no stderr)."""
         return dict(httpx.get(self.url + "/healthz", timeout=5).json())
 
+    def status(self) -> dict[str, Any]:
+        """What the operator sees (`host list`): the supervisor's root-only control socket."""
+        return control.call(self.home / "run" / "control.sock", "status", timeout=10)
+
     def plugin(self, name: str) -> dict[str, Any]:
-        return dict(self.health()["plugins"].get(name, {}))
+        """/healthz's entry for the plugin, with the supervisor's detail (pid, reason, restarts, sandbox)."""
+        return {**self.health()["plugins"].get(name, {}), **self.status()["plugins"].get(name, {})}
 
     def wait_state(self, name: str, state: str, timeout: float = 60) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:

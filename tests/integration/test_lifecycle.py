@@ -104,9 +104,12 @@ def test_crash_loop_is_quarantined_loudly_while_neighbours_serve(host: ServedHos
     assert "5 failures in 60s" in reason
     assert "exited with code 3" in reason
     assert "RuntimeError: crash-on-start: cannot reach the database" in reason
-    # ... in /healthz ...
+    # ... in the supervisor's status, which only root can ask for ...
     assert host.plugin("crash-on-start")["reason"] == reason
     assert host.plugin("crash-on-start")["state"] == "quarantined"
+    # ... while /healthz says only that it is quarantined: its stderr is not for anonymous clients.
+    public = host.get("/healthz").text
+    assert '"quarantined"' in public and "cannot reach the database" not in public and "reason" not in public
     # ... as an event in the registry ...
     (event,) = events(host.home, "crash-on-start", "quarantined")
     assert event.detail["returncode"] == 3
@@ -118,6 +121,7 @@ def test_crash_loop_is_quarantined_loudly_while_neighbours_serve(host: ServedHos
     assert r.status_code == 503
     assert r.headers["retry-after"]
     assert r.json()["title"] == "Plugin quarantined"
+    assert "cannot reach the database" not in r.text and "exited with code" not in r.text
     assert plugin_pids(host.home, "crash-on-start") == set()  # no half-dead instance left behind
 
 

@@ -1,0 +1,50 @@
+"""The routing snapshot (<home>/run/routes.json): all the web tier may know of the installed plugins.
+
+The supervisor (root) builds it from the registry and publishes it atomically (root:<web gid>, 0640) whenever
+it changes; the unprivileged web tier only reads it (:mod:`host.directory`). So the web tier never opens the
+registry, whose grants, settings and audit log (with plugins' stderr) a compromised web tier must neither
+read nor change. Must not import the proxy or Flask (the supervisor writes it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from host.registry import PluginRecord
+from host.webuser import WebUser, share_fd
+
+FORMAT = 1
+MiB = 1024 * 1024
+
+
+def snapshot(records: Iterable[PluginRecord]) -> bytes:
+    """Name, version, description, enabled and request limits of each plugin; nothing else."""
+    plugins = {}
+    for rec in records:
+        req = rec.manifest.get("permissions", {}).get("requests", {})
+        plugins[rec.name] = {
+            "version": rec.version,
+            "description": rec.manifest.get("description", ""),
+            "enabled": rec.enabled,
+            "timeout": float(req.get("timeout_seconds", 30.0)),
+            "max_body": int(req.get("max_body_mb", 16)) * MiB,
+        }
+    return json.dumps({"format": FORMAT, "plugins": plugins}, sort_keys=True).encode()
+
+
+def publish(path: Path, data: bytes, user: WebUser | None) -> None:
+    """Replace ``path`` atomically: a reader sees the old snapshot or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        share_fd(fd, user, 0o640)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

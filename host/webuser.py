@@ -1,0 +1,74 @@
+"""Which unprivileged uid/gid the web tier runs as, and how the few host files it needs are shared with it.
+
+A root host runs its internet-facing web tier as its own user, never root. The web tier reaches exactly
+these host files, all root-owned with group = the web user's gid: the routing snapshot (``run/routes.json``,
+0640), the supervisor's web socket (``run/web.sock``, 0660) and each plugin's socket directory
+(``run/<name>/``, 0710) with the sockets in it (0660). Not the registry, the control socket, logs or data.
+A non-root host runs the web tier as itself (it owns every file already), so nothing is shared.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+from host.errors import HostError
+from host.settings import HostSettings
+
+DEFAULT_NAME = "plugin-host-web"
+
+
+@dataclass(frozen=True)
+class WebUser:
+    uid: int
+    gid: int
+
+
+def web_user(settings: HostSettings) -> WebUser | None:
+    """The web tier's uid/gid on a root host (from ``HOST_WEB_USER``); None when the host is not root."""
+    spec = settings.web_user
+    if os.geteuid() != 0:
+        if spec:
+            raise HostError(f"HOST_WEB_USER={spec}: only a host running as root can switch the web tier's "
+                            "user; unset it (the web tier runs as the host's own user)")
+        return None
+    if not spec:
+        try:
+            pw = pwd.getpwnam(DEFAULT_NAME)
+        except KeyError:
+            # uid_base - 1: below every plugin uid (uid_base + N, N >= 1) and next to the egress point's
+            # uid_base - 2; no passwd entry needed, it owns no file.
+            user = WebUser(settings.uid_base - 1, settings.uid_base - 1)
+        else:
+            user = WebUser(pw.pw_uid, pw.pw_gid)
+    elif spec[0].isdigit():
+        uid, _, gid = spec.partition(":")
+        user = WebUser(int(uid), int(gid or uid))
+    else:
+        try:
+            pw = pwd.getpwnam(spec)
+        except KeyError as exc:
+            raise HostError(f"HOST_WEB_USER={spec}: no such user; create it or give a uid[:gid]") from exc
+        user = WebUser(pw.pw_uid, pw.pw_gid)
+    if 0 in (user.uid, user.gid):
+        raise HostError(f"HOST_WEB_USER={spec or DEFAULT_NAME}: uid/gid 0; the web tier never runs as root")
+    if max(user.uid, user.gid) >= settings.uid_base:
+        raise HostError(f"HOST_WEB_USER={spec or DEFAULT_NAME} ({user.uid}:{user.gid}) is inside the plugins' "
+                        f"uid range (HOST_UID_BASE={settings.uid_base}); choose an id below it")
+    return user
+
+
+def share_fd(fd: int, user: WebUser | None, mode: int) -> None:
+    """root:<web gid> with ``mode`` (the group bits are the web tier's); owner-only when there is no web user."""
+    if user is not None:
+        os.fchown(fd, 0, user.gid)
+    os.fchmod(fd, mode if user is not None else mode & 0o700)
+
+
+def share_path(path: Path, user: WebUser | None, mode: int) -> None:
+    """:func:`share_fd` for what has no usable fd (a socket file). Only for paths in root-only directories."""
+    if user is not None:
+        os.chown(path, 0, user.gid, follow_symlinks=False)
+    os.chmod(path, mode if user is not None else mode & 0o700)

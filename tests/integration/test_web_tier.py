@@ -1,0 +1,198 @@
+"""The internet-facing web tier runs as its own unprivileged user and can do exactly what it needs: serve its
+inherited socket, read the routing snapshot, ask the supervisor for status/wake/active, and connect to the
+plugins' sockets. Proven by attacks that fail, made with the web tier's own uid."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host import control
+from host.errors import HostError
+from host.webtier import drop_privileges
+from tests.integration.harness import ServedHost, descendants, run_host, short_home
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a non-root host runs its web tier as itself")
+
+
+def ids(pid: int) -> dict[str, list[int]]:
+    """Uid/Gid (real, effective, saved, fs) and the capability sets of a live process, as ps would show."""
+    with open(f"/proc/{pid}/status") as fh:
+        fields = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+    out = {k: [int(v) for v in fields[k].split()] for k in ("Uid", "Gid")}
+    out["Groups"] = [int(v) for v in fields["Groups"].split()]
+    out["Caps"] = [int(fields[k], 16) for k in ("CapPrm", "CapEff", "CapAmb")]
+    out["NoNewPrivs"] = [int(fields["NoNewPrivs"])]
+    return out
+
+
+def web_processes(host: ServedHost) -> tuple[int, set[int]]:
+    web = host.status()["web"]["pid"]
+    assert isinstance(web, int)
+    return web, descendants(web)
+
+
+def test_web_tier_and_its_workers_run_unprivileged(served: ServedHost) -> None:
+    web, workers = web_processes(served)
+    assert workers, "gunicorn has no worker"
+    for pid in {web, *workers}:
+        got = ids(pid)
+        uid, gid = got["Uid"][0], got["Gid"][0]
+        assert uid != 0 and gid != 0
+        assert got["Uid"] == [uid] * 4 and got["Gid"] == [gid] * 4  # real, effective, saved and fs ids
+        assert got["Groups"] == [] and got["Caps"] == [0, 0, 0] and got["NoNewPrivs"] == [1]
+    assert ids(web)["Uid"][0] == 700000 - 1  # the default: below the plugins' uid range
+
+
+def _as_web_user(host: ServedHost, attempt: Any) -> dict[str, str]:
+    """Run ``attempt(home)`` in a forked child that dropped to the web tier's uid/gid with the web tier's own
+    function, reaching the home the way the web tier does (an O_PATH fd: the temp dir above it is 0700)."""
+    got = ids(web_processes(host)[0])
+    home_fd = os.open(host.home, os.O_PATH | os.O_DIRECTORY)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            drop_privileges(got["Uid"][0], got["Gid"][0])
+            out = attempt(Path(f"/proc/self/fd/{home_fd}"))
+        except BaseException:
+            out = {"child": traceback.format_exc()}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    os.close(home_fd)
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    result: dict[str, str] = json.loads(data)
+    return result
+
+
+def _outcome(fn: Any) -> str:
+    try:
+        value = fn()
+    except OSError as exc:
+        return type(exc).__name__
+    except HostError as exc:
+        return f"refused: {exc}"
+    return f"ok {value}"[:200]
+
+
+def _connect(path: Path) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(path))
+    return "connected"
+
+
+def _web_user_attempts(home: Path) -> dict[str, str]:
+    run = home / "run"
+    return {
+        # what it needs
+        "routes": _outcome(lambda: sorted(json.loads((run / "routes.json").read_text())["plugins"])),
+        "status": _outcome(lambda: sorted(control.call(run / "web.sock", "status")["plugins"])),
+        "plugin socket": _outcome(lambda: _connect(run / "echo" / "http.sock")),
+        # what it must not
+        "registry": _outcome((home / "registry.db").read_bytes),
+        "control socket": _outcome(lambda: _connect(run / "control.sock")),
+        "stop": _outcome(lambda: control.call(run / "web.sock", "stop", name="echo")),
+        "reload": _outcome(lambda: control.call(run / "web.sock", "reload")),
+        "list plugin run dir": _outcome(lambda: os.listdir(run / "echo")),
+        "logs": _outcome(lambda: os.listdir(home / "logs")),
+        "data": _outcome(lambda: os.listdir(home / "data" / "echo")),
+        "plant a file in run": _outcome(lambda: (run / "routes.json.evil").write_text("{}")),
+    }
+
+
+def test_cant_reach_what_the_web_tier_does_not_need(served: ServedHost) -> None:
+    got = _as_web_user(served, _web_user_attempts)
+    assert "child" not in got, got.get("child")
+    assert got["routes"] == "ok ['echo', 'example', 'notes', 'shop']"
+    assert got["status"] == "ok ['echo', 'example', 'notes', 'shop']"
+    assert got["plugin socket"] == "ok connected"
+    assert got["registry"] == "PermissionError"
+    assert got["control socket"] == "PermissionError"
+    assert got["stop"] == "refused: echo: op 'stop' is not allowed on the web socket (only status, wake, active)"
+    assert got["reload"] == "refused: op 'reload' is not allowed on the web socket (only status, wake, active)"
+    assert got["list plugin run dir"] == "PermissionError"
+    assert got["logs"] == "PermissionError"
+    assert got["data"] == "PermissionError"
+    assert got["plant a file in run"] == "PermissionError"
+    assert served.plugin("echo")["state"] == "running"  # the refused stop stopped nothing
+
+
+def test_web_socket_refuses_privileged_ops_whoever_asks(served: ServedHost) -> None:
+    for op in ("stop", "start", "restart", "reload", "ping"):
+        with pytest.raises(HostError, match=f"op '{op}' is not allowed on the web socket"):
+            control.call(served.home / "run" / "web.sock", op, name="echo")
+    assert served.plugin("echo")["state"] == "running"
+
+
+def test_healthz_shows_no_pid_nor_reason(served: ServedHost) -> None:
+    health = served.health()
+    for entry in health["plugins"].values():
+        assert set(entry) == {"state", "enabled", "version", "sandbox"}
+    assert set(health) == {"status", "supervisor", "plugins"}
+
+
+def test_a_traceback_never_reaches_a_client(served: ServedHost) -> None:
+    # A snapshot the web tier cannot use makes its request handling fail with an exception.
+    path = served.home / "run" / "routes.json"
+    original = path.read_bytes()
+    st = path.stat()
+
+    def put(data: bytes) -> None:
+        tmp = path.with_name(".routes.test")
+        tmp.write_bytes(data)
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, path)
+
+    put(b'{"format": 1, "plugins": {"echo": {"version": "1"}}}')
+    try:
+        r = served.get("/plugins/echo/request")
+    finally:
+        put(original)
+    assert r.status_code == 500
+    assert r.json() == {"type": "about:blank", "title": "Internal error", "status": 500,
+                        "detail": "the host failed to handle this request; see the host log"}
+    assert served.get("/plugins/echo/request").status_code == 200
+    assert "KeyError" in served.read_log()  # the operator gets the traceback, in the host log
+
+
+def _free_low_port() -> int:
+    for port in range(1023, 899, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1024 on 127.0.0.1")
+
+
+def test_privileged_port_and_configured_web_user() -> None:
+    port = _free_low_port()
+    with short_home() as home:
+        host = ServedHost(home, env={"HOST_WEB_USER": "699990:699991"}).start(port=port)
+        try:
+            assert host.health()["status"] == "ok"
+            web, workers = web_processes(host)
+            for pid in {web, *workers}:
+                got = ids(pid)
+                assert got["Uid"] == [699990] * 4 and got["Gid"] == [699991] * 4
+        finally:
+            host.stop()
+
+
+def test_serve_refuses_root_as_the_web_user() -> None:
+    with short_home() as home:
+        r = run_host(home, "serve", "--bind", "127.0.0.1:1", env={"HOST_WEB_USER": "root"}, timeout=60)
+    assert r.returncode == 1
+    assert "HOST_WEB_USER=root: uid/gid 0; the web tier never runs as root" in r.stderr
