@@ -196,6 +196,23 @@ def release_all(layout: Layout, keep: frozenset[str] = frozenset()) -> list[str]
     return [n for n in names if n not in keep and release(layout, n, lazy=True)]
 
 
+def drop_copies(layout: Layout) -> int:
+    """In a process's own mount namespace (the web tier's, which copied the host's mount table when it was
+    made): unmount its copies of the plugins' images, which it never needs and which would otherwise keep
+    an unmounted or uninstalled image, and its loop device, alive as long as it runs. Does nothing in the
+    parent's (the host's) namespace, where that would unmount them for the plugins. Returns how many."""
+    try:
+        if os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{os.getppid()}/ns/mnt"):
+            return 0
+    except OSError:
+        return 0
+    data, dropped = str(layout.home / "data"), 0
+    umount2 = ctypes.CDLL(None, use_errno=True).umount2
+    for point in (p for p in _mounts() if os.path.dirname(p) == data):
+        dropped += umount2(os.fsencode(point), _UMOUNT_NOFOLLOW | _MNT_DETACH) == 0
+    return dropped
+
+
 def _mount(layout: Layout, tools: dict[str, str], name: str, quota: Quota, uid: int, data_root: int) -> None:
     point, image = layout.data(name), layout.disk_image(name)
     source = _mounted(layout, name)
@@ -315,14 +332,14 @@ def _migrate(layout: Layout, tools: dict[str, str], name: str, quota: Quota, uid
     os.rename(name, old, src_dir_fd=data_root, dst_dir_fd=data_root)
     try:
         os.mkdir(name, 0o700, dir_fd=data_root)
-        src, point = layout.home / "data" / old, layout.data(name)
-        used = _measure(tools, name, src, uid)
-        fit = Quota(max(quota.bytes, _round_mib(used.bytes * 5 // 4 + 16 * MiB)),
-                    max(quota.files, used.files * 5 // 4 + 100))
+        used = _measure(tools, name, layout, old, uid)
+        # A quarter more than what is there covers ext4's own overhead and leaves room to grow.
+        fit = Quota(max(quota.bytes, _round_mib(used.bytes * 5 // 4)), max(quota.files, used.files * 5 // 4 + 16))
         _create(layout, tools, name, fit, uid)
-        _run(tools, ["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(layout.disk_image(name)), str(point)],
-             name, "mounting its image")
-        _run(tools, ["cp", "-a", "--", f"{src}/.", str(point)], name, "copying its data into the image", uid)
+        _run(tools, ["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(layout.disk_image(name)),
+                     str(layout.data(name))], name, "mounting its image")
+        _run(tools, ["cp", "-a", "--", f"{old}/.", name], name, "copying its data into the image", uid,
+             cwd=layout.home / "data")
         os.rename(old, _MIGRATED.format(name), src_dir_fd=data_root, dst_dir_fd=data_root)
     except BaseException:
         _undo_migration(layout, name, data_root)
@@ -352,9 +369,10 @@ def _undo_migration(layout: Layout, name: str, data_root: int) -> None:
     os.rename(_MIGRATING.format(name), name, src_dir_fd=data_root, dst_dir_fd=data_root)
 
 
-def _measure(tools: dict[str, str], name: str, path: Path, uid: int) -> Quota:
-    size = _run(tools, ["du", "-s", "-B1", "--", str(path)], name, "measuring its data dir", uid)
-    files = _run(tools, ["du", "-s", "--inodes", "--", str(path)], name, "counting its files", uid)
+def _measure(tools: dict[str, str], name: str, layout: Layout, entry: str, uid: int) -> Quota:
+    data = layout.home / "data"
+    size = _run(tools, ["du", "-s", "-B1", "--", entry], name, "measuring its data dir", uid, cwd=data)
+    files = _run(tools, ["du", "-s", "--inodes", "--", entry], name, "counting its files", uid, cwd=data)
     try:
         return Quota(int(size.split()[0]), int(files.split()[0]))
     except (IndexError, ValueError) as exc:
@@ -406,13 +424,15 @@ def _tools(settings: HostSettings, name: str | None) -> dict[str, str]:
 
 
 def _run(tools: dict[str, str], argv: list[str], name: str | None, what: str, uid: int | None = None,
-         ok: tuple[int, ...] = (0,)) -> str:
-    """Run a tool (as ``uid`` when given: for reading or copying what the plugin wrote)."""
+         ok: tuple[int, ...] = (0,), cwd: Path = Path("/")) -> str:
+    """Run a tool (as ``uid`` when given: for reading or copying what the plugin wrote). The child enters
+    ``cwd`` before it drops to ``uid``, so paths relative to it work even below directories (a 0700 home's
+    parent) the plugin's uid could not traverse."""
     cmd = [tools.get(argv[0], argv[0]), *argv[1:]]
     as_user = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=TOOL_TIMEOUT,
-                              check=False, stdin=subprocess.DEVNULL, cwd="/", env={"PATH": "/usr/bin:/bin",
+                              check=False, stdin=subprocess.DEVNULL, cwd=cwd, env={"PATH": "/usr/bin:/bin",
                               "LANG": "C"}, **as_user)  # type: ignore[call-overload]
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise QuotaError(name, f"{what}: {exc}") from exc

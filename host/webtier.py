@@ -30,6 +30,7 @@ from host import web_mounts
 from host.app import create_app
 from host.errors import HostError
 from host.layout import Layout
+from host.quota import drop_copies
 from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ def keep_python_reachable() -> None:
         return
     if covered:
         log.debug("web tier: private mount view over %s", ", ".join(covered))
+        # That view copied the plugins' disk image mounts: unneeded here, and they would keep an uninstalled
+        # plugin's image and loop device alive for as long as the web tier runs.
+        drop_copies(Layout(HostSettings().home_dir))
 
 
 class WebTier(BaseApplication):  # type: ignore[misc]
