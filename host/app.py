@@ -19,18 +19,16 @@ from werkzeug.wsgi import ClosingIterator
 from host import control
 from host.directory import Directory
 from host.errors import HostError
+from host.headers import Forwarding, request_headers, response_headers
 from host.layout import Layout
 from host.proxy import (
     CHUNK,
-    Forwarding,
     Pool,
     ProxyError,
     Slots,
     Unavailable,
     body_stream,
     escapes_prefix,
-    request_headers,
-    response_headers,
     upstream_errors,
     upstream_path,
     upstream_request,

@@ -1,4 +1,4 @@
-"""Header hygiene, cookie scoping and path rules of the proxy (pure functions, no sockets)."""
+"""Header hygiene, cookie scoping, forwarding trust and path rules of the proxy (pure functions, no sockets)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from host.proxy import (
-    BadRequestBody,
-    BodyTooLarge,
+from host.headers import (
     Forwarding,
-    ProxyError,
-    body_stream,
-    escapes_prefix,
     request_headers,
     response_headers,
     scope_cookie,
+)
+from host.proxy import (
+    BadRequestBody,
+    BodyTooLarge,
+    ProxyError,
+    body_stream,
+    escapes_prefix,
     upstream_errors,
     upstream_path,
     upstream_request,
