@@ -14,11 +14,13 @@
 #              -p 8000:8000 -v plugin-host:/var/lib/plugin-host plugin-host
 #       Every layer: bubblewrap namespaces (net, pid, mount, ipc, uts), cgroup memory/pids/cpu limits.
 #       (SYS_ADMIN is needed by bubblewrap to build the mount namespace; plugins themselves hold no
-#       capabilities.)
+#       capabilities.) The disk quota, an ext4 image per plugin loop-mounted on its data dir, also needs
+#       loop devices: add --device /dev/loop-control and one --device /dev/loopN per plugin (the host's
+#       /dev/loop0, /dev/loop1, ...); without them the `disk` layer is missing.
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libseccomp2 ca-certificates \
+ && apt-get install -y --no-install-recommends libseccomp2 ca-certificates e2fsprogs \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/plugin-host
