@@ -164,7 +164,9 @@ def test_cant_reach_or_replace_its_own_socket_path(jail: ServedHost) -> None:
     run_dir = jail.home / "run" / "escape-attempt"
     denied(attack(jail, "listdir", path=str(run_dir)), "ENOENT")
     denied(attack(jail, "symlink", target=str(run_dir / "http.sock")), "ENOENT")
-    assert os.stat(run_dir).st_uid == 0 and (os.stat(run_dir).st_mode & 0o777) == 0o700
+    st = os.stat(run_dir)
+    # root's, with pass-through for the web tier's group only (uid_base - 1), never the plugin's
+    assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (0, 700000 - 1, "0o710")
 
 
 # -- network ------------------------------------------------------------------------------------------
@@ -185,6 +187,10 @@ def test_cant_connect_to_another_plugins_socket(jail: ServedHost) -> None:
 
 def test_cant_connect_to_the_control_socket(jail: ServedHost) -> None:
     denied(attack(jail, "unix", path=str(jail.home / "run" / "control.sock")), "ENOENT")
+
+
+def test_cant_connect_to_the_web_tiers_socket(jail: ServedHost) -> None:
+    denied(attack(jail, "unix", path=str(jail.home / "run" / "web.sock")), "ENOENT")
 
 
 def test_cant_connect_to_an_abstract_socket(jail: ServedHost) -> None:
