@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from host import rootfs
 from host.errors import QuotaError, QuotaUnavailable
@@ -115,6 +116,14 @@ def usage_cell(use: Usage | None) -> str:
         return "-"
     return (f"{'FULL ' if use.full else ''}{use.used_bytes / MiB:.1f}/{use.size_bytes / MiB:.1f}M "
             f"{use.used_files}/{use.max_files} files")
+
+
+def with_disk_layer(summary: dict[str, Any] | None, layout: Layout, name: str) -> dict[str, Any] | None:
+    """The runner's report of the layers it applied, plus this one (the host applies it, not the runner):
+    with no image mounted on the data dir, "disk" is missing and the sandbox weak (`/healthz`, the log)."""
+    if summary is None or disk_usage(layout, name) is not None:
+        return summary
+    return {**summary, "level": "weak", "missing": sorted({*summary.get("missing", []), LAYER})}
 
 
 class FullAlarm:

@@ -18,7 +18,7 @@ from typing import Any
 from host import launch
 from host.errors import QuotaError
 from host.layout import Layout
-from host.quota import FullAlarm, disk_usage, refusal
+from host.quota import FullAlarm, disk_usage, refusal, with_disk_layer
 from host.registry import PluginRecord, Registry
 from host.settings import HostSettings
 from host.supervisor.health import probe
@@ -335,7 +335,9 @@ class PluginWorker(threading.Thread):
         """Point the stable socket path at this instance (atomic symlink swap)."""
         self._point_public_socket(inst)
         self.instance = inst
-        self.sandbox = sandbox_summary(self.layout.sandbox_report(self.plugin))  # the runner wrote it at exec
+        # the runner wrote its report at exec; the disk layer is the host's
+        self.sandbox = with_disk_layer(sandbox_summary(self.layout.sandbox_report(self.plugin)), self.layout,
+                                       self.plugin)
         self._live_since_wall = time.time()
         self._idle_timeout_cached = self.idle_timeout()
         self._probe_failures = 0

@@ -193,6 +193,9 @@ def test_strict_host_refuses_to_start_a_plugin_without_the_disk_layer(home: Home
     # Weak mode runs it anyway, and says so.
     host = home.serve(env={**no_tools, "HOST_SANDBOX": "weak"})
     assert f"{HOG}: running WITHOUT a disk quota (HOST_SANDBOX=weak)" in host.read_log()
+    assert f"{HOG}: running with a weaker sandbox (HOST_SANDBOX=weak): missing disk" in host.read_log()
+    sandbox = host.plugin(HOG)["sandbox"]  # /healthz: the level, or (for the CLI's eyes) the detail
+    assert sandbox == "weak" or (sandbox["level"] == "weak" and "disk" in sandbox["missing"]), sandbox
     home.stop()
 
 

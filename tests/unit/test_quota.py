@@ -129,3 +129,12 @@ def test_filesystem_size_comes_from_the_superblock(tmp_path: Path) -> None:
     (tmp_path / "d.img").write_bytes(bytes(4096))
     with pytest.raises(QuotaError, match="no ext4 filesystem"):
         quota._fs_bytes("hog", tmp_path / "d.img")
+
+
+def test_a_plugin_without_its_image_counts_as_a_weak_sandbox(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    layout.ensure()
+    layout.data("hog").mkdir()
+    runner = {"backend": "bwrap", "level": "full", "missing": []}
+    assert quota.with_disk_layer(runner, layout, "hog") == {"backend": "bwrap", "level": "weak", "missing": ["disk"]}
+    assert quota.with_disk_layer(None, layout, "hog") is None
