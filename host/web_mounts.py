@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_SLAVE = 0x2, 0x4, 0x1000, 0x4000, 0x80000
 
 
 def python_paths() -> list[str]:
@@ -57,8 +57,10 @@ def open_up(paths: Iterable[str]) -> list[str]:
     if not covered:
         return []
     _call(_libc().unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    # Private first: nothing mounted here may propagate back into the host's namespace.
-    _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+    # Before anything is mounted: nothing mounted here may propagate back into the host's namespace. Slave,
+    # not private: the host's unmounts still reach this copy of its mount table, so the web tier never
+    # keeps a filesystem (a plugin's disk image, a USB stick) busy after the host let go of it.
+    _mount(None, "/", None, MS_REC | MS_SLAVE, None)
     for top, inside in sorted(covered.items()):
         # fds first: once the tmpfs covers `top`, the originals are reachable only through them.
         fds = [os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for p in inside]
