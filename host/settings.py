@@ -47,9 +47,9 @@ class HostSettings(BaseSettings):
     # this home): allocated in uid_file, shared by every home, and never a uid /etc/passwd, /etc/group or a
     # running process already uses.
     uid_base: int = Field(700000, ge=1000)
-    # The web tier's own unprivileged user when the host runs as root: a name or uid[:gid]. Empty: the user
-    # `plugin-host-web` if /etc/passwd has one, else uid = gid = uid_base - 1 (below the plugins' range; the
-    # egress point takes uid_base - 2). Never root. A non-root host runs its web tier as itself.
+    # The web tier's own unprivileged user when the host runs as root: a name or uid[:gid] (below uid_base).
+    # Empty: the user `plugin-host-web` if /etc/passwd has one, else a uid (= gid) of this home's own from
+    # uid_file, like a plugin's. Never root. A non-root host runs its web tier as itself.
     web_user: str = Field("", pattern=r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10}(:[0-9]{1,10})?)?$")
     uid_file: Path = Path("/var/lib/plugin-host/uids.json")
     # Sandbox strength: "strict" refuses to start a plugin when a layer is missing; "weak" starts it anyway

@@ -5,6 +5,11 @@ these host files, all root-owned with group = the web user's gid: the routing sn
 0640), the supervisor's web socket (``run/web.sock``, 0660) and each plugin's socket directory
 (``run/<name>/``, 0710) with the sockets in it (0660). Not the registry, the control socket, logs or data.
 A non-root host runs the web tier as itself (it owns every file already), so nothing is shared.
+
+By default each home's web tier gets a uid of its own from the machine-wide allocation file that also
+hands out plugin uids (host.uids), recorded there as the home's ``@web``: no plugin of any home and no web
+tier of another home ever shares it (a shared uid would let one host's compromised web tier connect to
+another host's plugin sockets or signal its web tier).
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from pathlib import Path
 
 from host.errors import HostError
 from host.settings import HostSettings
+from host.uids import UidFile
 
 DEFAULT_NAME = "plugin-host-web"
+# The web tier's entry in the uid allocation file (plugin names start with a letter: never this).
+ALLOCATION_NAME = "@web"
 
 
 @dataclass(frozen=True)
@@ -38,14 +46,13 @@ def web_user(settings: HostSettings) -> WebUser | None:
         try:
             pw = pwd.getpwnam(DEFAULT_NAME)
         except KeyError:
-            # uid_base - 1: below every plugin uid (uid_base + N, N >= 1) and next to the egress point's
-            # uid_base - 2; no passwd entry needed, it owns no file.
-            user = WebUser(settings.uid_base - 1, settings.uid_base - 1)
-        else:
-            user = WebUser(pw.pw_uid, pw.pw_gid)
+            # From the plugins' allocation: unique on this machine, owns no file, needs no passwd entry.
+            uid = UidFile(settings.uid_file).claim(settings.home_dir, ALLOCATION_NAME, settings.uid_base)
+            return WebUser(uid, uid)
+        user = WebUser(pw.pw_uid, pw.pw_gid)
     elif spec[0].isdigit():
-        uid, _, gid = spec.partition(":")
-        user = WebUser(int(uid), int(gid or uid))
+        uid_text, _, gid_text = spec.partition(":")
+        user = WebUser(int(uid_text), int(gid_text or uid_text))
     else:
         try:
             pw = pwd.getpwnam(spec)

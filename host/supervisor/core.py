@@ -88,7 +88,9 @@ class Supervisor:
             workers = dict(self.workers)
         return {
             "supervisor": {"pid": os.getpid(), "uptime": round(time.time() - self.started, 1)},
-            "web": {"pid": self.web.pid if self.web and self.web.poll() is None else None},
+            "web": {"pid": self.web.pid if self.web and self.web.poll() is None else None,
+                    "uid": self.web_user.uid if self.web_user else os.geteuid(),
+                    "gid": self.web_user.gid if self.web_user else os.getegid()},
             "plugins": {name: w.snapshot() for name, w in sorted(workers.items())},
         }
 
@@ -130,6 +132,7 @@ class Supervisor:
                 worker = self.workers.get(name)
                 if worker is None:
                     worker = PluginWorker(name, self.settings, self.registry, children=self.children)
+                    worker.web_user = self.web_user
                     self.workers[name] = worker
                     worker.start()
                 if rec.enabled and not worker.want_running:

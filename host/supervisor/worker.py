@@ -26,7 +26,7 @@ from host.supervisor.logs import LogSink
 from host.supervisor.process import Children, Instance, Readiness
 from host.supervisor.state import ExitInfo, Lifecycle, RestartPolicy, State
 from host.supervisor.web import sandbox_summary
-from host.webuser import share_path, web_user
+from host.webuser import WebUser, share_path
 from sandbox_runner.errors import SETUP_EXIT_CODES
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class PluginWorker(threading.Thread):
         self._idle_timeout_cached = 0.0
         self.last_active = 0.0  # wall clock of the web tier's last "active" for this plugin (scale to zero)
         self.sandbox: dict[str, Any] | None = None  # what the runner applied to the live instance
-        self.web_user = web_user(settings)
+        self.web_user: WebUser | None = None  # set by the supervisor, which resolves it once
         # Scale to zero: asleep = wanted, but stopped until the next request wakes it.
         self.asleep = self.idle_timeout() > 0
 

@@ -165,8 +165,8 @@ def test_cant_reach_or_replace_its_own_socket_path(jail: ServedHost) -> None:
     denied(attack(jail, "listdir", path=str(run_dir)), "ENOENT")
     denied(attack(jail, "symlink", target=str(run_dir / "http.sock")), "ENOENT")
     st = os.stat(run_dir)
-    # root's, with pass-through for the web tier's group only (uid_base - 1), never the plugin's
-    assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (0, 700000 - 1, "0o710")
+    # root's, with pass-through for the web tier's group only, never the plugin's
+    assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (0, jail.status()["web"]["gid"], "0o710")
 
 
 # -- network ------------------------------------------------------------------------------------------

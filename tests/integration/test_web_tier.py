@@ -47,7 +47,22 @@ def test_web_tier_and_its_workers_run_unprivileged(served: ServedHost) -> None:
         assert uid != 0 and gid != 0
         assert got["Uid"] == [uid] * 4 and got["Gid"] == [gid] * 4  # real, effective, saved and fs ids
         assert got["Groups"] == [] and got["Caps"] == [0, 0, 0] and got["NoNewPrivs"] == [1]
-    assert ids(web)["Uid"][0] == 700000 - 1  # the default: below the plugins' uid range
+    # the default: a uid of this home's own, from the machine-wide file that also allocates plugin uids
+    web_user = served.status()["web"]
+    assert ids(web)["Uid"][0] == web_user["uid"] == web_user["gid"]
+    owners = json.loads(Path("/var/lib/plugin-host/uids.json").read_text())["owners"]
+    assert owners[str(web_user["uid"])] == {"home": str(served.home), "plugin": "@web"}
+
+
+def test_two_homes_never_share_a_web_uid(served: ServedHost) -> None:
+    with short_home() as home:
+        other = ServedHost(home).start()
+        try:
+            mine, theirs = served.status()["web"], other.status()["web"]
+            assert mine["uid"] != theirs["uid"] and mine["gid"] != theirs["gid"]
+            assert ids(web_processes(other)[0])["Uid"][0] == theirs["uid"]
+        finally:
+            other.stop()
 
 
 def _as_web_user(host: ServedHost, attempt: Any) -> dict[str, str]:

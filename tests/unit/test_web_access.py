@@ -71,12 +71,25 @@ def as_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(webuser.os, "geteuid", lambda: 0)
 
 
-def test_web_user_defaults_below_the_plugins_uid_range(as_root: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_home_gets_a_web_uid_of_its_own_from_the_machine_wide_file(
+        as_root: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def no_such_user(name: str) -> Any:
         raise KeyError(name)
 
     monkeypatch.setattr(webuser.pwd, "getpwnam", no_such_user)
-    assert webuser.web_user(HostSettings(uid_base=700000)) == WebUser(699999, 699999)
+    uid_file = tmp_path / "lib" / "uids.json"
+    homes = [tmp_path / "a", tmp_path / "b"]
+    for home in homes:
+        home.mkdir()
+    a, b = (webuser.web_user(HostSettings(home=h, uid_file=uid_file, uid_base=900000)) for h in homes)
+    assert a is not None and b is not None
+    assert a.uid == a.gid and b.uid == b.gid and a.uid != b.uid and min(a.uid, b.uid) > 900000
+    assert webuser.web_user(HostSettings(home=homes[0], uid_file=uid_file, uid_base=900000)) == a  # kept
+    owners = json.loads(uid_file.read_text())["owners"]
+    assert owners[str(a.uid)] == {"home": str(homes[0]), "plugin": "@web"}
+
+
+def test_web_user_can_be_given(as_root: None) -> None:
     assert webuser.web_user(HostSettings(web_user="1234")) == WebUser(1234, 1234)
     assert webuser.web_user(HostSettings(web_user="1234:1235")) == WebUser(1234, 1235)
 
