@@ -121,7 +121,7 @@ class Supervisor:
         """Republish the web tier's routing snapshot if the registry changed (cheap when it did not)."""
         try:
             self.routes.publish(self.registry.all())
-        except (HostError, OSError):
+        except Exception:  # a busy or broken registry must not end the main loop; the next tick retries
             log.exception("cannot publish the routing snapshot %s", self.layout.routes)
 
     def reconcile(self) -> None:
@@ -164,7 +164,8 @@ class Supervisor:
             log.warning("cannot become a child subreaper; orphaned plugin processes would go to init")
         control = ControlServer(self.layout.control_socket, self.handle)
         control.start()
-        web_api = ControlServer(self.layout.web_socket, self.handle_web, mode=0o660,
+        # A non-root host's web tier is its own user: owner-only, like everything else it shares.
+        web_api = ControlServer(self.layout.web_socket, self.handle_web, mode=0o660 if self.web_user else 0o600,
                                 group=self.web_user.gid if self.web_user else None)
         web_api.start()
         log.info("supervisor %s serving %s", os.getpid(), self.layout.home)
