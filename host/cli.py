@@ -289,11 +289,15 @@ def check(path: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(as_json: bool) -> None:
     """Probe which sandbox layers this machine can enforce."""
+    from host.egress import netns
     from host.quota import LAYER, probe_disk
     from sandbox_runner.probe import probe
 
     report = probe()
     report[LAYER] = probe_disk(HostSettings())  # the host mounts it, not the runner
+    ok, detail = netns.available() if os.geteuid() == 0 else (False, "needs a root host: plugins with a network "
+                                                              "grant cannot start in strict mode")
+    report["egress"] = {"available": ok, "detail": detail}
     weak = HostSettings().sandbox == "weak"
     for info in report.values():
         # strict: every layer is required, so an available layer is used and a missing one blocks starts

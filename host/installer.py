@@ -7,7 +7,9 @@ commit leaves only that marked directory, which is removed at once or by the nex
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import logging
 import os
 import secrets
 import shlex
@@ -21,6 +23,9 @@ from pathlib import Path
 
 from host import control, launch, rootfs
 from host.bundle import BundleError, copy_bundle
+from host.egress.indexes import index_urls
+from host.egress.point import EgressPoint
+from host.egress.rules import Grant, index_destinations
 from host.errors import HostError, InstallError, UnsafeTree, UsageError
 from host.layout import Layout
 from host.pip_options import index_options, redact
@@ -30,6 +35,8 @@ from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
 from host.settings import HostSettings
 from host.uids import UidFile
 from manifests import Manifest, ManifestError, load_manifest
+
+log = logging.getLogger(__name__)
 
 PARTIAL_MARKER = ".partial"
 # The plugin runtime every venv gets next to the plugin's own requirements. pip resolves them together,
@@ -205,12 +212,19 @@ class Installer:
             for d in (cache, tmp, venv):
                 self._chown(name, d, uid)
         policy_path = target / ".pip.policy.json"
-        launch.write_policy(launch.pip_policy(self.settings, name, target, cache, uid), policy_path)
+        policy = launch.pip_policy(self.settings, name, target, cache, uid)
+        point, netns_fd = self._pip_egress(name)
+        if netns_fd is not None:
+            policy = dataclasses.replace(policy, network=dataclasses.replace(policy.network, netns_fd=netns_fd))
+        launch.write_policy(policy, policy_path)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
                *index_options(self.settings.pip_args), "-r", str(target / "requirements.txt")]
         try:
-            self._run(name, "installing packages", launch.confined(policy_path, pip), log_path, PIP_TIMEOUT)
+            self._run(name, "installing packages", launch.confined(policy_path, pip), log_path, PIP_TIMEOUT,
+                      pass_fds=(netns_fd,) if netns_fd is not None else ())
         finally:
+            if point is not None:
+                point.close()
             rootfs.remove_tree(tmp)
             policy_path.unlink(missing_ok=True)
         if uid is not None:
@@ -228,8 +242,26 @@ class Installer:
         except (UnsafeTree, OSError) as exc:
             raise InstallError(name, "preparing the plugin's files", str(exc)) from exc
 
+    def _pip_egress(self, name: str) -> tuple[EgressPoint | None, int | None]:
+        """pip (and the build code of every sdist it builds) gets its own network namespace whose only way
+        out is the egress point, which lets it reach the configured package indexes and nothing else."""
+        uid = launch.egress_uid(self.settings)
+        if uid is None:
+            return None, None  # not root: no namespace of our own to give (pip shares the host's network)
+        urls = index_urls(self.settings.pip_args)
+        grant = Grant(trusted=index_destinations(urls))
+        point = EgressPoint(uid, lambda e: log.warning("pip for %s: egress refused %s: %s", name, e.get("dest"),
+                                                     e.get("reason")))
+        try:
+            return point, point.attach(f"pip-{name}", grant)
+        except OSError as exc:
+            point.close()
+            if self.settings.sandbox == "strict":
+                raise InstallError(name, "installing packages", f"cannot isolate pip's network: {exc}") from exc
+            return None, None
+
     def _run(self, name: str, step: str, argv: list[str], log_path: Path, timeout: float,
-             cwd: Path | None = None) -> None:
+             cwd: Path | None = None, pass_fds: tuple[int, ...] = ()) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HOST_", "PYTHON"))}
         env["PIP_NO_INPUT"] = "1"
         with open(log_path, "ab") as log:
@@ -237,7 +269,7 @@ class Installer:
             log.flush()
             try:
                 proc = subprocess.run(argv, stdout=log, stderr=subprocess.PIPE, timeout=timeout, cwd=cwd,
-                                      env=env, check=False, stdin=subprocess.DEVNULL)
+                                      env=env, check=False, stdin=subprocess.DEVNULL, pass_fds=pass_fds)
             except subprocess.TimeoutExpired as exc:
                 raise InstallError(name, step, f"timed out after {timeout:.0f}s", log_path) from exc
             log.write(proc.stderr)

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from host import rootfs
+from host.egress import point as egress
+from host.egress.netns import PROXY_PORT
+from host.egress.rules import Grant
 from host.layout import Layout
 from host.pip_options import index_options, local_paths
 from host.quota import Quota, ensure_mounted
@@ -23,6 +26,7 @@ from host.registry import PluginRecord
 from host.runtime import WSGI_TARGET
 from host.settings import HostSettings
 from manifests import Manifest, parse_manifest
+from manifests.model import Network as NetworkGrant
 from sandbox_runner.cli import command_line
 from sandbox_runner.policy import LAYERS, Network, Policy, Resources
 
@@ -45,6 +49,11 @@ class LaunchSpec:
     manifest: Manifest
     env: dict[str, str]
     install_id: str
+
+
+def egress_uid(settings: HostSettings) -> int | None:
+    """The egress process's own unprivileged uid (root hosts): below the plugins' range, owning no files."""
+    return settings.uid_base - 2 if os.geteuid() == 0 else None
 
 
 def plugin_uid(settings: HostSettings, uid_index: int) -> int | None:
@@ -88,6 +97,8 @@ def runtime_policy(settings: HostSettings, manifest: Manifest, install: Path, ui
         "PLUGIN_DATA_DIR": str(data),
     }
     env.update({var: os.environ[var] for var in perms.environment if var in os.environ})
+    if perms.network.enabled:
+        env.update(egress.proxy_env())
     return Policy(
         name=name,
         ro_paths=(str(install), sys.base_prefix, *perms.filesystem.read),
@@ -98,7 +109,7 @@ def runtime_policy(settings: HostSettings, manifest: Manifest, install: Path, ui
         cwd=str(bundle),
         uid=uid,
         gid=uid,
-        network=Network(enabled=perms.network.outbound, connect_ports=perms.network.ports),
+        network=plugin_network(perms.network),
         resources=Resources(
             memory_bytes=res.memory_mb * MiB,
             cpu_seconds=res.cpu_seconds,
@@ -112,6 +123,15 @@ def runtime_policy(settings: HostSettings, manifest: Manifest, install: Path, ui
         # root-only (run/ is 0711 and not mounted in the sandbox): the plugin cannot forge what was applied
         report_path=str(layout.sandbox_report(name)),
     )
+
+
+def plugin_network(net: NetworkGrant) -> Network:
+    """A granted plugin reaches only its own namespace's listeners: the egress proxy and the fixed ones
+    (the namespace fd is added at prepare time). Without a grant: a new empty namespace."""
+    if not net.enabled:
+        return Network()
+    grant = Grant.from_network(net)
+    return Network(enabled=True, connect_ports=(PROXY_PORT, *sorted({f.port for f in egress.fixed_binds(grant)})))
 
 
 def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, uid: int | None) -> Policy:
@@ -130,6 +150,7 @@ def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, ui
         "PIP_CONFIG_FILE": os.devnull,  # no config file at all: not the machine's, not one a build planted
         "PIP_NO_INPUT": "1",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        **egress.proxy_env(),
     }
     return Policy(
         name=name,
@@ -139,7 +160,9 @@ def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, ui
         cwd=str(install),
         uid=uid,
         gid=uid,
-        network=Network(enabled=True),
+        # Its own namespace: the index hosts through the egress point, nothing else (netns_fd added by the
+        # installer). Without an egress point (non-root host) pip shares the host's network.
+        network=Network(enabled=True, connect_ports=(PROXY_PORT,)),
         resources=PIP_RESOURCES,
         cgroup_name=cgroup_name(settings, name, "pip") if uid is not None else None,
         required=_required(settings, uid),
@@ -192,9 +215,10 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> 
                       instance_sock, manifest, policy.env, record.install_id)
 
 
-def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None) -> socket.socket:
+def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd: int | None = None) -> socket.socket:
     """Ready everything an instance needs and bind its listening socket (in the root-only socket dir);
-    the policy hands the socket to the plugin. The caller passes it to the runner and then closes it."""
+    the policy hands the socket to the plugin. The caller passes it to the runner and then closes it.
+    ``netns_fd``: the plugin's egress namespace (the runner must inherit it too)."""
     # The data dir is a mount of the plugin's quota image (mounted once, shared by every instance).
     ensure_mounted(settings, spec.name, Quota.of(spec.manifest.permissions.resources), uid)
     rootfs.prepare_plugin_dirs(Layout(settings.home_dir), spec.name, Path(spec.policy.ro_paths[0]), uid)
@@ -203,7 +227,16 @@ def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None) -> socket
     try:
         listener.bind(str(spec.instance_socket))
         listener.listen(1024)
-        write_policy(dataclasses.replace(spec.policy, listen_fd=listener.fileno()), spec.policy_path)
+        policy = dataclasses.replace(spec.policy, listen_fd=listener.fileno())
+        if netns_fd is not None:
+            hosts = Layout(settings.home_dir).run / f".{spec.name}.hosts"
+            tmp = hosts.with_suffix(".tmp")
+            tmp.write_text(egress.hosts_file(Grant.from_network(spec.manifest.permissions.network)))
+            os.chmod(tmp, 0o644)
+            tmp.replace(hosts)
+            policy = dataclasses.replace(policy, network=dataclasses.replace(
+                policy.network, netns_fd=netns_fd, hosts_file=str(hosts)))
+        write_policy(policy, spec.policy_path)
     except BaseException:
         listener.close()
         raise

@@ -130,9 +130,10 @@ def argv(policy: Policy, facts: Launch, cmd: list[str], ctx_fd: int, report_fd: 
     out += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
     lib = paths.RUNNER_LIB
     binds: list[tuple[str, str, str]] = []  # (option, source, destination)
+    hosts = policy.network.hosts_file
     for p in paths.system_ro(policy):
         if p not in facts.symlinks:
-            binds.append(("--ro-bind-try", p, p))
+            binds.append(("--ro-bind", hosts, p) if p == "/etc/hosts" and hosts else ("--ro-bind-try", p, p))
     binds.append(("--ro-bind", facts.runner_pkg, f"{lib}/sandbox_runner"))
     if facts.pyseccomp:
         binds.append(("--ro-bind", facts.pyseccomp, f"{lib}/pyseccomp.py"))

@@ -28,6 +28,9 @@ class Network:
     # A network namespace the host prepared (an fd the runner inherited): the sandbox joins it instead of a
     # new empty one. It holds the host's egress listeners, so "enabled" no longer means the host's network.
     netns_fd: int | None = None
+    # A hosts file shown at /etc/hosts instead of the host's (bwrap backend): granted names → the addresses
+    # of their listeners inside the namespace, so plain sockets to a granted name work unchanged.
+    hosts_file: str | None = None
 
 
 @dataclass(frozen=True)

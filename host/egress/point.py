@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from host.egress import netns
 from host.egress.rules import Grant, literal
@@ -31,15 +31,40 @@ def proxy_env() -> dict[str, str]:
     return {k: PROXY_URL for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
 
 
-def fixed_binds(grant: Grant) -> list[tuple[str, int]]:
-    """Destinations reachable with plain sockets, no proxy support needed: loopback literals listed in the
-    grant get a listener at the same address and port inside the namespace (127.0.0.0/8 is all on lo)."""
-    out: list[tuple[str, int]] = []
+NAME_NET = "127.77"  # granted names get listeners at 127.77.x.y inside the namespace (all of 127/8 is on lo)
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A listener inside the namespace that forwards plain TCP to one granted destination."""
+
+    bind: str
+    port: int
+    dest: str  # a loopback literal (the same address on the host side) or a granted name
+
+
+def fixed_binds(grant: Grant) -> list[Fixed]:
+    """Destinations reachable with plain sockets, no proxy support needed: a listed loopback literal gets a
+    listener at the same address and port; a listed name (not a wildcard) gets one at its own 127.77.x.y,
+    which the namespace's /etc/hosts gives as the name's address. Other literals go through the proxy."""
+    out: list[Fixed] = []
+    names: dict[str, str] = {}
     for d in grant.destinations:
         ip = literal(d.host) if d.ip else None
-        if ip is not None and ip.is_loopback and (str(ip), d.port) != ("127.0.0.1", netns.PROXY_PORT):
-            out.append((str(ip), d.port))
+        if ip is not None:
+            if ip.is_loopback and ip.version == 4 and (str(ip), d.port) != ("127.0.0.1", netns.PROXY_PORT):
+                out.append(Fixed(str(ip), d.port, str(ip)))
+        elif not d.wildcard and len(names) < 65000:
+            n = names.setdefault(d.host, f"{NAME_NET}.{len(names) // 250}.{len(names) % 250 + 1}")
+            out.append(Fixed(n, d.port, d.host))
     return out
+
+
+def hosts_file(grant: Grant) -> str:
+    """/etc/hosts for the namespace: localhost, and each granted name at its listener's address."""
+    lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
+    lines += sorted({f"{f.bind} {f.dest}" for f in fixed_binds(grant) if f.bind.startswith(NAME_NET + ".")})
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -49,9 +74,18 @@ class Attached:
     specs: list[dict[str, Any]] = field(default_factory=list)
 
 
+class Tracker(Protocol):
+    """The supervisor's registry of its own children (so its orphan reaper leaves the egress process be)."""
+
+    lock: threading.RLock
+    pids: set[int]
+
+
 class EgressPoint:
-    def __init__(self, uid: int | None, on_refused: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, uid: int | None, on_refused: Callable[[dict[str, Any]], None] | None = None,
+                 children: Tracker | None = None) -> None:
         self.uid = uid
+        self.children = children
         self.on_refused = on_refused
         self._attached: dict[str, Attached] = {}
         self._lock = threading.RLock()
@@ -70,9 +104,15 @@ class EgressPoint:
         argv = [sys.executable, "-m", "host.egress", "--control-fd", str(theirs.fileno())]
         if self.uid is not None:
             argv += ["--uid", str(self.uid), "--gid", str(self.uid)]
+        lock = self.children.lock if self.children is not None else contextlib.nullcontext()
         try:
-            self._proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                                          close_fds=True, env=_egress_env())
+            with lock:  # registered before the reaper can see it as an orphan
+                if self.children is not None and self._proc is not None:
+                    self.children.pids.discard(self._proc.pid)
+                self._proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                              close_fds=True, env=_egress_env())
+                if self.children is not None:
+                    self.children.pids.add(self._proc.pid)
         finally:
             theirs.close()
         if self._control is not None:
@@ -82,6 +122,13 @@ class EgressPoint:
         for name, att in self._attached.items():
             self._register(ours, name, att)
         return ours
+
+    def check(self) -> None:
+        """Restart a dead egress process (the supervisor calls this from its main loop); every namespace
+        and grant is handed to the new one."""
+        with self._lock:
+            if self._attached and not self._closed:
+                self._ensure_process()
 
     def close(self) -> None:
         with self._lock:
@@ -109,10 +156,10 @@ class EgressPoint:
                 return att.ns.fd
             if att is not None:
                 self.detach(name)
-            binds = [("127.0.0.1", netns.PROXY_PORT), *fixed_binds(grant)]
-            ns = netns.create(binds)
+            fixed = fixed_binds(grant)
+            ns = netns.create([("127.0.0.1", netns.PROXY_PORT), *((f.bind, f.port) for f in fixed)])
             specs: list[dict[str, Any]] = [{"kind": "proxy"}]
-            specs += [{"kind": "fixed", "host": h, "port": p} for h, p in binds[1:]]
+            specs += [{"kind": "fixed", "host": f.dest, "port": f.port} for f in fixed]
             att = Attached(grant, ns, specs)
             try:
                 control = self._ensure_process()  # a (re)started process gets every earlier registration

@@ -16,6 +16,8 @@ import threading
 import time
 from typing import Any
 
+from host import launch
+from host.egress.point import EgressPoint
 from host.errors import HostError
 from host.layout import Layout
 from host.quota import release_all
@@ -60,6 +62,11 @@ class Supervisor:
         self.routes = RoutesPublisher(self.layout.routes, self.web_user)
         self.listener: socket.socket | None = None  # bound by us, inherited by every web tier we start
         self._home_fd: int | None = None  # how the web tier reaches the home once it is no longer root
+        # Root hosts give every plugin with a network grant its own namespace behind the egress point.
+        self.egress = (EgressPoint(launch.egress_uid(settings), self._egress_refused, self.children)
+                       if os.geteuid() == 0 else None)
+        self.egress_refusals: dict[str, int] = {}
+        self._egress_audited: dict[tuple[str, str, str], float] = {}
 
     # -- control requests (any thread) ------------------------------------------------------------------
 
@@ -91,8 +98,23 @@ class Supervisor:
             "web": {"pid": self.web.pid if self.web and self.web.poll() is None else None,
                     "uid": self.web_user.uid if self.web_user else os.geteuid(),
                     "gid": self.web_user.gid if self.web_user else os.getegid()},
-            "plugins": {name: w.snapshot() for name, w in sorted(workers.items())},
+            "plugins": {name: {**w.snapshot(), "egress_refused": self.egress_refusals.get(name, 0)}
+                        for name, w in sorted(workers.items())},
         }
+
+    def _egress_refused(self, event: dict[str, Any]) -> None:
+        """A refused egress connection: counted per plugin, logged by the egress process, and audited
+        (the first per destination and reason in a minute, so a loop cannot flood the registry)."""
+        name = str(event.get("plugin", ""))
+        key = (name, str(event.get("dest")), str(event.get("reason")))
+        now = time.monotonic()
+        with self._lock:
+            self.egress_refusals[name] = self.egress_refusals.get(name, 0) + 1
+            last = self._egress_audited.get(key, -61.0)
+            if now - last < 60:
+                return
+            self._egress_audited[key] = now
+        self.registry.record(name, "egress_refused", dest=key[1], reason=key[2])
 
     def handle_web(self, req: dict[str, Any]) -> dict[str, Any]:
         """The web socket: only what the web tier needs, answered with the public view of plugins."""
@@ -131,7 +153,8 @@ class Supervisor:
             for name, rec in records.items():
                 worker = self.workers.get(name)
                 if worker is None:
-                    worker = PluginWorker(name, self.settings, self.registry, children=self.children)
+                    worker = PluginWorker(name, self.settings, self.registry, children=self.children,
+                                          egress=self.egress)
                     worker.web_user = self.web_user
                     self.workers[name] = worker
                     worker.start()
@@ -186,6 +209,8 @@ class Supervisor:
             self._stop_web()
             self._shutdown_workers()
             release_all(self.layout)  # the plugins' disk images (lazily where a dying instance still holds one)
+            if self.egress is not None:
+                self.egress.close()
             web_api.close()
             control.close()
             self._close_web_listener()
@@ -215,6 +240,8 @@ class Supervisor:
                 log.info("received %s", signal.Signals(sig[0]).name)
                 return
             self.reap_orphans()
+            if self.egress is not None:
+                self.egress.check()
             self.publish_routes()
             if self.web_enabled and (self.web is None or self.web.poll() is not None):
                 self._web_died()

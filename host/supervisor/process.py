@@ -101,11 +101,13 @@ class Readiness(enum.Enum):
 
 class Instance:
     def __init__(self, spec: LaunchSpec, sink: LogSink, health_path: str,
-                 children: Children | None = None, listener: socket.socket | None = None) -> None:
+                 children: Children | None = None, listener: socket.socket | None = None,
+                 netns_fd: int | None = None) -> None:
         self.spec = spec
         # The listening socket the host bound for this instance; handed to the plugin at spawn, after
         # which only the plugin holds it (so a dead plugin means refused connections, not hanging ones).
         self.listener = listener
+        self.netns_fd = netns_fd  # the plugin's egress namespace, owned by the egress point (not closed here)
         self.children = children or Children()
         self.sink = sink
         self.health_path = health_path
@@ -150,7 +152,8 @@ class Instance:
                     stdin=subprocess.DEVNULL, stdout=w, stderr=w,
                     start_new_session=True,  # its own process group: killpg reaches the runner and bwrap
                     close_fds=True,
-                    pass_fds=(self.listener.fileno(),) if self.listener is not None else (),
+                    pass_fds=tuple(fd for fd in (self.listener.fileno() if self.listener is not None else None,
+                                                 self.netns_fd) if fd is not None),
                     env=runner_env(),
                 )
                 self.children.pids.add(self.proc.pid)

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from host import launch
+from host.egress.point import EgressPoint
+from host.egress.rules import Grant
 from host.errors import QuotaError
+from host.launch import LaunchSpec
 from host.layout import Layout
 from host.quota import FullAlarm, disk_usage, refusal, with_disk_layer
 from host.registry import PluginRecord, Registry
@@ -52,9 +55,14 @@ class Command:
     done: threading.Event | None = None
 
 
+class EgressUnavailable(Exception):
+    """A plugin with a network grant cannot get its own namespace here; it must not start (fail closed)."""
+
+
 class PluginWorker(threading.Thread):
     def __init__(self, name: str, settings: HostSettings, registry: Registry,
-                 clock: Callable[[], float] = time.monotonic, children: Children | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, children: Children | None = None,
+                 egress: EgressPoint | None = None) -> None:
         super().__init__(name=f"plugin-{name}", daemon=True)
         self.plugin = name
         self.settings = settings
@@ -68,6 +76,7 @@ class PluginWorker(threading.Thread):
         )
         self.sink = LogSink(self.layout.logs(name), name, settings.log_max_bytes)
         self.children = children or Children()
+        self.egress = egress
         self.instance: Instance | None = None
         self.generation = 0
         self.want_running = False
@@ -269,19 +278,39 @@ class PluginWorker(threading.Thread):
         self.generation += 1
         try:
             spec = launch.build(self.settings, rec, self.generation)
-            listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index))
-            inst = Instance(spec, self.sink, spec.manifest.health_path, self.children, listener)
+            netns_fd = self._egress_namespace(spec)
+            listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index), netns_fd)
+            inst = Instance(spec, self.sink, spec.manifest.health_path, self.children, listener, netns_fd)
             # The web tier (its own uid) may pass through the plugin's socket dir and connect to the socket;
             # no one else but root may (plugins never see run/).
             share_path(self.layout.run_dir(self.plugin), self.web_user, 0o710)
             share_path(spec.instance_socket, self.web_user, 0o660)
             inst.spawn()
+        except EgressUnavailable as exc:
+            return ExitInfo(None, True, f"egress: {exc}", setup_failure=True)
         except QuotaError as exc:  # fail closed: no disk quota, no start (HOST_SANDBOX=strict)
             return ExitInfo(None, True, refusal(exc), setup_failure=True)
         except Exception as exc:  # a broken install or host: not worth retrying
             log.exception("%s: cannot spawn", self.plugin)
             return ExitInfo(None, True, f"cannot start: {exc}", setup_failure=True)
         return inst
+
+    def _egress_namespace(self, spec: LaunchSpec) -> int | None:
+        """The plugin's own network namespace with its egress listeners, when it has a network grant.
+        Fails closed: without one, a granted plugin would share the host's network (loopback included)."""
+        net = spec.manifest.permissions.network
+        if not net.enabled:
+            return None
+        if self.egress is None:
+            if self.settings.sandbox == "strict":
+                raise EgressUnavailable("this host cannot give the plugin its own network namespace (egress "
+                                        "needs a root host); deny the network grant or run with HOST_SANDBOX=weak")
+            log.warning("%s: no egress point: the plugin shares the host's network (HOST_SANDBOX=weak)", self.plugin)
+            return None
+        try:
+            return self.egress.attach(self.plugin, Grant.from_network(net))
+        except OSError as exc:
+            raise EgressUnavailable(f"cannot create the plugin's network namespace: {exc}") from exc
 
     def _bring_up(self) -> Instance | ExitInfo | None:
         """Spawn a new instance and wait until it answers. None means cancelled."""

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from host.egress.indexes import index_urls
-from host.egress.point import fixed_binds
+from host.egress.point import fixed_binds, hosts_file
 from host.egress.rules import Address, Grant, decide, index_destinations, local_addresses
 from manifests import parse_destination
 from manifests.model import Network
@@ -109,20 +109,25 @@ def test_grant_from_manifest_network() -> None:
     assert not g.any_public and [str(d) for d in g.destinations] == ["127.0.0.1:5432", "api.example.com:443"]
 
 
-def test_only_loopback_literals_get_a_transparent_listener() -> None:
-    g = grant("127.0.0.1:5432", "127.0.0.2:6379", "api.example.com:443", "203.0.113.7:5432", "127.0.0.1:3128")
-    assert fixed_binds(g) == [("127.0.0.1", 5432), ("127.0.0.2", 6379)]
+def test_loopback_literals_and_names_get_a_transparent_listener() -> None:
+    g = grant("127.0.0.1:5432", "127.0.0.2:6379", "api.example.com:443", "203.0.113.7:5432", "127.0.0.1:3128",
+              "*.example.org:443", "api.example.com:80", "db.example.com:5432")
+    assert [(f.bind, f.port, f.dest) for f in fixed_binds(g)] == [
+        ("127.0.0.1", 5432, "127.0.0.1"), ("127.0.0.2", 6379, "127.0.0.2"), ("127.77.0.1", 443, "api.example.com"),
+        ("127.77.0.1", 80, "api.example.com"), ("127.77.0.2", 5432, "db.example.com")]
+    assert hosts_file(g).splitlines()[2:] == ["127.77.0.1 api.example.com", "127.77.0.2 db.example.com"]
 
 
 def test_index_urls_default_to_pypi_and_follow_operator_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert index_urls("", {}, []) == ["https://pypi.org/simple", "https://files.pythonhosted.org/"]
     conf = tmp_path / "pip.conf"
     conf.write_text("[global]\nindex-url = https://mirror.example/simple\nextra-index-url = file:///opt/x\n")
-    urls = index_urls("--extra-index-url=https://extra.example/simple", {"PIP_FIND_LINKS": "https://f.example/"},
-                      [str(conf)])
-    assert urls == ["https://extra.example/simple", "https://f.example/", "https://mirror.example/simple",
-                    "file:///opt/x"]
-    assert [str(d) for d in index_destinations(urls)] == ["extra.example:443", "f.example:443", "mirror.example:443"]
+    urls = index_urls("--extra-index-url=https://extra.example/simple -fhttps://f2.example/",
+                      {"PIP_FIND_LINKS": "https://f.example/"}, [str(conf)])
+    assert set(urls) == {"https://extra.example/simple", "https://f.example/", "https://f2.example/",
+                         "https://mirror.example/simple", "file:///opt/x"}
+    assert {str(d) for d in index_destinations(urls)} == {"extra.example:443", "f.example:443", "f2.example:443",
+                                                          "mirror.example:443"}
     assert index_urls("--no-index --find-links /wheels", {}, []) == ["/wheels"]
 
 
@@ -136,5 +141,5 @@ def test_local_addresses_from_proc() -> None:
 @pytest.mark.parametrize("bad", ["example.com", "example.com:0", "exa mple.com:80", "*.com:443", "-x.com:1",
                                  "[not-v6]:80", "ex\u00e4mple.com:80", "1.2.3:80"])
 def test_bad_destinations_are_refused_at_the_manifest(bad: str) -> None:
-    with pytest.raises(ValueError, match="destination|host name|port|wildcard|IPv6"):
+    with pytest.raises(ValueError, match=r"destination|host name|port|wildcard|IPv6"):
         parse_destination(bad)
