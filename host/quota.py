@@ -20,15 +20,9 @@ made private before it mounts anything.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import fcntl
 import logging
 import os
-import re
-import shutil
-import struct
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from host import rootfs
+from host import loopfs, rootfs
 from host.errors import QuotaError, QuotaUnavailable
 from host.layout import Layout
 from host.settings import HostSettings
@@ -46,19 +40,7 @@ log = logging.getLogger(__name__)
 
 LAYER = "disk"
 MiB = 1024 * 1024
-TOOLS = ("mkfs.ext4", "e2fsck", "resize2fs", "mount", "losetup", "unshare", "cp", "du")
-# nosuid/nodev: the image is the plugin's to fill; errors=remount-ro: if the host's own disk runs out under
-# the sparse image, the plugin's writes stop instead of corrupting its data.
-MOUNT_OPTIONS = "loop,nosuid,nodev,noatime,errors=remount-ro"
-# 256-byte inodes (128-byte ones end in 2038); no blocks reserved for root (the plugin gets them all). A
-# fresh sparse file reads as zeros, so mkfs need not write the journal and inode tables: a 512 MiB image
-# costs ~0.4 MiB of host disk until the plugin writes.
-MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-I", "256")
-MKFS_EXTENDED = "nodiscard,lazy_itable_init=1,lazy_journal_init=1"
-TOOL_TIMEOUT = 300.0
 FULL = 0.01  # less than this share of its space (or 1 MiB) or of its files (or 1) left: full
-_UMOUNT_NOFOLLOW = 8
-_MNT_DETACH = 2
 _MIGRATING, _MIGRATED = ".{}.premigration", ".{}.migrated"
 
 
@@ -157,7 +139,7 @@ def ensure_mounted(settings: HostSettings, name: str, quota: Quota, uid: int | N
     if uid is None:
         return None
     try:
-        tools = _tools(settings, name)
+        tools = loopfs.find_tools(settings, name)
         with _locked(layout) as data_root:
             _finish_migration(layout, name, data_root)
             _mount(layout, tools, name, quota, uid, data_root)
@@ -187,7 +169,7 @@ def release(layout: Layout, name: str, *, lazy: bool) -> bool:
             source = _mounted(layout, name)
         except QuotaError:
             return False  # someone else's mount: not ours to remove
-        return source is not None and _umount(layout.data(name), lazy)
+        return source is not None and loopfs.umount(layout.data(name), lazy)
 
 
 def remove(layout: Layout, name: str) -> None:
@@ -201,25 +183,23 @@ def release_all(layout: Layout, keep: frozenset[str] = frozenset()) -> list[str]
     """Unmount every plugin image of this home except ``keep``: all at host shutdown; at start-up, the
     leftovers of a killed host whose plugin is gone (those still installed are adopted as they are)."""
     data = str(layout.home / "data")
-    names = [os.path.basename(p) for p in _mounts() if os.path.dirname(p) == data]
+    names = [os.path.basename(p) for p in loopfs.mounts() if os.path.dirname(p) == data]
     return [n for n in names if n not in keep and release(layout, n, lazy=True)]
 
 
-def drop_copies(layout: Layout) -> int:
-    """In a process's own mount namespace (the web tier's, which copied the host's mount table when it was
-    made): unmount its copies of the plugins' images, which it never needs and which would otherwise keep
-    an unmounted or uninstalled image, and its loop device, alive as long as it runs. Does nothing in the
-    parent's (the host's) namespace, where that would unmount them for the plugins. Returns how many."""
+def drop_copies() -> int:
+    """In a process's own private mount namespace (the web tier's), which copied the host's mount table
+    when it was made: unmount its copies of plugin disk images, of this home and of any other on the
+    machine. It never needs them, and a private copy keeps an unmounted or uninstalled image (its space
+    and its loop device) alive as long as the process runs. An image is a loop mount whose backing file is
+    ``<mount point>.img``. Does nothing in the parent's (the host's) namespace. Returns how many."""
     try:
         if os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{os.getppid()}/ns/mnt"):
             return 0
     except OSError:
         return 0
-    data, dropped = str(layout.home / "data"), 0
-    umount2 = ctypes.CDLL(None, use_errno=True).umount2
-    for point in (p for p in _mounts() if os.path.dirname(p) == data):
-        dropped += umount2(os.fsencode(point), _UMOUNT_NOFOLLOW | _MNT_DETACH) == 0
-    return dropped
+    return sum(loopfs.detach(point) for point, source in loopfs.mounts().items()
+               if loopfs.backing_file(source) == f"{point}.img")
 
 
 def _mount(layout: Layout, tools: dict[str, str], name: str, quota: Quota, uid: int, data_root: int) -> None:
@@ -240,7 +220,7 @@ def _mount(layout: Layout, tools: dict[str, str], name: str, quota: Quota, uid: 
         log.info("%s: disk quota %d MiB / %d files (%s)", name, quota.bytes // MiB, quota.files, image)
     else:
         _grow_offline(layout, tools, name, quota)
-    _run(tools, ["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(point)], name, "mounting its image")
+    loopfs.mount(tools, name, image, point)
     use = disk_usage(layout, name)
     if use is not None and quota.files > use.max_files * 1.05:
         log.warning("%s: its image has %d inodes although it now asks for %d files (reinstall to apply)",
@@ -279,8 +259,7 @@ def _create(layout: Layout, tools: dict[str, str], name: str, quota: Quota, uid:
         os.ftruncate(fd, quota.bytes)
     finally:
         os.close(fd)
-    _run(tools, ["mkfs.ext4", *MKFS_OPTIONS, "-N", str(quota.files), "-E",
-                 f"{MKFS_EXTENDED},root_owner={uid}:{uid}", str(new)], name, "creating its image")
+    loopfs.mkfs(tools, name, new, quota.files, uid)
     os.replace(new, layout.disk_image(name))
 
 
@@ -288,7 +267,7 @@ def _grow_offline(layout: Layout, tools: dict[str, str], name: str, quota: Quota
     """Before mounting: a raised ``disk_mb`` grows the image (ext4 adds inodes with the space). A lowered
     one is only reported: an image never shrinks under its data."""
     image = layout.disk_image(name)
-    have = _fs_bytes(name, image)
+    have = loopfs.fs_bytes(name, image)
     if quota.bytes < have:
         log.warning("%s: keeps its %d MiB image although it now asks for %d MiB (an image does not shrink; "
                     "uninstall and reinstall to apply)", name, have // MiB, quota.bytes // MiB)
@@ -296,8 +275,8 @@ def _grow_offline(layout: Layout, tools: dict[str, str], name: str, quota: Quota
         return
     if image.stat().st_size < quota.bytes:
         os.truncate(image, quota.bytes)
-    _run(tools, ["e2fsck", "-f", "-p", str(image)], name, "checking its image", ok=(0, 1))
-    _run(tools, ["resize2fs", str(image)], name, "growing its image")
+    loopfs.run(tools, ["e2fsck", "-f", "-p", str(image)], name, "checking its image", ok=(0, 1))
+    loopfs.run(tools, ["resize2fs", str(image)], name, "growing its image")
     log.info("%s: disk quota raised from %d to %d MiB", name, have // MiB, quota.bytes // MiB)
 
 
@@ -309,25 +288,13 @@ def _grow_online(layout: Layout, tools: dict[str, str], name: str, quota: Quota,
         return
     os.truncate(image, quota.bytes)
     try:
-        _run(tools, ["losetup", "--set-capacity", source], name, "growing its loop device")
-        _run(tools, ["resize2fs", source], name, "growing its filesystem")
+        loopfs.run(tools, ["losetup", "--set-capacity", source], name, "growing its loop device")
+        loopfs.run(tools, ["resize2fs", source], name, "growing its filesystem")
     except QuotaError as exc:
         log.warning("%s: disk quota raised to %d MiB from the next host start on (%s)", name,
                     quota.bytes // MiB, exc.detail)
         return
     log.info("%s: disk quota raised to %d MiB", name, quota.bytes // MiB)
-
-
-def _fs_bytes(name: str, image: Path) -> int:
-    """The size of the (unmounted) ext4 filesystem in ``image``, from its superblock (root wrote it all)."""
-    with open(image, "rb") as fh:
-        fh.seek(1024)
-        sb = fh.read(1024)
-    if len(sb) < 1024 or struct.unpack_from("<H", sb, 0x38)[0] != 0xEF53:
-        raise QuotaError(name, f"{image} holds no ext4 filesystem")
-    lo, log_block, incompat, hi = (struct.unpack_from("<I", sb, off)[0] for off in (0x4, 0x18, 0x60, 0x150))
-    blocks = lo | (hi << 32 if incompat & 0x80 else 0)  # INCOMPAT_64BIT
-    return int(blocks * (1024 << log_block))
 
 
 # -- migrating a data dir from before quotas ----------------------------------------------------------------
@@ -345,10 +312,9 @@ def _migrate(layout: Layout, tools: dict[str, str], name: str, quota: Quota, uid
         # A quarter more than what is there covers ext4's own overhead and leaves room to grow.
         fit = Quota(max(quota.bytes, _round_mib(used.bytes * 5 // 4)), max(quota.files, used.files * 5 // 4 + 16))
         _create(layout, tools, name, fit, uid)
-        _run(tools, ["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(layout.disk_image(name)),
-                     str(layout.data(name))], name, "mounting its image")
-        _run(tools, ["cp", "-a", "--", f"{old}/.", name], name, "copying its data into the image", uid,
-             cwd=layout.home / "data")
+        loopfs.mount(tools, name, layout.disk_image(name), layout.data(name))
+        loopfs.run(tools, ["cp", "-a", "--", f"{old}/.", name], name, "copying its data into the image", uid,
+                   cwd=layout.home / "data")
         os.rename(old, _MIGRATED.format(name), src_dir_fd=data_root, dst_dir_fd=data_root)
     except BaseException:
         _undo_migration(layout, name, data_root)
@@ -370,7 +336,7 @@ def _finish_migration(layout: Layout, name: str, data_root: int) -> None:
 def _undo_migration(layout: Layout, name: str, data_root: int) -> None:
     with contextlib.suppress(QuotaError):
         if _mounted(layout, name) is not None:
-            _umount(layout.data(name), lazy=True)
+            loopfs.umount(layout.data(name), lazy=True)
     for path in (layout.disk_image(name), _new_image(layout, name)):
         path.unlink(missing_ok=True)
     with contextlib.suppress(FileNotFoundError):
@@ -380,8 +346,8 @@ def _undo_migration(layout: Layout, name: str, data_root: int) -> None:
 
 def _measure(tools: dict[str, str], name: str, layout: Layout, entry: str, uid: int) -> Quota:
     data = layout.home / "data"
-    size = _run(tools, ["du", "-s", "-B1", "--", entry], name, "measuring its data dir", uid, cwd=data)
-    files = _run(tools, ["du", "-s", "--inodes", "--", entry], name, "counting its files", uid, cwd=data)
+    size = loopfs.run(tools, ["du", "-s", "-B1", "--", entry], name, "measuring its data dir", uid, cwd=data)
+    files = loopfs.run(tools, ["du", "-s", "--inodes", "--", entry], name, "counting its files", uid, cwd=data)
     try:
         return Quota(int(size.split()[0]), int(files.split()[0]))
     except (IndexError, ValueError) as exc:
@@ -399,56 +365,21 @@ def probe_disk(settings: HostSettings) -> dict[str, object]:
     """For `host doctor`: whether this machine can enforce the disk layer, by mounting a small image in a
     private mount namespace of its own (which, and whose loop device, vanish when the probe exits)."""
     try:
-        tools = _tools(settings, None)
+        tools = loopfs.find_tools(settings, None)
         with tempfile.TemporaryDirectory(prefix="plugin-host-disk-") as tmp:
             image, point = Path(tmp) / "probe.img", Path(tmp) / "mnt"
             point.mkdir()
             with open(image, "wb") as fh:
                 fh.truncate(16 * MiB)
             t0 = time.monotonic()
-            _run(tools, ["mkfs.ext4", *MKFS_OPTIONS, "-N", "128", "-E", MKFS_EXTENDED, str(image)], None,
-                 "creating a test image")
+            loopfs.mkfs(tools, None, image, 128, None)
             t1 = time.monotonic()
-            _run(tools, ["unshare", "--mount", "--propagation", "private", tools["mount"], "-t", "ext4",
-                         "-o", MOUNT_OPTIONS, str(image), str(point)], None, "mounting a test image")
+            loopfs.mount(tools, None, image, point, private_namespace=True)
             t2 = time.monotonic()
     except QuotaError as exc:
         return {"available": False, "detail": exc.detail}
     return {"available": True, "detail": f"ext4 image per plugin, loop-mounted on its data dir (mkfs "
                                          f"{(t1 - t0) * 1000:.0f} ms, mount {(t2 - t1) * 1000:.0f} ms)"}
-
-
-def _tools(settings: HostSettings, name: str | None) -> dict[str, str]:
-    if os.geteuid() != 0:
-        raise QuotaUnavailable(name, "needs a root host to loop-mount a filesystem image per plugin")
-    if not os.path.exists("/dev/loop-control"):
-        raise QuotaUnavailable(name, "no loop devices (/dev/loop-control is missing; in a container, pass "
-                                     "--device /dev/loop-control and some /dev/loopN)")
-    found = {t: shutil.which(t, path=settings.disk_tools_path) for t in TOOLS}
-    missing = [t for t, path in found.items() if path is None]
-    if missing:
-        raise QuotaUnavailable(name, f"{', '.join(missing)} not found in {settings.disk_tools_path} "
-                                     "(install e2fsprogs and util-linux, or set HOST_DISK_TOOLS_PATH)")
-    return {t: str(path) for t, path in found.items()}
-
-
-def _run(tools: dict[str, str], argv: list[str], name: str | None, what: str, uid: int | None = None,
-         ok: tuple[int, ...] = (0,), cwd: Path = Path("/")) -> str:
-    """Run a tool (as ``uid`` when given: for reading or copying what the plugin wrote). The child enters
-    ``cwd`` before it drops to ``uid``, so paths relative to it work even below directories (a 0700 home's
-    parent) the plugin's uid could not traverse."""
-    cmd = [tools.get(argv[0], argv[0]), *argv[1:]]
-    as_user = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=TOOL_TIMEOUT,
-                              check=False, stdin=subprocess.DEVNULL, cwd=cwd, env={"PATH": "/usr/bin:/bin",
-                              "LANG": "C"}, **as_user)  # type: ignore[call-overload]
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise QuotaError(name, f"{what}: {exc}") from exc
-    if proc.returncode not in ok:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        raise QuotaError(name, f"{what}: {lines[-1] if lines else f'{argv[0]} exited with {proc.returncode}'}")
-    return str(proc.stdout)
 
 
 @contextlib.contextmanager
@@ -467,51 +398,12 @@ def _mounted(layout: Layout, name: str) -> str | None:
     """The loop device that mounts the plugin's image on its data dir; None when nothing is mounted there;
     QuotaError when something else is."""
     point, image = str(layout.data(name)), str(layout.disk_image(name))
-    source = _mounts().get(point)
+    source = loopfs.mounts().get(point)
     if source is None:
         return None
-    if _backing_file(source) != image:
+    if loopfs.backing_file(source) != image:
         raise QuotaError(name, f"{point} is mounted from {source}, not from its image {image}; unmount it")
     return source
-
-
-def _mounts() -> dict[str, str]:
-    """{mount point: source} in this mount namespace; where mounts are stacked, the top one."""
-    out: dict[str, str] = {}
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
-        for line in fh:
-            fields = line.split()
-            with contextlib.suppress(ValueError, IndexError):
-                sep = fields.index("-", 6)
-                out[_unescape(fields[4])] = _unescape(fields[sep + 2])
-    return out
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _backing_file(source: str) -> str | None:
-    if not re.fullmatch(r"/dev/loop[0-9]+", source):
-        return None
-    try:
-        with open(f"/sys/block/{os.path.basename(source)}/loop/backing_file", encoding="utf-8") as fh:
-            return fh.read().rstrip("\n")
-    except OSError:
-        return None
-
-
-def _umount(point: Path, lazy: bool) -> bool:
-    umount2 = ctypes.CDLL(None, use_errno=True).umount2
-    target = os.fsencode(point)
-    if umount2(target, _UMOUNT_NOFOLLOW) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err == errno.EBUSY and lazy and umount2(target, _UMOUNT_NOFOLLOW | _MNT_DETACH) == 0:
-        log.info("%s was still in use: detached; its loop device goes when the last user does", point)
-        return True
-    log.warning("cannot unmount %s: %s", point, os.strerror(err))
-    return False
 
 
 def _new_image(layout: Layout, name: str) -> Path:

@@ -92,9 +92,9 @@ def keep_python_reachable() -> None:
         return
     if covered:
         log.debug("web tier: private mount view over %s", ", ".join(covered))
-        # That view copied the plugins' disk image mounts: unneeded here, and they would keep an uninstalled
-        # plugin's image and loop device alive for as long as the web tier runs.
-        drop_copies(Layout(HostSettings().home_dir))
+        # That view copied every plugin disk image mounted on the machine: unneeded here, and each copy would
+        # keep an uninstalled plugin's image and loop device alive for as long as the web tier runs.
+        drop_copies()
 
 
 class WebTier(BaseApplication):  # type: ignore[misc]

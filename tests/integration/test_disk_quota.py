@@ -90,6 +90,19 @@ def loop_devices(img: Path) -> list[str]:
     return found
 
 
+def holders(root: Path) -> list[str]:
+    """Processes whose mount namespace still holds a mount below ``root`` (for failure messages)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/mountinfo") as fh:
+                if f" {root}/" in fh.read():
+                    found.append(f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes()[:100]!r}")
+        except OSError:
+            continue
+    return found
+
+
 def allocated(root: Path) -> int:
     """Bytes of the host's disk under ``root``, not counting what is mounted below it."""
     dev, total = root.stat().st_dev, 0
@@ -173,8 +186,11 @@ def test_a_stopped_host_unmounts_every_image(home: Home) -> None:
         home.serve()
     home.stop()
     assert mounts_under(home.path) == []
-    wait_for(lambda: not loop_devices(image(home, HOG)) and not loop_devices(image(home, ECHO)), 10,
-             what="the loop devices to go")
+    try:
+        wait_for(lambda: not loop_devices(image(home, HOG)) and not loop_devices(image(home, ECHO)), 10,
+                 what="the loop devices to go")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; mounts still held by {holders(home.path)}") from None
 
 
 def test_strict_host_refuses_to_start_a_plugin_without_the_disk_layer(home: Home) -> None:
@@ -217,15 +233,22 @@ def test_a_data_dir_from_before_quotas_moves_into_an_image(home: Home) -> None:
 
 def test_uninstall_removes_the_image_and_leaves_no_mount_or_loop_device(home: Home) -> None:
     host = home.serve() if home.host is None else home.served
-    r = host.cli("uninstall", ECHO, "--keep-data")
-    assert r.returncode == 0, r.stderr
-    assert image(home, ECHO).exists() and str(home.path / "data" / ECHO) not in mounts_under(home.path)
-    r = host.cli("uninstall", HOG)
-    assert r.returncode == 0, r.stderr
-    assert not image(home, HOG).exists() and not (home.path / "data" / HOG).exists()
-    assert mounts_under(home.path) == []
-    deadline = time.monotonic() + 10
-    while loop_devices(image(home, HOG)) or loop_devices(image(home, ECHO)):
-        assert time.monotonic() < deadline, "a loop device outlived the uninstall"
-        time.sleep(0.05)
+    # Another home's host, started while our images are mounted: its web tier's private mount view copies
+    # every mount on the machine, ours included, and must not keep them alive.
+    with short_home() as elsewhere:
+        neighbour = ServedHost(elsewhere).start()
+        try:
+            r = host.cli("uninstall", ECHO, "--keep-data")
+            assert r.returncode == 0, r.stderr
+            assert image(home, ECHO).exists() and str(home.path / "data" / ECHO) not in mounts_under(home.path)
+            r = host.cli("uninstall", HOG)
+            assert r.returncode == 0, r.stderr
+            assert not image(home, HOG).exists() and not (home.path / "data" / HOG).exists()
+            assert mounts_under(home.path) == []
+            deadline = time.monotonic() + 10
+            while loop_devices(image(home, HOG)) or loop_devices(image(home, ECHO)):
+                assert time.monotonic() < deadline, f"a loop device outlived the uninstall: {holders(home.path)}"
+                time.sleep(0.05)
+        finally:
+            neighbour.stop()
     assert host.get(f"/plugins/{HOG}/").status_code == 404

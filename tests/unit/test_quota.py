@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from host import quota
+from host import loopfs, quota
 from host.errors import QuotaError, QuotaUnavailable
 from host.layout import Layout
 from host.risk import assess, grants
@@ -107,7 +107,7 @@ def test_quota_errors_carry_the_plugin() -> None:
 
 
 def test_mountinfo_escapes_are_read_back() -> None:
-    assert quota._unescape(r"/tmp/a\040b\011c") == "/tmp/a b\tc"
+    assert loopfs.unescape(r"/tmp/a\040b\011c") == "/tmp/a b\tc"
 
 
 def _superblock(path: Path, blocks: int, log_block: int, incompat: int = 0, hi: int = 0) -> Path:
@@ -122,13 +122,13 @@ def _superblock(path: Path, blocks: int, log_block: int, incompat: int = 0, hi: 
 
 
 def test_filesystem_size_comes_from_the_superblock(tmp_path: Path) -> None:
-    assert quota._fs_bytes("hog", _superblock(tmp_path / "a.img", 16384, 0)) == 16 * MiB  # 1 KiB blocks
-    assert quota._fs_bytes("hog", _superblock(tmp_path / "b.img", 131072, 2)) == 512 * MiB  # 4 KiB blocks
+    assert loopfs.fs_bytes("hog", _superblock(tmp_path / "a.img", 16384, 0)) == 16 * MiB  # 1 KiB blocks
+    assert loopfs.fs_bytes("hog", _superblock(tmp_path / "b.img", 131072, 2)) == 512 * MiB  # 4 KiB blocks
     big = _superblock(tmp_path / "c.img", 0, 2, incompat=0x80, hi=1)  # 64bit: 2^32 blocks of 4 KiB
-    assert quota._fs_bytes("hog", big) == (1 << 32) * 4096
+    assert loopfs.fs_bytes("hog", big) == (1 << 32) * 4096
     (tmp_path / "d.img").write_bytes(bytes(4096))
     with pytest.raises(QuotaError, match="no ext4 filesystem"):
-        quota._fs_bytes("hog", tmp_path / "d.img")
+        loopfs.fs_bytes("hog", tmp_path / "d.img")
 
 
 def test_a_plugin_without_its_image_counts_as_a_weak_sandbox(tmp_path: Path) -> None:
