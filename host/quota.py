@@ -100,10 +100,11 @@ def usage_cell(use: Usage | None) -> str:
             f"{use.used_files}/{use.max_files} files")
 
 
-def with_disk_layer(summary: dict[str, Any] | None, layout: Layout, name: str) -> dict[str, Any] | None:
+def with_disk_layer(summary: dict[str, Any] | None, applied: bool | None) -> dict[str, Any] | None:
     """The runner's report of the layers it applied, plus this one (the host applies it, not the runner):
-    with no image mounted on the data dir, "disk" is missing and the sandbox weak (`/healthz`, the log)."""
-    if summary is None or disk_usage(layout, name) is not None:
+    when the instance started without its image, "disk" is missing and the sandbox weak (`/healthz`, the
+    log). ``applied`` None: not known, nothing added."""
+    if summary is None or applied is not False:
         return summary
     return {**summary, "level": "weak", "missing": sorted({*summary.get("missing", []), LAYER})}
 

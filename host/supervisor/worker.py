@@ -90,6 +90,7 @@ class PluginWorker(threading.Thread):
         self._probe_failures = 0
         self._next_probe = 0.0
         self._disk = FullAlarm()
+        self._disk_applied: bool | None = None  # did the last spawn get its disk image (None: unknown)
         self._failed_upgrade: str | None = None
         self._live_since_wall = 0.0
         self._idle_timeout_cached = 0.0
@@ -280,6 +281,7 @@ class PluginWorker(threading.Thread):
             spec = launch.build(self.settings, rec, self.generation)
             netns_fd = self._egress_namespace(spec)
             listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index), netns_fd)
+            self._disk_applied = disk_usage(self.layout, self.plugin) is not None
             inst = Instance(spec, self.sink, spec.manifest.health_path, self.children, listener, netns_fd)
             # The web tier (its own uid) may pass through the plugin's socket dir and connect to the socket;
             # no one else but root may (plugins never see run/).
@@ -365,8 +367,8 @@ class PluginWorker(threading.Thread):
         self._point_public_socket(inst)
         self.instance = inst
         # the runner wrote its report at exec; the disk layer is the host's
-        self.sandbox = with_disk_layer(sandbox_summary(self.layout.sandbox_report(self.plugin)), self.layout,
-                                       self.plugin)
+        self.sandbox = with_disk_layer(sandbox_summary(self.layout.sandbox_report(self.plugin)),
+                                       self._disk_applied)
         self._live_since_wall = time.time()
         self._idle_timeout_cached = self.idle_timeout()
         self._probe_failures = 0

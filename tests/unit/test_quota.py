@@ -131,10 +131,9 @@ def test_filesystem_size_comes_from_the_superblock(tmp_path: Path) -> None:
         loopfs.fs_bytes("hog", tmp_path / "d.img")
 
 
-def test_a_plugin_without_its_image_counts_as_a_weak_sandbox(tmp_path: Path) -> None:
-    layout = Layout(tmp_path)
-    layout.ensure()
-    layout.data("hog").mkdir()
+def test_a_plugin_without_its_image_counts_as_a_weak_sandbox() -> None:
     runner = {"backend": "bwrap", "level": "full", "missing": []}
-    assert quota.with_disk_layer(runner, layout, "hog") == {"backend": "bwrap", "level": "weak", "missing": ["disk"]}
-    assert quota.with_disk_layer(None, layout, "hog") is None
+    assert quota.with_disk_layer(runner, False) == {"backend": "bwrap", "level": "weak", "missing": ["disk"]}
+    assert quota.with_disk_layer(runner, True) == runner
+    assert quota.with_disk_layer(runner, None) == runner  # not known (not spawned here)
+    assert quota.with_disk_layer(None, False) is None
