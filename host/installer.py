@@ -195,7 +195,8 @@ class Installer:
         ensure_mounted(self.settings, name, Quota.of(manifest.permissions.resources), uid)
         rootfs.prepare_plugin_dirs(self.layout, name, target, uid)
         policy_path = target / ".check.policy.json"
-        launch.write_policy(launch.runtime_policy(self.settings, manifest, target, uid), policy_path)
+        policy = launch.with_user(self.settings, launch.runtime_policy(self.settings, manifest, target, uid), uid)
+        launch.write_policy(policy, policy_path)
         check = launch.confined(policy_path, [str(venv / "bin" / "python"), "-I", "-c", "import plugin_host_wsgi"])
         self._run(name, "checking the entrypoint", check, log_path, CHECK_TIMEOUT)
         policy_path.unlink()

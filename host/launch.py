@@ -24,6 +24,7 @@ from host.pip_options import index_options, local_paths
 from host.quota import Quota, ensure_mounted
 from host.registry import PluginRecord
 from host.runtime import WSGI_TARGET
+from host.sandbox_user import write_etc_files
 from host.settings import HostSettings
 from manifests import Manifest, parse_manifest
 from manifests.model import Network as NetworkGrant
@@ -95,6 +96,9 @@ def runtime_policy(settings: HostSettings, manifest: Manifest, install: Path, ui
         "PLUGIN_BUNDLE": str(bundle),
         "PLUGIN_PREFIX": f"/plugins/{name}",
         "PLUGIN_DATA_DIR": str(data),
+        # Who it is (its /etc/passwd entry says the same, see host.sandbox_user): getpass.getuser() reads these.
+        "USER": name,
+        "LOGNAME": name,
     }
     env.update({var: os.environ[var] for var in perms.environment if var in os.environ})
     if perms.network.enabled:
@@ -169,6 +173,11 @@ def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, ui
     )
 
 
+def with_user(settings: HostSettings, policy: Policy, uid: int | None) -> Policy:
+    """The policy with the plugin's own /etc/passwd and /etc/group (host.sandbox_user), freshly written."""
+    return dataclasses.replace(policy, etc_files=write_etc_files(Layout(settings.home_dir), policy.name, uid))
+
+
 def write_policy(policy: Policy, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(policy.to_json())
@@ -227,15 +236,15 @@ def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd:
     try:
         listener.bind(str(spec.instance_socket))
         listener.listen(1024)
-        policy = dataclasses.replace(spec.policy, listen_fd=listener.fileno())
+        policy = with_user(settings, dataclasses.replace(spec.policy, listen_fd=listener.fileno()), uid)
         if netns_fd is not None:
             hosts = Layout(settings.home_dir).run / f".{spec.name}.hosts"
             tmp = hosts.with_suffix(".tmp")
             tmp.write_text(egress.hosts_file(Grant.from_network(spec.manifest.permissions.network)))
             os.chmod(tmp, 0o644)
             tmp.replace(hosts)
-            policy = dataclasses.replace(policy, network=dataclasses.replace(
-                policy.network, netns_fd=netns_fd, hosts_file=str(hosts)))
+            policy = dataclasses.replace(policy, network=dataclasses.replace(policy.network, netns_fd=netns_fd),
+                                         etc_files=(*policy.etc_files, ("/etc/hosts", str(hosts))))
         write_policy(policy, spec.policy_path)
     except BaseException:
         listener.close()

@@ -130,10 +130,10 @@ def argv(policy: Policy, facts: Launch, cmd: list[str], ctx_fd: int, report_fd: 
     out += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
     lib = paths.RUNNER_LIB
     binds: list[tuple[str, str, str]] = []  # (option, source, destination)
-    hosts = policy.network.hosts_file
-    for p in paths.system_ro(policy):
-        if p not in facts.symlinks:
-            binds.append(("--ro-bind", hosts, p) if p == "/etc/hosts" and hosts else ("--ro-bind-try", p, p))
+    etc = paths.etc_binds(policy)
+    binds += [("--ro-bind-try", p, p) for p in paths.system_ro(policy) if p not in facts.symlinks and p not in etc]
+    # Not -try: a generated file that is missing must fail the start, not show an empty /etc/passwd.
+    binds += [("--ro-bind", src, dest) for dest, src in sorted(etc.items())]
     binds.append(("--ro-bind", facts.runner_pkg, f"{lib}/sandbox_runner"))
     if facts.pyseccomp:
         binds.append(("--ro-bind", facts.pyseccomp, f"{lib}/pyseccomp.py"))

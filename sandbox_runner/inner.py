@@ -25,6 +25,8 @@ def _landlock_paths(h: Handoff) -> tuple[tuple[str, ...], tuple[str, ...], tuple
         # namespace /proc would list host processes, so the syscalls backend leaves it out.
         ro += ("/proc",)
         rw += ("/tmp",)
+        # The generated /etc files bwrap bound there; without bwrap these paths are the host's own, denied.
+        ro += tuple(paths.etc_binds(h.policy))
     return ro, rw, paths.DEV_RW
 
 

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from sandbox_runner import bwrap, inner, libc, supervise
+from sandbox_runner import bwrap, inner, libc, paths, supervise
 from sandbox_runner.errors import SETUP_FAILED, LayerFailed, LayerUnavailable, SandboxError
 from sandbox_runner.handoff import Handoff, Outcome, outcome
 from sandbox_runner.layers import cgroup, seccomp
@@ -87,6 +87,7 @@ def _cgroups(policy: Policy) -> tuple[cgroup.Groups | None, Outcome]:
 
 
 def _run_bwrap(h: Handoff, path: str, groups: cgroup.Groups | None, cmd: list[str], wake_fd: int) -> tuple[int, bytes]:
+    paths.check_etc_sources(h.policy)
     ctx = os.memfd_create("sandbox-handoff")
     os.write(ctx, h.to_json().encode())
     os.lseek(ctx, 0, os.SEEK_SET)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
+from sandbox_runner.errors import LayerFailed
 from sandbox_runner.policy import Policy
 
 # Read-only system paths a dynamically linked Python needs. Deliberately absent: /etc/passwd, /etc/shadow,
-# /etc/group (user names and hashes), /home, /root, /var, /run, host /tmp.
+# /etc/group (the host's user names and hashes; a policy's etc_files may show generated ones instead), /home,
+# /root, /var, /run, host /tmp.
 SYSTEM_RO = (
     "/usr",
     "/bin",
@@ -55,3 +58,25 @@ def interpreter_prefix() -> str:
 def system_ro(policy: Policy) -> tuple[str, ...]:
     extra = NETWORK_RO if policy.network.enabled else ()
     return (*SYSTEM_RO, *extra, interpreter_prefix())
+
+
+def etc_binds(policy: Policy) -> dict[str, str]:
+    """/etc path -> the host file shown there (bwrap backend): ``etc_files``, plus the older
+    ``network.hosts_file`` for /etc/hosts unless etc_files names it too."""
+    out = {"/etc/hosts": policy.network.hosts_file} if policy.network.hosts_file else {}
+    out.update(dict(policy.etc_files))
+    return out
+
+
+def check_etc_sources(policy: Policy) -> None:
+    """Each file bound over /etc must be a regular file (not a symlink) of the runner's own user, writable by
+    no one else: bwrap, as root, would follow a symlink and show whatever it names (/etc/shadow)."""
+    me = os.geteuid()
+    for dest, src in etc_binds(policy).items():
+        try:
+            st = os.lstat(src)
+        except OSError as exc:
+            raise LayerFailed("namespaces", f"{dest}: source {src}: {exc.strerror}") from exc
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != me or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise LayerFailed("namespaces", f"{dest}: source {src} must be a regular file of uid {me} that "
+                              "only its owner may write")

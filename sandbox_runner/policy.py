@@ -16,6 +16,10 @@ from typing import Any, Literal
 LAYERS = ("namespaces", "rlimits", "uid", "no_new_privs", "landlock", "seccomp", "cgroup")
 
 Backend = Literal["auto", "bwrap", "syscalls"]
+# The only paths Policy.etc_files may cover: who the plugin is (passwd, group) and which names its network
+# namespace resolves locally (hosts). Nothing else of /etc can be replaced, so a policy cannot swap the
+# runtime's libraries (ld.so.cache), certificates or time zone.
+ETC_FILES = ("/etc/passwd", "/etc/group", "/etc/hosts")
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,8 @@ class Network:
     # new empty one. It holds the host's egress listeners, so "enabled" no longer means the host's network.
     netns_fd: int | None = None
     # A hosts file shown at /etc/hosts instead of the host's (bwrap backend): granted names → the addresses
-    # of their listeners inside the namespace, so plain sockets to a granted name work unchanged.
+    # of their listeners inside the namespace, so plain sockets to a granted name work unchanged. Kept for
+    # older policies; the same as ("/etc/hosts", hosts_file) in Policy.etc_files, which wins if both are set.
     hosts_file: str | None = None
 
 
@@ -71,6 +76,21 @@ class Policy:
     # LISTEN_FDS=1 / LISTEN_PID (systemd socket activation), so the plugin never needs to create its own
     # socket file, nor write access to the directory the host connects through.
     listen_fd: int | None = None
+    # (destination, source): host files the bwrap backend binds read-only at these /etc paths (only those in
+    # ETC_FILES), e.g. a passwd and group file naming the plugin's uid. The sources must be regular files of
+    # the runner's own user that no one else may write (checked before bwrap starts). The syscalls backend has
+    # no mount namespace to show them in: there the real files stay denied (Landlock) and these are ignored.
+    etc_files: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        dests = [dest for dest, _src in self.etc_files]
+        for dest, src in self.etc_files:
+            if dest not in ETC_FILES:
+                raise ValueError(f"etc_files: {dest!r} cannot be replaced (only {', '.join(ETC_FILES)})")
+            if not src.startswith("/"):
+                raise ValueError(f"etc_files: {dest}: the source {src!r} must be an absolute path")
+        if len(set(dests)) != len(dests):
+            raise ValueError("etc_files: a destination is listed twice")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -80,7 +100,8 @@ class Policy:
         raw: dict[str, Any] = json.loads(text)
         net = Network(**_tupled(raw.pop("network", {})))
         res = Resources(**raw.pop("resources", {}))
-        return cls(network=net, resources=res, **_tupled(raw))
+        etc = tuple((str(dest), str(src)) for dest, src in raw.pop("etc_files", ()))
+        return cls(network=net, resources=res, etc_files=etc, **_tupled(raw))
 
 
 def _tupled(raw: dict[str, Any]) -> dict[str, Any]:

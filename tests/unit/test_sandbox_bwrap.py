@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+
+import pytest
 
 from sandbox_runner import bwrap, paths
 from sandbox_runner.policy import Network, Policy
@@ -96,3 +99,46 @@ def test_the_inner_stage_runs_isolated_from_a_clean_environment() -> None:
     assert paths.RUNNER_LIB in tail[5]
     assert tail[6:] == ["5", "6", "--", "/venv/bin/gunicorn", "app:app"]
     assert binds(argv, "--ro-bind")[:2] == [f"{paths.RUNNER_LIB}/sandbox_runner", f"{paths.RUNNER_LIB}/pyseccomp.py"]
+
+
+ETC = (("/etc/passwd", "/srv/h/run/.demo.passwd"), ("/etc/group", "/srv/h/run/.demo.group"))
+
+
+def test_generated_etc_files_are_bound_read_only_where_the_hosts_are_not() -> None:
+    argv = build(dataclasses.replace(POLICY, etc_files=ETC))
+    i = argv.index("/srv/h/run/.demo.passwd")
+    assert argv[i - 1 : i + 2] == ["--ro-bind", "/srv/h/run/.demo.passwd", "/etc/passwd"]
+    i = argv.index("/srv/h/run/.demo.group")
+    assert argv[i - 1 : i + 2] == ["--ro-bind", "/srv/h/run/.demo.group", "/etc/group"]
+    assert "/etc/passwd" not in binds(argv, "--ro-bind-try")  # never the host's own file
+
+
+def test_a_hosts_file_still_replaces_etc_hosts_and_etc_files_win() -> None:
+    net = Network(enabled=True, hosts_file="/srv/h/run/.demo.hosts")
+    argv = build(dataclasses.replace(POLICY, network=net))
+    assert binds(argv, "--ro-bind").count("/etc/hosts") == 1
+    assert argv[argv.index("/srv/h/run/.demo.hosts") - 1] == "--ro-bind"
+    assert "/etc/hosts" not in binds(argv, "--ro-bind-try")
+    argv = build(dataclasses.replace(POLICY, network=net, etc_files=(("/etc/hosts", "/srv/h/run/new.hosts"),)))
+    assert "/srv/h/run/.demo.hosts" not in argv and "/srv/h/run/new.hosts" in argv
+
+
+def test_a_policy_cannot_replace_any_other_etc_file() -> None:
+    for bad in ((("/etc/shadow", "/srv/x"),), (("/etc/ld.so.cache", "/srv/x"),), (("/etc/passwd", "rel"),),
+                (("/etc/passwd", "/a"), ("/etc/passwd", "/b"))):
+        with pytest.raises(ValueError, match="etc_files"):
+            Policy(name="x", etc_files=bad)
+    raw = json.loads(Policy(name="x", etc_files=ETC).to_json())
+    assert Policy.from_json(json.dumps(raw)).etc_files == ETC
+    raw["etc_files"] = [["/etc/shadow", "/srv/x"]]
+    with pytest.raises(ValueError, match="'/etc/shadow' cannot be replaced"):
+        Policy.from_json(json.dumps(raw))
+
+
+def test_landlock_allows_the_generated_files_only_where_bwrap_bound_them() -> None:
+    from sandbox_runner import inner
+    from sandbox_runner.handoff import Handoff
+
+    policy = dataclasses.replace(POLICY, etc_files=ETC)
+    assert {"/etc/passwd", "/etc/group"} <= set(inner._landlock_paths(Handoff(policy, "bwrap"))[0])
+    assert not {"/etc/passwd", "/etc/group"} & set(inner._landlock_paths(Handoff(policy, "syscalls"))[0])
