@@ -34,6 +34,8 @@ from host.proxy import (
     upstream_request,
 )
 from host.settings import HostSettings
+from host.websocket import WebSockets, requested
+from host.ws_relay import Gate
 
 log = logging.getLogger(__name__)
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -50,7 +52,8 @@ def problem(status: int, title: str, detail: str, retry_after: int | None = None
     return resp
 
 
-def create_app(settings: HostSettings | None = None, layout: Layout | None = None) -> Flask:
+def create_app(settings: HostSettings | None = None, layout: Layout | None = None,
+               websocket_gate: Gate | None = None) -> Flask:
     """``layout``: the home as the web tier reaches it (host.webtier passes an fd path, since after dropping
     root it may not be able to walk the home's real path). The app reads the supervisor's routing snapshot
     and talks to its web socket; it never opens the registry nor the root-only control socket."""
@@ -76,6 +79,7 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None
     app.extensions["plugin_host"] = {"settings": settings, "pool": pool, "directory": directory}
+    websockets = WebSockets(app, directory, mark_active, websocket_gate)
 
     def supervisor_status() -> dict[str, Any] | None:
         """The supervisor's public view (state, retry_in, sandbox level per plugin: no pid, no stderr)."""
@@ -144,6 +148,9 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
         query = env.get("QUERY_STRING", "")
         url = path + (f"?{query}" if query else "")
         sock = layout.socket(name)
+        if requested(env):
+            return websockets.open(name, sock, url, headers, prefix, done=lambda: slots.release(name),
+                                   wait=wait_until_available)
         req = upstream_request(request.method, url, headers,
                                body_stream(request.stream, max_body) if has_body else None, timeout)
         try:

@@ -45,7 +45,9 @@ class Directory:
             table = {
                 name: PluginEntry(name=name, version=str(p["version"]), description=str(p["description"]),
                                   enabled=bool(p["enabled"]),
-                                  limits=Limits(timeout=float(p["timeout"]), max_body=int(p["max_body"])))
+                                  limits=Limits(timeout=float(p["timeout"]), max_body=int(p["max_body"]),
+                                                max_websockets=int(p.get("max_websockets", 16)),
+                                                websocket_idle=float(p.get("websocket_idle", 300.0))))
                 for name, p in raw["plugins"].items()
             }
             self._cache = (key, table)

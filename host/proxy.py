@@ -51,6 +51,8 @@ class BadRequestBody(Exception):
 class Limits:
     timeout: float
     max_body: int
+    max_websockets: int = 16
+    websocket_idle: float = 300.0
 
 
 @contextmanager

@@ -58,6 +58,8 @@ def grants(m: Manifest) -> list[Grant]:
         Grant("workers", f"{r.workers} x {r.threads} threads", "gunicorn arguments"),
         Grant("requests", f"{p.requests.timeout_seconds:g} s timeout, {p.requests.max_body_mb} MiB body",
               "host proxy (504 / 413)"),
+        Grant("websockets", f"{p.requests.max_websockets} open at once, closed after "
+              f"{p.requests.websocket_idle_seconds:g} s idle", "host proxy (503 / close)"),
         Grant("host API", ", ".join(p.host_api) or "none", "host API token scopes (not served yet: denied)"),
         Grant("kernel surface", "ptrace, mount, namespaces, bpf, keyctl, io_uring, perf, modules denied",
               "seccomp + no_new_privs + no capabilities"),

@@ -31,6 +31,8 @@ def snapshot(records: Iterable[PluginRecord]) -> bytes:
             "enabled": rec.enabled,
             "timeout": float(req.get("timeout_seconds", 30.0)),
             "max_body": int(req.get("max_body_mb", 16)) * MiB,
+            "max_websockets": int(req.get("max_websockets", 16)),
+            "websocket_idle": float(req.get("websocket_idle_seconds", 300.0)),
         }
     return json.dumps({"format": FORMAT, "plugins": plugins}, sort_keys=True).encode()
 

@@ -32,6 +32,7 @@ from host.errors import HostError
 from host.layout import Layout
 from host.quota import drop_copies
 from host.settings import HostSettings
+from host.ws_relay import Gate
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -102,6 +103,8 @@ class WebTier(BaseApplication):  # type: ignore[misc]
         self.settings = settings
         self.listen_fd = listen_fd
         self.layout = layout
+        # Created here, in the arbiter, so every worker it forks shares it: one WebSocket cap per plugin.
+        self.websocket_gate = Gate()
         super().__init__()
 
     def load_config(self) -> None:
@@ -134,7 +137,7 @@ class WebTier(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return create_app(self.settings, self.layout)
+        return create_app(self.settings, self.layout, self.websocket_gate)
 
 
 def _arguments(argv: list[str]) -> argparse.Namespace:

@@ -167,10 +167,13 @@ class Resources(_Frozen):
 
 
 class Requests(_Frozen):
-    """Limits the proxy applies to each request."""
+    """Limits the proxy applies to each request, and to the WebSockets it relays."""
 
     timeout_seconds: float = Field(30.0, gt=0, le=3600)
     max_body_mb: int = Field(16, ge=0, le=102400)
+    max_websockets: int = Field(16, ge=0, le=4096, description="WebSockets open at once (503 beyond); 0 = none.")
+    websocket_idle_seconds: float = Field(300.0, gt=0, le=86400,
+                                          description="A WebSocket with no bytes either way for this long is closed.")
 
 
 class Permissions(_Frozen):
