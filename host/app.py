@@ -1,4 +1,9 @@
-"""The web tier's Flask app (factory, no import-time side effects): index, /healthz and the plugin proxy."""
+"""The web tier's Flask app (factory, no import-time side effects): index, /healthz and the plugin proxy.
+
+Routing: a request whose Host is ``<name>.<plugin domain>`` goes to plugin <name> at the root of its own
+origin, whatever its path (host.origins); any other Host is the main host name: the index, /healthz and, in
+path mode, ``/plugins/<name>/*``.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from host import control
+from host import control, origins
 from host.directory import Directory
 from host.errors import HostError
 from host.headers import Forwarding, request_headers, response_headers
@@ -64,6 +69,7 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
     slots = Slots(settings.inflight_limit)
     touched: dict[str, float] = {}
     forwarding = Forwarding(settings.forwarded_networks)
+    domain = settings.origin_domain
 
     def mark_active(name: str) -> None:
         """Tell the supervisor that the plugin is in use (scale to zero); at most once a second per plugin."""
@@ -88,11 +94,28 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
         except HostError:
             return None
 
+    def public_host() -> str:
+        """The Host the client used (a configured front proxy's X-Forwarded-Host, else the Host header)."""
+        return forwarding.client(request.remote_addr or "", request.host, list(request.headers.items()))[1]
+
+    @app.before_request
+    def plugin_origin() -> Response | None:
+        """A request to ``<name>.<domain>`` is the plugin's, every path of it (its /healthz too): the host's
+        own pages live on the main host name only."""
+        label = origins.plugin_label(public_host(), domain)
+        if label is None:
+            return None
+        return proxy(label, request.path.removeprefix("/"), prefix="")
+
     @app.get("/")
     def index() -> str:
         status = supervisor_status() or {}
         states = {n: p["state"] for n, p in status.get("plugins", {}).items()}
-        return render_template("index.html", plugins=[p for p in directory.all() if p.enabled], states=states)
+        host = public_host()
+        links = {p.name: origins.plugin_url(p.name, domain, request.scheme, host) for p in directory.all()
+                 } if domain else {}
+        return render_template("index.html", plugins=[p for p in directory.all() if p.enabled], states=states,
+                               links=links, path_mode=settings.path_mode, warning=origins.SHARED_ORIGIN_WARNING)
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -110,11 +133,20 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
         resp.status_code = 200 if status else 503
         return resp
 
-    @app.route("/plugins/<name>", defaults={"subpath": ""}, methods=METHODS, provide_automatic_options=False)
-    @app.route("/plugins/<name>/", defaults={"subpath": ""}, methods=METHODS, provide_automatic_options=False)
-    @app.route("/plugins/<name>/<path:subpath>", methods=METHODS, provide_automatic_options=False)
     def proxy_root(name: str, subpath: str) -> Response:
-        entry = directory.get(name)
+        """Path mode: ``/plugins/<name>/<subpath>`` on the main host name."""
+        return proxy(name, subpath, prefix=f"/plugins/{name}")
+
+    if settings.path_mode:
+        # in this order, url_for(name=...) builds "/plugins/<name>/"
+        for rule, defaults in (("/plugins/<name>/<path:subpath>", None), ("/plugins/<name>/", {"subpath": ""}),
+                               ("/plugins/<name>", {"subpath": ""})):
+            app.add_url_rule(rule, "proxy_root", proxy_root, defaults=defaults, methods=METHODS,
+                             provide_automatic_options=False)
+
+    def proxy(name: str, subpath: str, prefix: str) -> Response:
+        """Proxy this request to plugin ``name`` mounted at ``prefix`` ("" = the root of its own origin)."""
+        entry = directory.get(name) if origins.valid_label(name) else None
         if entry is None or not entry.enabled:
             return problem(404, "Unknown plugin", f"no enabled plugin named {name!r}")
         if escapes_prefix(subpath):
@@ -123,7 +155,7 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
             return problem(503, "Plugin busy", f"plugin {name!r} has {slots.limit} requests in flight already",
                            1, plugin=name)
         try:
-            return forward(name, subpath, entry.limits.timeout, entry.limits.max_body)  # releases when done
+            return forward(name, subpath, prefix, entry.limits.timeout, entry.limits.max_body)  # releases when done
         except ProxyError as exc:
             slots.release(name)
             return problem(exc.status, exc.title, exc.detail, exc.retry_after, plugin=name)
@@ -131,8 +163,7 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
             slots.release(name)
             raise
 
-    def forward(name: str, subpath: str, timeout: float, max_body: int) -> Response:
-        prefix = f"/plugins/{name}"
+    def forward(name: str, subpath: str, prefix: str, timeout: float, max_body: int) -> Response:
         env = request.environ
         length = request.headers.get("Content-Length")
         if length is not None and (not length.isdigit() or int(length) > max_body):

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from host import control
+from host import control, origins
 from host.errors import HostError, SupervisorUnavailable
 from host.installer import Installer
 from host.layout import Layout
@@ -234,9 +234,12 @@ def config(obj: Ctx, name: str, idle_timeout: float | None, reset: bool) -> None
 @cli.command()
 @click.option("--bind", help="HOST:PORT for the web tier (default 127.0.0.1:8000).")
 @click.option("--workers", type=int, help="Web tier worker processes.")
+@click.option("--plugin-domain", metavar="DOMAIN",
+              help="Serve each plugin on its own origin, <name>.DOMAIN (default: localhost when --bind is a "
+                   "loopback address, else none; \"\" = off). Same as HOST_PLUGIN_DOMAIN.")
 @click.option("-v", "--verbose", is_flag=True, help="Also echo plugin output to the console.")
 @click.pass_obj
-def serve(obj: Ctx, bind: str | None, workers: int | None, verbose: bool) -> None:
+def serve(obj: Ctx, bind: str | None, workers: int | None, plugin_domain: str | None, verbose: bool) -> None:
     """Run the supervisor, every enabled plugin and the web tier until SIGTERM/Ctrl-C."""
     from host.supervisor.core import Supervisor
 
@@ -245,7 +248,13 @@ def serve(obj: Ctx, bind: str | None, workers: int | None, verbose: bool) -> Non
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[console])
     if not verbose:
         logging.getLogger("plugins").setLevel(logging.INFO)
-    settings = obj.settings(bind=bind, web_workers=workers)
+    settings = obj.settings(bind=bind, web_workers=workers, plugin_domain=plugin_domain)
+    log = logging.getLogger("host.serve")
+    if settings.origin_domain:
+        log.info("each plugin on its own origin: http://<name>.%s%s/", settings.origin_domain,
+                 origins.split_host(settings.bind)[1])
+    if settings.path_mode:
+        log.info("path mode on: %s", origins.SHARED_ORIGIN_WARNING)
     sys.exit(Supervisor(settings).run())
 
 
@@ -302,8 +311,9 @@ def doctor(as_json: bool) -> None:
     for info in report.values():
         # strict: every layer is required, so an available layer is used and a missing one blocks starts
         info["used"] = bool(info["available"])
+    isolation = origin_report(HostSettings())
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps({**report, "origins": isolation}, indent=2))
         return
     click.echo(f"{'LAYER':<14} {'AVAILABLE':<10} {'USED':<5} DETAIL")
     for layer, info in report.items():
@@ -313,6 +323,26 @@ def doctor(as_json: bool) -> None:
     if missing:
         click.echo(f"\nplugins will not start in strict mode (HOST_SANDBOX=strict) while {', '.join(missing)} "
                    "is unavailable; HOST_SANDBOX=weak starts them with the layers that exist.")
+    click.echo("")
+    for line in isolation["detail"]:
+        click.echo(f"origins: {line}")
+
+
+def origin_report(settings: HostSettings) -> dict[str, Any]:
+    """How browsers see the plugins with these settings: own origins, and whether they share one by path."""
+    domain = settings.origin_domain
+    lines = []
+    if domain:
+        lines.append(f"each plugin on its own origin: http://<name>.{domain}{origins.split_host(settings.bind)[1]}/ "
+                     "(HOST_PLUGIN_DOMAIN" + ("" if settings.plugin_domain is not None else
+                                              f", default for --bind {settings.bind}") + ")")
+    else:
+        lines.append("no plugin has an origin of its own (HOST_PLUGIN_DOMAIN is empty or --bind is not loopback)")
+    if settings.path_mode:
+        lines.append("path mode on: " + origins.SHARED_ORIGIN_WARNING
+                     + " HOST_PATH_MODE=false turns it off.")
+    return {"plugin_domain": domain or None, "path_mode": settings.path_mode, "shared_origin": settings.path_mode,
+            "detail": lines}
 
 
 @cli.command()

@@ -25,8 +25,12 @@ HOST_SET = frozenset({
 })
 # Response headers whose effect reaches beyond the plugin's prefix on the shared origin: a service worker
 # scoped to "/", wiping every plugin's cookies/storage, HSTS or alternative services for the whole host.
+# On an origin of its own (prefix "") these act on that origin only and pass, except SITE_WIDE.
 ORIGIN_WIDE = frozenset({"service-worker-allowed", "clear-site-data", "strict-transport-security", "alt-svc",
                          "public-key-pins", "public-key-pins-report-only"})
+# Clear-Site-Data: "cookies" clears the cookies of the whole registrable domain (the parent of every plugin
+# origin, and the host's), whatever origin sends it.
+SITE_WIDE = frozenset({"clear-site-data"})
 # Instructions to a front proxy (nginx, Apache, lighttpd, LiteSpeed) that an operator may put before the host:
 # serve a file from its disk, redirect internally to a location clients cannot reach, purge its cache.
 # Only the front proxy should ever read them; a plugin's copy is dropped. X-Accel-Buffering stays: it only
@@ -106,7 +110,12 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def request_headers(incoming: list[tuple[str, str]], *, prefix: str, client_ip: str, scheme: str,
                     host: str, content_length: str | None) -> list[tuple[str, str]]:
-    """Headers to send to the plugin: no hop-by-hop, no spoofed identity, no host credentials."""
+    """Headers to send to the plugin: no hop-by-hop, no spoofed identity, no host credentials.
+
+    ``prefix`` is where the plugin is mounted: ``/plugins/<name>`` (path mode; sent as X-Forwarded-Prefix,
+    which the plugin runtime makes SCRIPT_NAME), or "" at the root of its own origin (no X-Forwarded-Prefix:
+    SCRIPT_NAME is empty). ``host`` (the public Host, e.g. ``notes.localhost:8000``) goes as Host and
+    X-Forwarded-Host, so the plugin builds its own public URLs."""
     named_by_connection = {
         token.strip().lower() for k, v in incoming if k.lower() == "connection" for token in v.split(",")
     }
@@ -127,8 +136,9 @@ def request_headers(incoming: list[tuple[str, str]], *, prefix: str, client_ip: 
         ("X-Forwarded-For", client_ip),
         ("X-Forwarded-Proto", scheme),
         ("X-Forwarded-Host", host),
-        ("X-Forwarded-Prefix", prefix),
     ]
+    if prefix:
+        out.append(("X-Forwarded-Prefix", prefix))
     if content_length is not None:
         out.append(("Content-Length", content_length))
     return out
@@ -142,13 +152,15 @@ def response_headers(upstream: httpx.Headers, prefix: str) -> list[tuple[str, st
     LF, NUL and non-token names (the plugin gets a 502); what it lets through and the web tier's gunicorn
     would refuse with a 500 (other control characters) is dropped here. A Content-Length beside a
     Transfer-Encoding goes (RFC 9112 6.3: the body was framed by the chunks, which are gone by now).
+    ``prefix`` "" is a plugin on an origin of its own: see :func:`scope_cookie`; only SITE_WIDE headers go.
     """
+    widening = ORIGIN_WIDE if prefix else SITE_WIDE
     named_by_connection = {t.strip().lower() for t in upstream.get("connection", "").split(",")}
     chunked = "transfer-encoding" in upstream
     out: list[tuple[str, str]] = []
     for raw_name, raw_value in upstream.raw:
         lk, v = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-        if (_hop_by_hop(lk) or lk in named_by_connection or lk in ORIGIN_WIDE or _front_proxy_instruction(lk)
+        if (_hop_by_hop(lk) or lk in named_by_connection or lk in widening or _front_proxy_instruction(lk)
                 or (chunked and lk == "content-length")):
             continue
         if not _TOKEN.fullmatch(lk) or _CTL.search(v):
@@ -188,6 +200,10 @@ def scope_cookie(header: str, prefix: str) -> str | None:
     ``__Host-`` cookie, which browsers accept only with ``Path=/`` and so can never be honoured under a
     path prefix. A ``__Secure-`` cookie is kept as is: that prefix demands only the Secure attribute and an
     https page, which the browser checks itself (over plain http it discards the cookie).
+
+    ``prefix`` "": the plugin has an origin of its own. Every Domain is dropped all the same (a cookie for
+    the parent domain would reach every sibling plugin, and the host); its Path and everything else are
+    kept as sent, ``__Host-`` cookies included (host-only with ``Path=/`` is exactly what they demand).
     """
     if _CTL.search(header):
         log.warning("dropped a Set-Cookie with a control character from the plugin at %s", prefix)
@@ -197,6 +213,9 @@ def scope_cookie(header: str, prefix: str) -> str | None:
     if _cookie_identity(name) == HOST_COOKIE:
         log.warning("dropped a Set-Cookie for the host's own cookie %r from the plugin at %s", name, prefix)
         return None
+    if not prefix:
+        own = [av.strip() for av in attributes if av.strip() and av.partition("=")[0].strip().lower() != "domain"]
+        return "; ".join([pair.rstrip(), *own])
     if name.lower().startswith("__host-"):
         log.warning("dropped __Host- cookie %r from the plugin at %s: it requires Path=/, which a plugin under "
                     "a path prefix cannot have", name, prefix)

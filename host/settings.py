@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from host import origins
 
 
 class HostSettings(BaseSettings):
@@ -16,6 +18,13 @@ class HostSettings(BaseSettings):
 
     home: Path = Field(Path("./var"), description="Where the registry, plugins, data, sockets and logs live.")
     bind: str = "127.0.0.1:8000"
+    # One browser origin per plugin: `<name>.<plugin_domain>` serves plugin <name> at the root of its own
+    # origin (host.origins). Unset: "localhost" when `bind` is a loopback address (http://notes.localhost:8000/
+    # needs no DNS), else off. "" switches it off. Production: a wildcard DNS name and certificate (README).
+    plugin_domain: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]{0,200}$")
+    # Path mode: /plugins/<name>/ on the main host name, where every plugin shares one origin with the others
+    # and the host. false: plugins are reachable on their own origins only.
+    path_mode: bool = True
     # Front proxies (nginx, a load balancer) whose X-Forwarded-For/-Proto/-Host the web tier believes:
     # comma-separated addresses or networks ("10.0.0.5", "10.0.0.0/24"); "*" = any peer, only when nothing
     # but the proxy can reach `bind`. Empty: believe no one, loopback included (gunicorn's own default trusts
@@ -81,6 +90,28 @@ class HostSettings(BaseSettings):
         if "*" in items:
             return ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")
         return tuple(ipaddress.ip_network(item) for item in items)
+
+    @field_validator("plugin_domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        value = value.lower().removesuffix(".")
+        if not origins.DOMAIN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a DNS name (e.g. plugins.example.com)")
+        return value
+
+    @model_validator(mode="after")
+    def _reachable(self) -> HostSettings:
+        if not self.path_mode and not self.origin_domain:
+            raise ValueError("with HOST_PATH_MODE=false plugins are reachable only on their own origins: set "
+                             "HOST_PLUGIN_DOMAIN (e.g. plugins.example.com), or bind a loopback address")
+        return self
+
+    @property
+    def origin_domain(self) -> str:
+        """The plugin domain in force: the one set, else the default for ``bind``; "" = origin mode off."""
+        return origins.default_domain(self.bind) if self.plugin_domain is None else self.plugin_domain
 
     @property
     def home_dir(self) -> Path:

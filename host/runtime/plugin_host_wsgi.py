@@ -1,8 +1,9 @@
 """Runs inside a plugin's sandbox: turns the manifest entrypoint into the WSGI app gunicorn serves.
 
 ``PLUGIN_ENTRYPOINT`` is ``module:attr`` (a WSGI app, or a zero-argument factory returning one) or a bare
-``module`` holding a seed-style ``PluginBase`` subclass. ``PLUGIN_PREFIX`` (``/plugins/<name>``) becomes
-SCRIPT_NAME so ``url_for`` and redirects stay under the plugin's prefix. Imports nothing of the host.
+``module`` holding a seed-style ``PluginBase`` subclass. The host's ``X-Forwarded-Prefix`` (``/plugins/<name>``
+when the request came by path) becomes SCRIPT_NAME so ``url_for`` and redirects stay under the plugin's prefix;
+without it (the plugin's own origin, ``<name>.<domain>``) SCRIPT_NAME is empty. Imports nothing of the host.
 """
 
 from __future__ import annotations
@@ -73,14 +74,17 @@ def _seed_app(module: Any, entrypoint: str) -> Any:
 
 
 class _Prefixed:
-    """Set SCRIPT_NAME to the plugin's public prefix; trust X-Forwarded-* (only the host reaches our socket)."""
+    """Set SCRIPT_NAME to the plugin's public prefix; trust X-Forwarded-* (only the host reaches our socket).
 
-    def __init__(self, app: Any, prefix: str) -> None:
+    The prefix is per request: one instance serves both ``/plugins/<name>/...`` on the main host name (the
+    host sends X-Forwarded-Prefix, and strips any copy a client sent) and the root of its own origin (none)."""
+
+    def __init__(self, app: Any) -> None:
         self.app = app
-        self.prefix = prefix
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        environ["SCRIPT_NAME"] = self.prefix
+        prefix = environ.get("HTTP_X_FORWARDED_PREFIX", "")
+        environ["SCRIPT_NAME"] = prefix.rstrip("/") if prefix.startswith("/") else ""
         fwd_for = environ.get("HTTP_X_FORWARDED_FOR")
         if fwd_for:
             environ["REMOTE_ADDR"] = fwd_for.split(",")[-1].strip()
@@ -103,7 +107,7 @@ def _application() -> Any:
     except EntrypointError as exc:
         print(f"plugin_host: {exc}", file=sys.stderr, flush=True)
         sys.exit(ENTRYPOINT_ERROR)
-    return _Prefixed(app, os.environ.get("PLUGIN_PREFIX", ""))
+    return _Prefixed(app)
 
 
 application = _application() if os.environ.get("PLUGIN_ENTRYPOINT") else None

@@ -62,7 +62,8 @@ def web_env(settings: HostSettings) -> dict[str, str]:
     """HOST_* variables from which the web tier rebuilds its HostSettings, plus the little it needs."""
     env = {k: v for k, v in os.environ.items() if k in ENV_KEEP or k.startswith(ENV_KEEP_PREFIXES)}
     for key, value in settings.model_dump().items():
-        if key not in SETTINGS_WITHHELD:
+        # None is "unset" (e.g. plugin_domain: derived from bind), which str() would turn into "None"
+        if key not in SETTINGS_WITHHELD and value is not None:
             env[f"HOST_{key.upper()}"] = str(settings.home_dir if key == "home" else value)
     return env
 

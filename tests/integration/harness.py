@@ -145,6 +145,16 @@ class ServedHost:
     def get(self, path: str, **kw: Any) -> httpx.Response:
         return httpx.get(self.url + path, timeout=kw.pop("timeout", 30), **kw)
 
+    def origin(self, name: str, domain: str = "localhost") -> str:
+        """Plugin ``name``'s own origin (origin mode; *.localhost is the default on a loopback bind)."""
+        return f"http://{name}.{domain}:{self.port}"
+
+    def origin_client(self, name: str, domain: str = "localhost", **kw: Any) -> httpx.Client:
+        """A client for plugin ``name``'s own origin. Python's resolver does not map *.localhost to loopback
+        (browsers and curl do), so it connects to 127.0.0.1 and sends the origin's Host."""
+        return httpx.Client(base_url=self.url, headers={"Host": f"{name}.{domain}:{self.port}"},
+                            timeout=kw.pop("timeout", 30), **kw)
+
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return run_host(self.home, *args, timeout=timeout, env=self.env)
 
