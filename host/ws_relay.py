@@ -25,7 +25,9 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
-TICK = 1.0  # how often idle links are looked for, and plugins with open links reported in use
+# How often idle links are looked for, and plugins with open links reported in use (the app sends at most one
+# report a second per plugin): a scale-to-zero idle timeout must be longer than this to see the reports.
+TICK = 1.0
 
 
 class Ticket:
