@@ -79,8 +79,10 @@ def permission_summary(m: Manifest) -> list[str]:
 @click.option("--yes", "-y", is_flag=True, help="Grant the requested permissions without asking.")
 @click.option("--no-enable", is_flag=True, help="Install but leave disabled.")
 @click.option("--force", is_flag=True, help="Reinstall even if this version is already installed.")
+@click.option("--set", "values", multiple=True, metavar="KEY=VALUE",
+              help="A value for one of the plugin's [settings] (repeatable); see `host config`.")
 @click.pass_obj
-def install(obj: Ctx, path: Path, yes: bool, no_enable: bool, force: bool) -> None:
+def install(obj: Ctx, path: Path, yes: bool, no_enable: bool, force: bool, values: tuple[str, ...]) -> None:
     """Install the plugin in directory PATH into its own virtualenv."""
     def confirm(m: Manifest) -> bool:
         for line in permission_summary(m):
@@ -96,11 +98,18 @@ def install(obj: Ctx, path: Path, yes: bool, no_enable: bool, force: bool) -> No
     registry = Registry(layout.registry)
     t0 = time.monotonic()
     result = Installer(settings, registry, progress).install(path, enable=not no_enable, force=force,
-                                                             confirm=confirm)
+                                                             confirm=confirm, settings=values)
     if not result.changed:
         return
     name = result.manifest.name
     progress(f"installed {name} {result.manifest.version} in {time.monotonic() - t0:.1f}s")
+    if result.missing_settings:
+        keys = result.missing_settings
+        progress(f"set {', '.join(keys)} before it can start: host config {name} "
+                 + " ".join(f"{k}=..." for k in keys) + " (or --from-file FILE.json|.toml|-)")
+        if not no_enable:
+            _supervisor(layout, "reload")
+        return
     if no_enable:
         return
     if _supervisor(layout, "reload") is None:
@@ -212,23 +221,45 @@ def restart(obj: Ctx, name: str) -> None:
 
 @cli.command()
 @click.argument("name")
+@click.argument("assignments", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--from-file", type=click.Path(path_type=Path, allow_dash=True), metavar="FILE",
+              help="Values from FILE.json or FILE.toml; '-' reads JSON from standard input (keeps secrets out "
+                   "of the command line, which others can see in ps).")
+@click.option("--unset", multiple=True, metavar="KEY", help="Forget KEY's value (its default applies again).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (secrets still ••••).")
+@click.option("--schema", is_flag=True, help="Print the JSON Schema of NAME's settings.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0),
               help="Scale to zero: stop after this many idle seconds, start on the next request (0 = never).")
-@click.option("--reset", is_flag=True, help="Drop this plugin's overrides (use the host settings).")
+@click.option("--reset", is_flag=True, help="Drop this plugin's idle-timeout override (use the host setting).")
 @click.pass_obj
-def config(obj: Ctx, name: str, idle_timeout: float | None, reset: bool) -> None:
-    """Show or set operator overrides for plugin NAME."""
+def config(obj: Ctx, name: str, assignments: tuple[str, ...], from_file: Path | None, unset: tuple[str, ...],
+           as_json: bool, schema: bool, idle_timeout: float | None, reset: bool) -> None:
+    """Show or set plugin NAME's settings (its manifest's [settings]) and operator overrides.
+
+    `host config NAME key=value ...` checks each value against the manifest, stores it and restarts the
+    plugin with no downtime. Secret values are never shown again (••••)."""
+    from host import configure
+    from manifests.settings import values_schema
+
+    settings = obj.settings()
     layout = obj.layout()
     registry = Registry(layout.registry)
     registry.require(name)
+    if schema:
+        click.echo(json.dumps(values_schema(configure.manifest_of(registry, name).settings), indent=2))
+        return
     key = f"idle_timeout:{name}"
     if reset:
         registry.set_setting(key, None, plugin=name)
     elif idle_timeout is not None:
         registry.set_setting(key, repr(idle_timeout), plugin=name)
-    value = registry.get_setting(key)
-    default = obj.settings().idle_timeout
-    click.echo(f"idle_timeout = {value if value is not None else f'{default} (host default)'}")
+    configure.change(settings, registry, name, assignments, from_file, unset, progress)
+    shown = configure.view(settings, registry, name)
+    if as_json:
+        click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
+        return
+    for line in configure.render(shown):
+        click.echo(line)
 
 
 @cli.command()

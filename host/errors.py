@@ -2,7 +2,9 @@
 
 HostError                       exit code 1 unless stated
  ├── UsageError                 bad input from the user (exit 2)
- │    └── PluginNotFound        no such installed plugin
+ │    ├── PluginNotFound        no such installed plugin
+ │    └── SettingsError         a value for a plugin's [settings] is invalid or undeclared; ``key`` names it
+ ├── MissingSettings            a required setting has no value: the plugin cannot start; ``keys`` names them
  ├── InstallError               an install step failed; ``step`` names it, ``log`` points at the kept log
  ├── RegistryError              the registry could not be read or written
  ├── QuotaError                 a plugin's disk quota (its filesystem image) could not be set up
@@ -32,6 +34,23 @@ class UsageError(HostError):
 class PluginNotFound(UsageError):
     def __init__(self, plugin: str) -> None:
         super().__init__("is not installed (see `host list`)", plugin=plugin)
+
+
+class SettingsError(UsageError):
+    def __init__(self, plugin: str, key: str | None, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message, plugin=plugin)
+
+
+class MissingSettings(HostError):
+    def __init__(self, plugin: str, keys: list[str]) -> None:
+        self.keys = keys
+        many = len(keys) > 1
+        hint = " ".join(f"{k}=..." for k in keys)
+        # without the plugin's name in front: `host list` shows it in its own column
+        self.detail = (f"missing required setting{'s' if many else ''} {', '.join(keys)}: set "
+                       f"{'them' if many else 'it'} with `host config {plugin} {hint}`")
+        super().__init__(self.detail, plugin=plugin)
 
 
 class InstallError(HostError):

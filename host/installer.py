@@ -16,12 +16,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from host import control, launch, rootfs
+from host import control, launch, plugin_settings, rootfs
 from host.bundle import BundleError, copy_bundle
 from host.egress.indexes import index_urls
 from host.egress.point import EgressPoint
@@ -35,6 +35,7 @@ from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
 from host.settings import HostSettings
 from host.uids import UidFile
 from manifests import Manifest, ManifestError, load_manifest
+from manifests.settings import Value
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class InstallResult:
     install_id: str
     changed: bool  # False when the same version was already installed (no-op)
     skipped_symlinks: tuple[str, ...] = ()
+    missing_settings: tuple[str, ...] = ()  # required settings without a value: it cannot start yet
 
 
 @contextmanager
@@ -98,7 +100,8 @@ class Installer:
         self.progress = progress
 
     def install(self, source: Path, *, enable: bool = True, force: bool = False,
-                confirm: Callable[[Manifest], bool] | None = None) -> InstallResult:
+                confirm: Callable[[Manifest], bool] | None = None, settings: Sequence[str] = ()) -> InstallResult:
+        """``settings``: ``key=value`` words for the manifest's [settings] (`host install --set`)."""
         self.progress(f"resolving {source}")
         if not source.is_dir():
             raise UsageError(f"{source}: not a plugin directory")
@@ -108,11 +111,13 @@ class Installer:
             raise InstallError(None, "reading the manifest", str(exc)) from exc
         name = manifest.name
         self.layout.check_socket_length(name)
+        given = plugin_settings.parse_assignments(manifest, settings)  # bad input fails before anything happens
         with home_lock(self.layout):
             sweep(self.layout, self.registry)  # whatever an earlier kill -9 left behind
         existing = self.registry.get(name)
         if existing and existing.version == manifest.version and not force:
-            self.progress(f"{name} {manifest.version} is already installed (use --force to reinstall)")
+            self.progress(f"{name} {manifest.version} is already installed (use --force to reinstall"
+                          + (f"; `host config {name} KEY=VALUE` to change settings)" if given else ")"))
             return InstallResult(manifest, existing.install_id, changed=False)
         if confirm is not None and not confirm(manifest):
             raise InstallError(name, "asking for consent", "declined; nothing was installed")
@@ -124,12 +129,18 @@ class Installer:
             log_path = self.layout.logs(name) / f"install-{install_id}.log"
             fresh = [d for d in (self.layout.data(name), self.layout.run_dir(name)) if not d.exists()]
             uid_index = self._uid_index(name)
+            # An upgrade (or a reinstall after --keep-data) keeps the values its manifest still declares.
+            kept, dropped = plugin_settings.kept_on_upgrade(manifest, self.registry.plugin_settings(name))
+            if dropped:
+                self.progress(f"dropping setting{'s' if len(dropped) > 1 else ''} {', '.join(dropped)}: not "
+                              f"declared by {name} {manifest.version}, or no longer valid for its type")
+            values = {**kept, **given}
             try:
-                skipped = self._build(source, manifest, target, log_path, uid_index)
+                skipped = self._build(source, manifest, target, log_path, uid_index, values)
                 self.progress("registering")
                 self.registry.put(name, manifest.version, install_id, manifest.model_dump(mode="json"),
                                   enabled=enable if existing is None else (existing.enabled and enable),
-                                  uid_index=uid_index)
+                                  uid_index=uid_index, plugin_settings=values)
                 (target / PARTIAL_MARKER).unlink()
             except BaseException:
                 self._quota_after_install(name, failed_first=self.layout.data(name) in fresh)
@@ -141,7 +152,8 @@ class Installer:
             self._quota_after_install(name, failed_first=False)
             self._drop_old_installs(name, keep={install_id, existing.install_id if existing else "",
                                                 *self._serving_install_ids(name)})
-        return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped))
+        return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped),
+                             missing_settings=tuple(plugin_settings.missing(manifest, values)))
 
     def _uid_index(self, name: str) -> int:
         """The plugin's uid index in this home. A root host takes the uid from the machine-wide uid file, so
@@ -153,7 +165,8 @@ class Installer:
         return UidFile(self.settings.uid_file).claim(self.layout.home, name, base,
                                                      None if own is None else base + own) - base
 
-    def _build(self, source: Path, manifest: Manifest, target: Path, log_path: Path, uid_index: int) -> list[str]:
+    def _build(self, source: Path, manifest: Manifest, target: Path, log_path: Path, uid_index: int,
+               values: dict[str, Value]) -> list[str]:
         name = manifest.name
         uid = launch.plugin_uid(self.settings, uid_index)
         target.mkdir(parents=True)
@@ -190,12 +203,22 @@ class Installer:
 
         # The entrypoint is imported once, confined exactly as it will run, so a plugin that cannot even
         # import never gets registered (and its import-time code never runs with the host's privileges).
+        absent = plugin_settings.missing(manifest, values)
+        if absent:  # its import may well need them: it is checked when it first starts instead
+            self.progress(f"not checking entrypoint {manifest.entrypoint} yet: it needs {', '.join(absent)}")
+            return report.skipped_symlinks
         self.progress(f"checking entrypoint {manifest.entrypoint}")
         # It writes into the data dir as the plugin will: inside its disk quota image.
         ensure_mounted(self.settings, name, Quota.of(manifest.permissions.resources), uid)
         rootfs.prepare_plugin_dirs(self.layout, name, target, uid)
         policy_path = target / ".check.policy.json"
         policy = launch.with_user(self.settings, launch.runtime_policy(self.settings, manifest, target, uid), uid)
+        # with its settings, as it will start (settings.json too: import-time code may read either)
+        start_values = plugin_settings.effective(manifest, values)
+        policy = dataclasses.replace(policy, env={**policy.env, **plugin_settings.environment(
+            manifest, start_values, self.layout.data(name))})
+        if manifest.settings:
+            plugin_settings.write_settings_file(self.layout, name, start_values, uid)
         launch.write_policy(policy, policy_path)
         check = launch.confined(policy_path, [str(venv / "bin" / "python"), "-I", "-c", "import plugin_host_wsgi"])
         self._run(name, "checking the entrypoint", check, log_path, CHECK_TIMEOUT)

@@ -12,10 +12,12 @@ import json
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from host import rootfs
+from host import plugin_settings, rootfs
 from host.egress import point as egress
 from host.egress.netns import PROXY_PORT
 from host.egress.rules import Grant
@@ -28,6 +30,7 @@ from host.sandbox_user import write_etc_files
 from host.settings import HostSettings
 from manifests import Manifest, parse_manifest
 from manifests.model import Network as NetworkGrant
+from manifests.settings import Value
 from sandbox_runner.cli import command_line
 from sandbox_runner.policy import LAYERS, Network, Policy, Resources
 
@@ -50,17 +53,13 @@ class LaunchSpec:
     manifest: Manifest
     env: dict[str, str]
     install_id: str
+    # The plugin's settings (host.plugin_settings) for its settings.json; secrets among them: never printed.
+    settings: dict[str, Value] = field(default_factory=dict, repr=False)
 
 
 def egress_uid(settings: HostSettings) -> int | None:
-    """The egress process's own unprivileged uid (root hosts), claimed from the machine-wide allocation as
-    the home's ``@egress``: it owns no file, and no other home's egress, web tier or plugin shares it (so a
-    compromised egress process of one host cannot signal another host's)."""
-    if os.geteuid() != 0:
-        return None
-    from host.uids import UidFile
-
-    return UidFile(settings.uid_file).claim(settings.home_dir, "@egress", settings.uid_base)
+    """The egress process's own unprivileged uid (root hosts): below the plugins' range, owning no files."""
+    return settings.uid_base - 2 if os.geteuid() == 0 else None
 
 
 def plugin_uid(settings: HostSettings, uid_index: int) -> int | None:
@@ -195,9 +194,13 @@ def confined(policy_path: Path, cmd: list[str]) -> list[str]:
     return command_line(str(policy_path), cmd)
 
 
-def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> LaunchSpec:
+def build(settings: HostSettings, record: PluginRecord, generation: int = 1,
+          stored_settings: Mapping[str, Any] | None = None) -> LaunchSpec:
+    """``stored_settings``: the operator's values for the manifest's [settings] (Registry.plugin_settings);
+    MissingSettings when a required one has none."""
     layout = Layout(settings.home_dir)
     manifest = parse_manifest(record.manifest, f"registry:{record.name}")
+    values = plugin_settings.for_start(manifest, stored_settings or {})
     name = manifest.name
     install = layout.install_dir(name, record.install_id)
     venv, data, run_dir = install / "venv", layout.data(name), layout.run_dir(name)
@@ -206,6 +209,7 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> 
     perms = manifest.permissions
     res = perms.resources
     policy = runtime_policy(settings, manifest, install, plugin_uid(settings, record.uid_index), str(generation))
+    policy = dataclasses.replace(policy, env={**policy.env, **plugin_settings.environment(manifest, values, data)})
     gunicorn = [
         f"{venv}/bin/python", "-m", "gunicorn",
         "--workers", str(res.workers),
@@ -227,7 +231,7 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1) -> 
     # One file per plugin: the runner reads it once at start, so a restart may overwrite it.
     policy_path = layout.run / f".{name}.policy.json"
     return LaunchSpec(name, confined(policy_path, gunicorn), policy, policy_path, layout.socket(name),
-                      instance_sock, manifest, policy.env, record.install_id)
+                      instance_sock, manifest, policy.env, record.install_id, values)
 
 
 def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd: int | None = None) -> socket.socket:
@@ -237,6 +241,8 @@ def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd:
     # The data dir is a mount of the plugin's quota image (mounted once, shared by every instance).
     ensure_mounted(settings, spec.name, Quota.of(spec.manifest.permissions.resources), uid)
     rootfs.prepare_plugin_dirs(Layout(settings.home_dir), spec.name, Path(spec.policy.ro_paths[0]), uid)
+    if spec.manifest.settings:
+        plugin_settings.write_settings_file(Layout(settings.home_dir), spec.name, spec.settings, uid)
     spec.instance_socket.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

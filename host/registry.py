@@ -1,4 +1,4 @@
-"""The registry: installed plugins, desired state and the audit log, in SQLite (WAL) at <home>/registry.db.
+"""The registry: installed plugins, desired state, their settings and the audit log: SQLite (WAL), registry.db.
 
 Every process opens its own connection; nothing is cached across calls except by ``data_version``
 (see :meth:`Registry.generation`), which changes whenever another connection commits.
@@ -40,6 +40,20 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_plugin ON events(plugin, id);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Schema changes after the tables above, in order: entry i takes a registry from `PRAGMA user_version` i to
+# i + 1 (a home created before versioning is at 0 with exactly the tables above). Each runs once, in one
+# transaction with its version bump, by whichever process opens the registry first; append, never edit.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the operator's values for a manifest's [settings] (issue 9), as JSON; secrets too (the file is 0600).
+    ("""CREATE TABLE IF NOT EXISTS plugin_settings (
+        plugin     TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (plugin, key)
+    )""",),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -71,8 +85,19 @@ class Registry:
         self._local = threading.local()
         try:
             self._conn().executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.Error as exc:
             raise RegistryError(f"cannot initialise registry {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        if self._conn().execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with self._tx() as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])  # another process may have won
+            for n in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[n]:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {n + 1}")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -152,9 +177,11 @@ class Registry:
         return max(int(counter or 1), int(top))
 
     def put(self, name: str, version: str, install_id: str, manifest: dict[str, Any], enabled: bool,
-            uid_index: int | None = None) -> None:
+            uid_index: int | None = None, plugin_settings: dict[str, Any] | None = None) -> None:
         """Insert or replace a plugin's live install, in one transaction together with its audit event.
-        ``uid_index``: for a plugin new to this home, the index allocated for it (default: the next one)."""
+        ``uid_index``: for a plugin new to this home, the index allocated for it (default: the next one).
+        ``plugin_settings``: when given, the plugin's setting values become exactly these (an upgrade keeps
+        the values its new manifest still declares)."""
         now = time.time()
         nxt = self.uid_index_for(name) if uid_index is None else uid_index
         with self._tx() as db:
@@ -172,6 +199,9 @@ class Registry:
                     "UPDATE plugins SET version=?, install_id=?, manifest=?, enabled=?, updated_at=? WHERE name=?",
                     (version, install_id, json.dumps(manifest), int(enabled), now, name),
                 )
+            if plugin_settings is not None:
+                db.execute("DELETE FROM plugin_settings WHERE plugin = ?", (name,))
+                _write_settings(db, name, plugin_settings)
             _event(db, name, "installed", {"version": version, "install_id": install_id})
 
     def remove(self, name: str, *, keep_uid: bool = False) -> None:
@@ -187,6 +217,7 @@ class Registry:
                            (key, str(row[0])))
             else:
                 db.execute("DELETE FROM settings WHERE key = ?", (key,))
+                db.execute("DELETE FROM plugin_settings WHERE plugin = ?", (name,))
             _event(db, name, "uninstalled", {"kept_data": keep_uid})
 
     def set_enabled(self, name: str, enabled: bool) -> bool:
@@ -216,6 +247,25 @@ class Registry:
                            (key, value))
             _event(db, plugin, "setting_changed", {"key": key, "value": value})
 
+    # -- the plugin's own settings (its manifest's [settings]; host.plugin_settings validates) -----------
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        """The values the operator set for plugin ``name``: key -> JSON value (defaults are not stored)."""
+        rows = self._conn().execute("SELECT key, value FROM plugin_settings WHERE plugin = ? ORDER BY key",
+                                    (name,)).fetchall()
+        return {str(r[0]): json.loads(r[1]) for r in rows}
+
+    def set_plugin_settings(self, name: str, values: dict[str, Any], unset: tuple[str, ...] = ()) -> None:
+        """Store ``values`` and forget ``unset``, in one transaction. The audit event names the keys only:
+        values may be secrets, and the audit log is shown to operators and kept."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM plugins WHERE name = ?", (name,)).fetchone() is None:
+                raise PluginNotFound(name)
+            _write_settings(db, name, values)
+            for key in unset:
+                db.execute("DELETE FROM plugin_settings WHERE plugin = ? AND key = ?", (name, key))
+            _event(db, name, "settings_changed", {"set": sorted(values), "unset": sorted(unset)})
+
     # -- audit log -------------------------------------------------------------------------------------
 
     def record(self, plugin: str | None, kind: str, **detail: Any) -> None:
@@ -234,6 +284,13 @@ def _event(db: sqlite3.Connection, plugin: str | None, kind: str, detail: dict[s
         "INSERT INTO events (ts, plugin, kind, detail) VALUES (?, ?, ?, ?)",
         (time.time(), plugin, kind, json.dumps(detail, default=str)),
     )
+
+
+def _write_settings(db: sqlite3.Connection, name: str, values: dict[str, Any]) -> None:
+    now = time.time()
+    for key, value in values.items():
+        db.execute("INSERT INTO plugin_settings VALUES (?, ?, ?, ?) ON CONFLICT(plugin, key) DO UPDATE "
+                   "SET value=excluded.value, updated_at=excluded.updated_at", (name, key, json.dumps(value), now))
 
 
 def _record(row: sqlite3.Row) -> PluginRecord:

@@ -5,7 +5,8 @@ dir, its venv while pip runs), and swap a directory for a symlink while root wal
 on a path inside such a tree: each name is opened from its parent's descriptor with ``O_NOFOLLOW`` (a symlink
 fails with ELOOP and is never followed) and the operation applies to the descriptor (fchown, fchmod, fstat, read,
 unlink/rmdir relative to the parent fd). The path handed in is the top of the tree; its parent directories must be
-root's (the home layout guarantees it: a plugin owns nothing above its own directories).
+root's (the home layout guarantees it: a plugin owns nothing above its own directories). A file root writes there
+is a new one renamed into place (``write_file_at``).
 
 What is never done: following a symlink; opening a FIFO, socket or device for its content (``O_NONBLOCK`` covers
 a FIFO swapped in between the check and the open); chowning or chmodding a regular file with more than one link
@@ -229,6 +230,35 @@ def copy_into(src: int, parent: int, name: str, mode: int, limit: int) -> int:
         return copied
     finally:
         os.close(out)
+
+
+def write_file_at(parent: int, name: str, data: bytes, mode: int, uid: int | None) -> None:
+    """Make entry ``name`` of the directory fd ``parent`` a new regular file holding ``data``, chmodded ``mode``
+    and chowned to ``uid`` (if given). The file is written under a fresh random name (O_EXCL: never through an
+    entry that exists) and renamed over ``name``, so whatever stood there (a symlink, a hard link to a host file)
+    is replaced, never written through; a directory in its place is removed first."""
+    tmp = f".{name}.{secrets.token_hex(6)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            if uid is not None:
+                os.fchown(fd, uid, uid)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        except OSError as exc:
+            if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            remove_at(parent, name)
+            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except BaseException:
+        _quietly(os.unlink, tmp, dir_fd=parent)
+        raise
 
 
 def remove_tree(path: Path) -> bool:

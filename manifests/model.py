@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from manifests.requirements import check_requirement
+from manifests.settings import Setting, SettingKey, check_environment, check_keys
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
 # module:attr (a WSGI callable), module:factory() (gunicorn's call syntax, no arguments), or a bare module
@@ -207,6 +208,20 @@ class Manifest(_Frozen):
     requirements: tuple[str, ...] = ()
     health_path: str = Field("/", pattern=r"^/[!-~]*$", description="Path probed for readiness/liveness.")
     permissions: Permissions = Permissions()
+    settings: dict[SettingKey, Setting] = Field(
+        default_factory=dict,
+        description="What the operator configures (`host config NAME key=value`): each key arrives as the "
+                    "environment variable KEY (upper case) and in $PLUGIN_DATA_DIR/settings.json.")
+
+    @field_validator("settings")
+    @classmethod
+    def _setting_keys(cls, settings: dict[str, Setting]) -> dict[str, Setting]:
+        return check_keys(settings)
+
+    @model_validator(mode="after")
+    def _settings_environment(self) -> Manifest:
+        check_environment(self.settings, self.permissions.environment)
+        return self
 
     @field_validator("version")
     @classmethod

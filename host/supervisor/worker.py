@@ -18,7 +18,7 @@ from typing import Any
 from host import launch
 from host.egress.point import EgressPoint
 from host.egress.rules import Grant
-from host.errors import QuotaError
+from host.errors import MissingSettings, QuotaError
 from host.launch import LaunchSpec
 from host.layout import Layout
 from host.quota import FullAlarm, disk_usage, refusal, with_disk_layer
@@ -278,7 +278,7 @@ class PluginWorker(threading.Thread):
             return ExitInfo(None, True, "not installed", setup_failure=True)
         self.generation += 1
         try:
-            spec = launch.build(self.settings, rec, self.generation)
+            spec = launch.build(self.settings, rec, self.generation, self.registry.plugin_settings(self.plugin))
             netns_fd = self._egress_namespace(spec)
             listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index), netns_fd)
             self._disk_applied = disk_usage(self.layout, self.plugin) is not None
@@ -288,6 +288,8 @@ class PluginWorker(threading.Thread):
             share_path(self.layout.run_dir(self.plugin), self.web_user, 0o710)
             share_path(spec.instance_socket, self.web_user, 0o660)
             inst.spawn()
+        except MissingSettings as exc:  # the operator's to fix (`host config`): a set-up failure, not a crash
+            return ExitInfo(None, True, exc.detail, setup_failure=True)
         except EgressUnavailable as exc:
             return ExitInfo(None, True, f"egress: {exc}", setup_failure=True)
         except QuotaError as exc:  # fail closed: no disk quota, no start (HOST_SANDBOX=strict)

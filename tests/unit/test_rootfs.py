@@ -163,3 +163,27 @@ def test_own_dir_replaces_a_planted_symlink_and_leaves_its_target(tmp_path: Path
         os.close(parent)
     assert (tmp_path / ".tmp").is_dir() and not (tmp_path / ".tmp").is_symlink()
     assert owner_mode(tmp_path / ".tmp")[2] == 0o700 and owner_mode(shadow.parent) == before
+
+
+@root_only
+@pytest.mark.parametrize("planted", ["symlink", "hardlink", "directory", "fifo"])
+def test_cant_make_root_write_through_what_the_plugin_left_at_the_name(tree: Path, shadow: Path, planted: str) -> None:
+    target = tree / "settings.json"
+    if planted == "symlink":
+        target.symlink_to(shadow)
+    elif planted == "hardlink":
+        os.link(shadow, target)
+    elif planted == "directory":
+        (target / "deep").mkdir(parents=True)
+    else:
+        os.mkfifo(target)
+    before = (shadow.read_text(), owner_mode(shadow))
+    parent = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        rootfs.write_file_at(parent, "settings.json", b'{"k": 1}\n', 0o400, PLUGIN_UID)
+    finally:
+        os.close(parent)
+    assert (shadow.read_text(), owner_mode(shadow)) == before
+    assert not target.is_symlink() and target.read_bytes() == b'{"k": 1}\n'
+    assert owner_mode(target) == (PLUGIN_UID, PLUGIN_UID, 0o400) and os.lstat(target).st_nlink == 1
+    assert sorted(p.name for p in tree.iterdir() if p.name.startswith(".settings")) == []  # no temp file left
