@@ -1,7 +1,8 @@
-"""Proxy benchmark: latency and throughput through the host vs straight to the plugin's socket, and the
-web tier's memory while 1 GiB streams through it.
+"""Proxy benchmark: latency and throughput through the host vs straight to the plugin's socket, the web
+tier's memory while 1 GiB streams through it, a WebSocket echo round trip, and ordinary requests while many
+WebSockets are open.
 
-    .venv/bin/python bench/proxy.py [--requests 500] [--gib 1]
+    .venv/bin/python bench/proxy.py [--requests 500] [--gib 1] [--websockets 100]
 
 Prints medians and ratios against a baseline measured in the same run (the plugin's own Unix socket,
 no proxy). Talks only to 127.0.0.1 and Unix sockets; every loop is bounded in count and time.
@@ -22,6 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.integration import ws_client
 from tests.integration.harness import ServedHost, run_host
 
 MiB = 1024 * 1024
@@ -74,16 +76,63 @@ def body(total: int) -> Iterator[bytes]:
         left -= MiB
 
 
+def websockets(host: ServedHost, home: Path, n: int, idle: int, ordinary: httpx.Client) -> None:
+    """A small WebSocket message's round trip through the host vs straight to the plugin's socket; then
+    ordinary requests to another plugin, with and without ``idle`` WebSockets open through the host."""
+    direct = ws_client.connect(str(home / "run" / "wsecho" / "http.sock"), "/echo").ws
+    proxied = ws_client.connect(("127.0.0.1", host.port), "/plugins/wsecho/echo").ws
+    assert direct is not None and proxied is not None
+
+    def round_trip(ws: ws_client.WebSocket) -> None:
+        ws.send(b"x" * 32)
+        ws.recv()
+
+    for ws in (direct, proxied):
+        for _ in range(20):
+            round_trip(ws)
+    print(f"== WebSocket echo, 32-byte message, {n} sequential round trips (median)")
+    md = statistics.median(timed(lambda: round_trip(direct), n, 60))
+    mp = statistics.median(timed(lambda: round_trip(proxied), n, 60))
+    print(f"direct to plugin socket: {md * 1e3:7.3f} ms   through host: {mp * 1e3:7.3f} ms   "
+          f"ratio {mp / md:5.2f}x   (relay overhead {1e3 * (mp - md):.3f} ms)")
+    for ws in (direct, proxied):
+        ws.close()
+
+    def ping() -> None:
+        assert ordinary.get("/ping", timeout=10).status_code == 200
+
+    print(f"== ordinary GET to another plugin, {n} sequential, while {idle} idle WebSockets are open "
+          "(1 web worker, 32 threads)")
+    before = statistics.median(timed(ping, n, 60))
+    held = []
+    t0 = time.perf_counter()
+    for _ in range(idle):
+        answer = ws_client.connect(("127.0.0.1", host.port), "/plugins/wsecho/echo")
+        assert answer.ws is not None, (answer.status, answer.body)
+        held.append(answer.ws)
+    opened = time.perf_counter() - t0
+    during = statistics.median(timed(ping, n, 60))
+    for ws in held:  # every one of them still answers
+        round_trip(ws)
+    print(f"opened {idle} in {opened:.2f} s; GET median {before * 1e3:.2f} ms with none open, "
+          f"{during * 1e3:.2f} ms with {idle} open; web tier RSS {rss_kib(web_pids(host)) / 1024:.1f} MiB")
+    for ws in held:
+        ws.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--gib", type=float, default=1.0)
+    ap.add_argument("--websockets", type=int, default=100, help="idle WebSockets held open (the web tier has 32 "
+                    "threads)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ph-bench-", dir="/tmp"))
     home = tmp / "h"
     try:
-        run_host(home, "install", str(BENCH / "plugins" / "bulk"), "--yes", check=True)
-        host = ServedHost(home).start(wait_plugins=("bulk",))
+        for plugin in ("bulk", "wsecho"):
+            run_host(home, "install", str(BENCH / "plugins" / plugin), "--yes", check=True)
+        host = ServedHost(home).start(wait_plugins=("bulk", "wsecho"))
         sock = home / "run" / "bulk" / "http.sock"
         direct = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://plugin", timeout=600)
         proxied = httpx.Client(base_url=host.url + "/plugins/bulk", timeout=600)
@@ -136,6 +185,7 @@ def main() -> None:
         print(f"upload:   direct {mib / ud:7.0f} MiB/s   through host {mib / up:7.0f} MiB/s   ratio {up / ud:5.2f}x")
         print(f"web tier RSS: {before / 1024:.1f} MiB before, {peak[0] / 1024:.1f} MiB peak while streaming "
               f"{2 * mib:.0f} MiB (+{(peak[0] - before) / 1024:.1f} MiB)")
+        websockets(host, home, args.requests, args.websockets, proxied)
         host.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -58,8 +58,14 @@ class LaunchSpec:
 
 
 def egress_uid(settings: HostSettings) -> int | None:
-    """The egress process's own unprivileged uid (root hosts): below the plugins' range, owning no files."""
-    return settings.uid_base - 2 if os.geteuid() == 0 else None
+    """The egress process's own unprivileged uid (root hosts), claimed from the machine-wide allocation as
+    the home's ``@egress``: it owns no file, and no other home's egress, web tier or plugin shares it (so a
+    compromised egress process of one host cannot signal another host's)."""
+    if os.geteuid() != 0:
+        return None
+    from host.uids import UidFile
+
+    return UidFile(settings.uid_file).claim(settings.home_dir, "@egress", settings.uid_base)
 
 
 def plugin_uid(settings: HostSettings, uid_index: int) -> int | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,13 +81,19 @@ class WebSockets:
         hands the connection to the relay; any other answer goes back as an ordinary response. ``done`` gives
         back the request's proxy slot: called once the handshake is over (101) or the response is. ``wait``:
         the app's wait for a plugin that is (re)starting. Raises ProxyError before any answer."""
-        client = request.environ.get("gunicorn.socket")
-        if type(client) is not socket.socket or isinstance(client, ssl.SSLSocket):
-            raise ProxyError(501, "WebSockets unavailable", "this server cannot hand a connection to the relay")
         if request.content_length or request.headers.get("Transfer-Encoding"):
             raise ProxyError(400, "Bad WebSocket handshake", "a WebSocket handshake carries no body")
         entry = self.directory.get(name)
         limits = entry.limits if entry else Limits(timeout=30.0, max_body=0)
+        if limits.max_websockets == 0:
+            raise ProxyError(403, "WebSockets not allowed", f"plugin {name!r} accepts no WebSockets (its manifest "
+                             "sets permissions.requests.max_websockets = 0)")
+        client = request.environ.get("gunicorn.socket")
+        if type(client) is not socket.socket:  # another server, or TLS inside gunicorn (an SSLSocket)
+            raise ProxyError(501, "WebSockets unavailable", "this server cannot hand a connection to the relay")
+        if not self.relay.has_room():
+            raise ProxyError(503, "Server busy", "this web worker relays as many WebSockets as it has file "
+                             "descriptors for", 5)
         if self._gate is None:
             self._gate = Gate()
         ticket = self._gate.acquire(name, limits.max_websockets)

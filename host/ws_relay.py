@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import resource
 import selectors
 import socket
 import struct
@@ -25,7 +26,22 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
-TICK = 1.0  # how often idle links are looked for, and plugins with open links reported in use
+# How often idle links are looked for, and plugins with open links reported in use (the app sends at most one
+# report a second per plugin): a scale-to-zero idle timeout must be longer than this to see the reports.
+TICK = 1.0
+RESERVE_FDS = 256  # descriptors a web worker keeps for ordinary requests, plugin connections, logs
+
+
+def descriptor_budget() -> int:
+    """How many WebSockets this process can relay: two descriptors each, RESERVE_FDS kept for the rest, so
+    WebSockets can never make accept() fail for ordinary requests. The soft limit is raised to the hard one
+    first (systemd's default soft limit, 1024, would hold a worker to 384)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard not in (soft, resource.RLIM_INFINITY):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return max(0, (soft - RESERVE_FDS) // 2)
 
 
 class Ticket:
@@ -139,6 +155,7 @@ class Relay:
         self._links: set[Link] = set()
         # Made with the first link: an app that never relays holds no descriptor and runs no thread.
         self._started = False
+        self._budget: int | None = None
         self._sel: selectors.BaseSelector
         self._wake_r: socket.socket
         self._wake_w: socket.socket
@@ -159,6 +176,13 @@ class Relay:
             self._open[link.name] += 1
         with contextlib.suppress(BlockingIOError):  # a full buffer already holds a wake-up
             self._wake_w.send(b"\0")
+
+    def has_room(self) -> bool:
+        """Whether this process has descriptors for one more WebSocket (see :func:`descriptor_budget`)."""
+        with self._lock:
+            if self._budget is None:
+                self._budget = descriptor_budget()
+            return sum(self._open.values()) < self._budget
 
     def open_links(self) -> dict[str, int]:
         with self._lock:

@@ -53,8 +53,29 @@ class Decision:
     candidates: tuple[Address, ...] = field(default=())
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def embedded_v4(addr: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, NAT64, 6to4, Teredo client), which is where it goes."""
+    if not isinstance(addr, ipaddress.IPv6Address):
+        return None
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr in _NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr.teredo is not None:
+        return addr.teredo[1]
+    return None
+
+
 def is_public(addr: Address, local: frozenset[Address] = frozenset()) -> bool:
     """Globally routable unicast, and not one of this machine's own addresses."""
+    inner = embedded_v4(addr)
+    if inner is not None and not is_public(inner, local):
+        return False
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     if addr in local:
@@ -64,8 +85,9 @@ def is_public(addr: Address, local: frozenset[Address] = frozenset()) -> bool:
 
 def classify(addr: Address, local: frozenset[Address] = frozenset()) -> str:
     """Why an address is not public, in words a log reader knows."""
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    inner = embedded_v4(addr)
+    if inner is not None and not is_public(inner, local):
+        addr = inner
     if addr.is_loopback:
         return "loopback"
     if addr.is_link_local:

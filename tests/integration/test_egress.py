@@ -187,6 +187,17 @@ def test_refusals_are_logged_and_counted(host: ServedHost, services: dict[str, i
     assert "egress refused: plugin anywhere -> 169.254.169.254:80: link-local (cloud metadata) address" in log
 
 
+def test_egress_point_runs_unprivileged_with_a_uid_of_its_own(host: ServedHost) -> None:
+    """It parses what plugins send: never as root, and never as a uid another home or a plugin has."""
+    procs = [p for p in host.all_pids() if b"host.egress" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(procs) == 1, procs
+    uids = {int(x) for x in next(line for line in Path(f"/proc/{procs[0]}/status").read_text().splitlines()
+                                 if line.startswith("Uid:")).split()[1:]}
+    assert len(uids) == 1 and 0 not in uids, uids
+    owners = json.loads(Path("/var/lib/plugin-host/uids.json").read_text())["owners"]
+    assert owners[str(uids.pop())] == {"home": str(host.home.resolve()), "plugin": "@egress"}
+
+
 # -- install time ---------------------------------------------------------------------------------------
 
 SETUP_PY = '''

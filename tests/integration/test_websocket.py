@@ -98,6 +98,23 @@ def test_handshake_gets_header_hygiene_and_the_websocket_headers(served: ServedH
     ws.wait_eof(10)
 
 
+def test_echo_on_the_plugins_own_origin(served: ServedHost) -> None:
+    """Origin mode (a loopback bind defaults to <name>.localhost): the plugin at the root of its origin."""
+    origin = f"websocket.localhost:{served.port}"
+    answer = ws_client.connect(("127.0.0.1", served.port), "/handshake", host=origin)
+    assert answer.status == 101 and answer.ws is not None, (answer.status, answer.body)
+    seen = json.loads(answer.ws.recv_text())
+    headers = {k.lower(): v for k, v in seen["headers"]}
+    assert headers["host"] == origin and seen["script_root"] == "" and "x-forwarded-prefix" not in headers
+    answer.ws.send("bye")
+    answer.ws.wait_eof(10)
+    echo = ws_client.connect(("127.0.0.1", served.port), "/echo", host=origin).ws
+    assert echo is not None
+    echo.send("on my own origin")
+    assert echo.recv_text() == "on my own origin"
+    echo.close()
+
+
 def test_a_refused_upgrade_comes_back_as_the_plugins_ordinary_answer(served: ServedHost) -> None:
     answer = ws_client.connect(("127.0.0.1", served.port), PREFIX + "/denied")
     assert answer.status == 403
@@ -150,27 +167,62 @@ def test_idle_websocket_is_closed_and_a_talking_one_is_not(served: ServedHost) -
     talking.close()
 
 
-def test_plugin_restart_closes_the_client_connection(served: ServedHost) -> None:
-    ws = open_when_free(served, "/hello")
-    first = ws.recv_text()
-    restart = threading.Thread(target=served.cli, args=("restart", "websocket"), daemon=True)
-    restart.start()
-    ended = False
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # keep talking (so the idle limit is not what closes it)
+def talk_until_closed(ws: ws_client.WebSocket, seconds: float) -> bool:
+    """Keep talking (so the idle limit is not what closes it); whether the connection ended meanwhile."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         try:
             ws.send("ping")
             ws.recv(timeout=0.5)
         except TimeoutError:
             continue
         except (ws_client.Closed, ConnectionError):
-            ended = True
-            break
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_plugin_restart_closes_the_client_connection(served: ServedHost) -> None:
+    ws = open_when_free(served, "/hello")
+    first = ws.recv_text()
+    restart = threading.Thread(target=served.cli, args=("restart", "websocket"), daemon=True)
+    restart.start()
+    ended = talk_until_closed(ws, 30)
     restart.join(60)
     assert ended, "the client connection outlived the plugin instance behind it"
     second = open_when_free(served, "/hello")
     assert second.recv_text() != first  # the new instance answers
     second.close()
+
+
+def test_disabling_the_plugin_closes_the_client_connection(served: ServedHost) -> None:
+    ws = open_when_free(served, "/echo")
+    try:
+        assert served.cli("disable", "websocket").returncode == 0
+        assert talk_until_closed(ws, 30)
+        assert ws_client.connect(("127.0.0.1", served.port), PREFIX + "/echo").status == 404
+    finally:
+        served.cli("enable", "websocket")
+        served.wait_state("websocket", "running")
+
+
+def test_scale_to_zero_leaves_a_plugin_with_an_open_websocket_running(served: ServedHost) -> None:
+    """Messages on an open WebSocket are no requests the supervisor sees; the relay reports the plugin in use."""
+    # Above the relay's report interval (1 s), as any real idle timeout is.
+    assert served.cli("config", "websocket", "--idle-timeout", "2.5").returncode == 0
+    try:
+        ws = open_when_free(served, "/echo")
+        # Past a probe interval (when the supervisor reads the new idle timeout) and the idle timeout after it.
+        assert not talk_until_closed(ws, 9), "the plugin was stopped under an open WebSocket"
+        assert served.plugin("websocket")["state"] == "running"
+        ws.close()
+        served.wait_state("websocket", "stopped", timeout=15)  # with none open, it does scale to zero
+        again = open_when_free(served, "/echo")  # and a handshake wakes it
+        again.send("awake")
+        assert again.recv_text() == "awake"
+        again.close()
+    finally:
+        served.cli("config", "websocket", "--reset")
 
 
 def test_cant_open_more_slots_than_the_cap_from_another_process() -> None:

@@ -9,6 +9,7 @@ import pytest
 from host.egress.indexes import index_urls
 from host.egress.point import fixed_binds, hosts_file
 from host.egress.rules import Address, Grant, decide, index_destinations, local_addresses
+from host.egress.server import resolve
 from manifests import parse_destination
 from manifests.model import Network
 
@@ -60,10 +61,15 @@ def test_mixed_answer_connects_only_to_the_public_address() -> None:
     ("127.0.0.1", "loopback"), ("169.254.169.254", "link-local (cloud metadata)"), ("10.1.1.1", "private"),
     ("192.168.1.1", "private"), ("::1", "loopback"), ("fe80::1", "link-local"), ("224.0.0.1", "multicast"),
     ("0.0.0.0", "unspecified"), ("::ffff:127.0.0.1", "loopback"), ("100.64.0.1", "reserved"),
+    ("64:ff9b::7f00:1", "loopback"), ("2002:a9fe:a9fe::", "link-local (cloud metadata)"),
+    ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback"), ("0x7f.1", "loopback"), ("2130706433", "loopback"),
 ])
 def test_outbound_true_refuses_non_public_addresses(host: str, why: str) -> None:
-    d = decide(grant(any_public=True), host, 80, PUBLIC)
-    assert not d.allowed and d.reason == f"{why} address, not listed in the plugin's grant"
+    """Also IPv4 behind IPv6 (NAT64, 6to4, Teredo) and the spellings inet_aton accepts (resolved to 127.0.0.1)."""
+    d = decide(grant(any_public=True), host, 80, resolve)
+    assert not d.allowed
+    assert d.reason in (f"{why} address, not listed in the plugin's grant", f"{host} resolves to a {why} address "
+                                                                              "(127.0.0.1)"), d.reason
 
 
 def test_outbound_true_refuses_this_hosts_own_public_address() -> None:
