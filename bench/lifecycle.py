@@ -7,8 +7,8 @@ kill-to-serving  SIGKILL a running plugin's instance, then GET it through the ho
 cold start       scale to zero: the plugin is asleep; time the first GET until its 200.
 baseline         bare gunicorn (same venv, same app, Unix socket, no sandbox, no host): spawn-to-ready.
 
-Each kill is a plugin's *first* failure (HOST_STABLE_AFTER=0.5 and a pause between runs forgive earlier
-ones), so it measures the restart a lone crash gets, not a crash loop's growing backoff.
+Each kill is a plugin's *first* failure (HOST_FAILURE_WINDOW=0.5 and a pause between runs let earlier ones
+leave the window), so it measures the restart a lone crash gets, not a crash loop's growing backoff.
 Prints medians (and min/max) and the ratios to the baseline. Talks only to 127.0.0.1 and Unix sockets.
 """
 
@@ -92,7 +92,7 @@ def bare_gunicorn(home: Path, runs: int) -> list[float]:
 
 
 def kill_to_serving(home: Path, runs: int) -> list[float]:
-    host = ServedHost(home, env={"HOST_STABLE_AFTER": "0.5", "HOST_MAX_FAILURES": "1000"})
+    host = ServedHost(home, env={"HOST_FAILURE_WINDOW": "0.5", "HOST_MAX_FAILURES": "1000"})
     host.start(wait_plugins=(PLUGIN,))
     url = f"{host.url}/plugins/{PLUGIN}/"
     out = []
@@ -101,7 +101,7 @@ def kill_to_serving(home: Path, runs: int) -> list[float]:
             for _ in range(runs):
                 if not poll_until(lambda: ok(client, url), DEADLINE):
                     raise SystemExit(f"plugin not serving before a kill:\n{host.read_log()[-2000:]}")
-                time.sleep(0.7)  # > stable_after: this kill is a first failure again
+                time.sleep(0.7)  # > the failure window: this kill is a first failure again
                 pid = status(home)["pid"]
                 assert isinstance(pid, int)
                 before = started(client, url)

@@ -243,11 +243,12 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
             if state == "backoff" and (st.get("retry_in") or 0) > remaining:
                 raise ProxyError(503, "Plugin restarting", f"plugin {name!r} is restarting after a failure",
                                  max(1, math.ceil(st["retry_in"])))
-            if state == "running" and _connectable(layout.socket(name)):
+            serving = state in ("running", "degraded")  # degraded: its workers die, but it serves
+            if serving and _connectable(layout.socket(name)):
                 return
             if remaining <= 0:
                 raise ProxyError(503, "Plugin unavailable", f"plugin {name!r} is {state}", 1)
-            if state == "running":
+            if serving:
                 time.sleep(0.01)  # running, but the socket switch is still in flight
                 continue
             # Starting, backing off briefly, or scaled to zero: the supervisor answers once it runs (or

@@ -119,7 +119,7 @@ def install(obj: Ctx, path: Path, yes: bool, no_enable: bool, force: bool, value
     reply = control.call(layout.control_socket, "start", name=name, wait=settings.start_timeout + 5,
                          timeout=settings.start_timeout + 10)
     st = reply["plugin"]
-    if st["state"] != "running":
+    if st["state"] not in ("running", "degraded"):
         raise HostError(f"installed, but it is {st['state']}: {printable(st.get('reason'))}", plugin=name)
     if st.get("install_id") not in (None, result.install_id):
         raise HostError(f"installed {result.manifest.version}, but it did not start; the previous version keeps "
@@ -138,7 +138,7 @@ def uninstall(obj: Ctx, name: str, keep_data: bool) -> None:
     registry.require(name)
     if registry.set_enabled(name, False):
         _supervisor(layout, "reload")
-    _supervisor(layout, "stop", name=name, wait=30)
+    _stopped(obj, name, "uninstalled")
     Installer(obj.settings(), registry, progress).uninstall(name, keep_data=keep_data)
     _supervisor(layout, "reload")
     progress(f"uninstalled {name}" + (" (data kept)" if keep_data else ""))
@@ -160,6 +160,7 @@ def list_(obj: Ctx, as_json: bool) -> None:
         rows.append({"name": r.name, "version": r.version, "enabled": r.enabled,
                      "state": state if r.enabled else "disabled", "pid": st.get("pid"),
                      "restarts": st.get("restarts", 0), "reason": st.get("reason"),
+                     "failures": st.get("failures", 0), "last_exit": st.get("last_exit"),
                      "egress_refused": st.get("egress_refused", 0)})
     # None: no disk image mounted (the host is not serving, or runs without the disk layer)
     disks = {r.name: disk_usage(layout, r.name) for r in records}
@@ -176,6 +177,32 @@ def list_(obj: Ctx, as_json: bool) -> None:
     for row in rows:
         click.echo(printable(f"{row['name']:<20} {row['version']:<10} {row['state']:<12} {row['pid'] or '-'!s:<8} "
                              f"{row['restarts']:<8} {usage_cell(disks[row['name']]):<30} {row['reason'] or ''}"))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-n", "lines", type=click.IntRange(min=1), default=20, show_default=True, help="History entries.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(obj: Ctx, name: str, lines: int, as_json: bool) -> None:
+    """Plugin NAME's state, why it is not running (if so), and its history: when it started, failed or was
+    stopped, why, and how long each instance ran."""
+    from host import history
+
+    settings = obj.settings()
+    layout = obj.layout()
+    registry = Registry(layout.registry)
+    rec = registry.require(name)
+    live = _supervisor(layout, "status")
+    st = history.status(name, rec.version, rec.enabled, (live or {}).get("plugins", {}).get(name), live is not None,
+                        history.history(registry, name, lines))
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    policy = (live or {}).get("policy") or {}  # the serving host's settings, which may differ from ours
+    for line in history.render(st, float(policy.get("failure_window", settings.failure_window)),
+                               int(policy.get("max_failures", settings.max_failures))):
+        click.echo(line)
 
 
 def _set_enabled(obj: Ctx, name: str, enabled: bool) -> None:
@@ -199,8 +226,16 @@ def enable(obj: Ctx, name: str) -> None:
 @click.argument("name")
 @click.pass_obj
 def disable(obj: Ctx, name: str) -> None:
-    """Disable plugin NAME (stops it; requests get 404)."""
+    """Disable plugin NAME: requests get 404 at once, and it has stopped (SIGTERM, HOST_STOP_GRACE seconds, then
+    SIGKILL of its whole tree) when this returns, whatever the plugin does meanwhile."""
     _set_enabled(obj, name, False)
+    _stopped(obj, name, "disabled")
+
+
+def _stopped(obj: Ctx, name: str, why: str) -> None:
+    """Wait until a running supervisor has stopped the plugin (its stop takes at most the stop grace)."""
+    grace = obj.settings().stop_grace
+    _supervisor(obj.layout(), "stop", name=name, why=why, wait=grace + 5, timeout=grace + 10)
 
 
 @cli.command()
@@ -214,8 +249,10 @@ def restart(obj: Ctx, name: str) -> None:
     reply = control.call(layout.control_socket, "restart", name=name, wait=settings.start_timeout + 5,
                          timeout=settings.start_timeout + 10)
     st = reply["plugin"]
-    if st["state"] != "running":
+    if st["state"] not in ("running", "degraded"):
         raise HostError(f"is {st['state']}: {printable(st.get('reason'))}", plugin=name)
+    if str(st.get("reason") or "").startswith("restart failed"):  # the old instance kept serving
+        raise HostError(printable(st["reason"]), plugin=name)
     progress(f"{name} restarted (pid {st['pid']})")
 
 

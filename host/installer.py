@@ -27,6 +27,7 @@ from host.egress.indexes import index_urls
 from host.egress.point import EgressPoint
 from host.egress.rules import Grant, index_destinations
 from host.errors import HostError, InstallError, UnsafeTree, UsageError
+from host.exits import Cause, ExitReport, Limits, classify
 from host.layout import Layout
 from host.pip_options import index_options, redact
 from host.quota import Quota, ensure_mounted, release, remove
@@ -36,6 +37,9 @@ from host.settings import HostSettings
 from host.uids import UidFile
 from manifests import Manifest, ManifestError, load_manifest
 from manifests.settings import Value
+from sandbox_runner.errors import SETUP_EXIT_CODES
+from sandbox_runner.layers import cgroup
+from sandbox_runner.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +151,9 @@ class Installer:
                 rootfs.remove_tree(target)
                 for d in fresh:
                     rootfs.remove_tree(d)
+                if existing is None:  # what its confined steps left in run/ (reports, passwd files)
+                    for leftover in self.layout.run.glob(f".{name}.*"):
+                        leftover.unlink(missing_ok=True)
                 sweep(self.layout, self.registry)
                 raise
             self._quota_after_install(name, failed_first=False)
@@ -221,7 +228,7 @@ class Installer:
             plugin_settings.write_settings_file(self.layout, name, start_values, uid)
         launch.write_policy(policy, policy_path)
         check = launch.confined(policy_path, [str(venv / "bin" / "python"), "-I", "-c", "import plugin_host_wsgi"])
-        self._run(name, "checking the entrypoint", check, log_path, CHECK_TIMEOUT)
+        self._run(name, "checking the entrypoint", check, log_path, CHECK_TIMEOUT, policy=policy)
         policy_path.unlink()
         return report.skipped_symlinks
 
@@ -245,7 +252,7 @@ class Installer:
                *index_options(self.settings.pip_args), "-r", str(target / "requirements.txt")]
         try:
             self._run(name, "installing packages", launch.confined(policy_path, pip), log_path, PIP_TIMEOUT,
-                      pass_fds=(netns_fd,) if netns_fd is not None else ())
+                      pass_fds=(netns_fd,) if netns_fd is not None else (), policy=policy)
         finally:
             if point is not None:
                 point.close()
@@ -285,7 +292,8 @@ class Installer:
             return None, None
 
     def _run(self, name: str, step: str, argv: list[str], log_path: Path, timeout: float,
-             cwd: Path | None = None, pass_fds: tuple[int, ...] = ()) -> None:
+             cwd: Path | None = None, pass_fds: tuple[int, ...] = (), policy: Policy | None = None) -> None:
+        """Run one step; ``policy``: it runs confined by the runner, whose exit report says what ended it."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HOST_", "PYTHON"))}
         env["PIP_NO_INPUT"] = "1"
         with open(log_path, "ab") as log:
@@ -295,10 +303,12 @@ class Installer:
                 proc = subprocess.run(argv, stdout=log, stderr=subprocess.PIPE, timeout=timeout, cwd=cwd,
                                       env=env, check=False, stdin=subprocess.DEVNULL, pass_fds=pass_fds)
             except subprocess.TimeoutExpired as exc:
+                _ended(policy)
                 raise InstallError(name, step, f"timed out after {timeout:.0f}s", log_path) from exc
             log.write(proc.stderr)
+        report = _ended(policy)
         if proc.returncode != 0:
-            raise InstallError(name, step, _last_line(proc.stderr), log_path)
+            raise InstallError(name, step, _why(proc.returncode, report, policy, proc.stderr), log_path)
 
     def _quota_after_install(self, name: str, failed_first: bool) -> None:
         """A failed first install takes its new disk image along. Otherwise the image stays mounted only
@@ -345,8 +355,36 @@ class Installer:
                 rootfs.remove_tree(self.layout.data(name))
 
 
-def _last_line(stderr: bytes) -> str:
-    lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+def _ended(policy: Policy | None) -> ExitReport | None:
+    """The runner's exit report of a confined step (removed once read). A runner that wrote none was
+    killed (e.g. at the step's timeout): the cgroups it could not remove, and what is left in them, go."""
+    if policy is None or policy.exit_path is None:
+        return None
+    report = ExitReport.read(Path(policy.exit_path))
+    if report is None and policy.cgroup_name:
+        cgroup.cleanup(policy.cgroup_name)
+    return report
+
+
+# what the kernel did matters more than the last line of output (often nothing, after a SIGKILL)
+_KERNEL_CAUSES = (Cause.OOM, Cause.PID_LIMIT, Cause.CPU_LIMIT, Cause.FILE_SIZE, Cause.SIGNAL, Cause.KILLED, Cause.SETUP)
+
+
+def _why(returncode: int, report: ExitReport | None, policy: Policy | None, stderr: bytes) -> str:
+    """Why a step failed, classified like a running plugin's exit (host.exits), in one line."""
+    lines = tuple(ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip())
+    if policy is not None:
+        res = policy.resources
+        limits = Limits(res.memory_bytes // launch.MiB if res.memory_bytes else None, res.processes, res.cpu_seconds,
+                        res.file_size_bytes // launch.MiB if res.file_size_bytes else None)
+        info = classify(returncode, report, limits, during_start=False, setup_codes=SETUP_EXIT_CODES,
+                        stderr_tail=lines[-10:])
+        if info.cause in _KERNEL_CAUSES or not lines:
+            return info.reason[:300]
+    return _last_line(lines)
+
+
+def _last_line(lines: tuple[str, ...]) -> str:
     # pip puts the useful sentence in the last ERROR line; tracebacks end with the exception line
     errors = [ln for ln in lines if ln.startswith("ERROR:")]
     pick = errors[0] if errors else (lines[-1] if lines else "failed with no output")

@@ -25,7 +25,7 @@ from host.layout import Layout
 from host.pip_options import index_options, local_paths
 from host.quota import Quota, ensure_mounted
 from host.registry import PluginRecord
-from host.runtime import WSGI_TARGET
+from host.runtime import GUNICORN_CONFIG, RUNTIME_DIR, WSGI_TARGET
 from host.sandbox_user import write_etc_files
 from host.settings import HostSettings
 from manifests import Manifest, parse_manifest
@@ -136,7 +136,9 @@ def runtime_policy(settings: HostSettings, manifest: Manifest, install: Path, ui
         cgroup_name=cgroup_name(settings, name, instance) if uid is not None else None,
         required=_required(settings, uid),
         # root-only (run/ is 0711 and not mounted in the sandbox): the plugin cannot forge what was applied
+        # nor how it ended
         report_path=str(layout.sandbox_report(name)),
+        exit_path=str(layout.exit_report(name, instance)),
     )
 
 
@@ -181,6 +183,7 @@ def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, ui
         resources=PIP_RESOURCES,
         cgroup_name=cgroup_name(settings, name, "pip") if uid is not None else None,
         required=_required(settings, uid),
+        exit_path=str(Layout(settings.home_dir).exit_report(name, "pip")),
     )
 
 
@@ -230,6 +233,8 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1,
         "--log-level", "info",
         "--chdir", str(install / "bundle"),
         "--pythonpath", str(install / "bundle"),
+        # ours, not a gunicorn.conf.py the bundle may hold: it reports dying workers (host.runtime)
+        "--config", str(install / GUNICORN_CONFIG),
     ]
     if _supports_no_control_socket(install):
         gunicorn.append("--no-control-socket")
@@ -247,6 +252,7 @@ def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd:
     # The data dir is a mount of the plugin's quota image (mounted once, shared by every instance).
     ensure_mounted(settings, spec.name, Quota.of(spec.manifest.permissions.resources), uid)
     rootfs.prepare_plugin_dirs(Layout(settings.home_dir), spec.name, Path(spec.policy.ro_paths[0]), uid)
+    install_gunicorn_config(Path(spec.policy.ro_paths[0]))
     if spec.manifest.settings:
         plugin_settings.write_settings_file(Layout(settings.home_dir), spec.name, spec.settings, uid)
     spec.instance_socket.unlink(missing_ok=True)
@@ -268,6 +274,22 @@ def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd:
         listener.close()
         raise
     return listener
+
+
+def install_gunicorn_config(install: Path) -> None:
+    """Put the host's gunicorn config next to the venv (root-owned, read-only to the plugin), also into
+    installs made before it existed."""
+    target = install / GUNICORN_CONFIG
+    text = (RUNTIME_DIR / GUNICORN_CONFIG).read_bytes()
+    try:
+        if target.read_bytes() == text:
+            return
+    except OSError:
+        pass
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(text)
+    os.chmod(tmp, 0o644)
+    tmp.replace(target)
 
 
 RUNTIME_FACTS = "runtime.json"  # root-written, next to (not inside) the venv

@@ -73,6 +73,10 @@ class Layout:
         """Written by the sandbox runner when the plugin execs: the layers actually applied."""
         return self.run / f".{name}.sandbox.json"
 
+    def exit_report(self, name: str, instance: str) -> Path:
+        """Written by the sandbox runner when an instance (or install step) has ended: how it ended."""
+        return self.run / f".{name}.{instance}.exit.json"
+
     def logs(self, name: str) -> Path:
         return self.home / "logs" / name
 

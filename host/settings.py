@@ -44,12 +44,13 @@ class HostSettings(BaseSettings):
     stop_grace: float = Field(5.0, ge=0)
     # A request that finds its plugin starting or restarting waits up to this long before getting a 503.
     request_wait: float = Field(10.0, ge=0)
-    # Restart policy (see host.supervisor.state).
+    # Restart policy (host.supervisor.state.RestartPolicy): backoff from backoff_initial, doubling up to
+    # backoff_max; the max_failures-th failure (crash, failed start or probe, dead worker) within
+    # failure_window seconds quarantines. A failure counts for the whole window, however long the plugin ran.
     backoff_initial: float = Field(0.1, gt=0)
     backoff_max: float = Field(30.0, gt=0)
-    max_failures: int = Field(5, ge=1)
-    failure_window: float = Field(60.0, gt=0)
-    stable_after: float = Field(10.0, gt=0)
+    max_failures: int = Field(12, ge=1)
+    failure_window: float = Field(600.0, gt=0)
     # Scale to zero: stop a plugin after this many idle seconds (0 = never), start it on the next request.
     idle_timeout: float = Field(0.0, ge=0)
     # Per-plugin uids when the host runs as root: from uid_base + 1 up, each unique on this machine (not only in

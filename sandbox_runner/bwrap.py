@@ -42,7 +42,8 @@ def usable(timeout: float = 5.0) -> tuple[str | None, str]:
     path, detail = find()
     if path is None:
         return None, detail
-    argv = [path, *_unshare(os.geteuid() == 0, network=False), "--ro-bind", "/", "/", "--", "/bin/true"]
+    # --as-pid-1: no init of bwrap's own, which would outlive the probe for a moment as an orphan.
+    argv = [path, *_unshare(os.geteuid() == 0, network=False), "--as-pid-1", "--ro-bind", "/", "/", "--", "/bin/true"]
     try:
         proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

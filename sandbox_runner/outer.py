@@ -1,7 +1,9 @@
 """The outer stage: choose the backend, create the cgroups, start the inner stage and stay as its thin parent.
 
 Runs unconfined on the host side (as the host user). Returns the command's wait status as an exit code
-(negative = killed by that signal), so the caller can mirror it.
+(negative = killed by that signal), so the caller can mirror it. Writes the layer report when the command
+starts (``report_path``) and, once it has ended, the exit report (``exit_path``): its status, the signals
+we forwarded to it, and the cgroup's counters (OOM kills, forks refused), read before the groups go.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from sandbox_runner import bwrap, inner, libc, paths, supervise
 from sandbox_runner.errors import SETUP_FAILED, LayerFailed, LayerUnavailable, SandboxError
@@ -31,19 +34,34 @@ def run(policy: Policy, cmd: list[str]) -> int:
     outer: dict[str, Outcome] = {"namespaces": ns}
     if not ns["applied"] and "namespaces" in policy.required:
         raise LayerUnavailable("namespaces", ns["detail"])
+    # Our own subreaper: what the sandbox leaves when it ends (bwrap's init outliving bwrap for a moment, a
+    # daemonised process without a pid namespace) comes back to us to be killed and reaped, instead of
+    # going to the host's supervisor as an orphan.
+    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     groups, outer["cgroup"] = _cgroups(policy)
     handoff = Handoff(policy, backend, outer)
+
+    def started(report: bytes) -> None:
+        # EOF on the report pipe: the inner stage is exec'ing the command (or gave up without a report).
+        if report and policy.report_path:
+            _write_json(policy.report_path, report)
+
+    evidence: dict[str, int] = {}
     try:
         with supervise.wakeup() as wake_fd:
             if bwrap_path is not None:
-                status, report = _run_bwrap(handoff, bwrap_path, groups, cmd, wake_fd)
+                status, report, signals = _run_bwrap(handoff, bwrap_path, groups, cmd, wake_fd, started)
             else:
-                status, report = _run_forked(handoff, groups, cmd, wake_fd)
+                status, report, signals = _run_forked(handoff, groups, cmd, wake_fd, started)
     finally:
         if groups is not None:
+            evidence = cgroup.counters(groups)
             cgroup.remove(groups)
-    if report and policy.report_path:
-        _write_report(policy.report_path, report)
+        supervise.reap_orphans()
+    if policy.exit_path:
+        _write_json(policy.exit_path, json.dumps({
+            "status": status, "started": bool(report), "signals": [signal.Signals(s).name for s in signals],
+            **evidence}).encode())
     return status
 
 
@@ -86,7 +104,8 @@ def _cgroups(policy: Policy) -> tuple[cgroup.Groups | None, Outcome]:
     return groups, result
 
 
-def _run_bwrap(h: Handoff, path: str, groups: cgroup.Groups | None, cmd: list[str], wake_fd: int) -> tuple[int, bytes]:
+def _run_bwrap(h: Handoff, path: str, groups: cgroup.Groups | None, cmd: list[str], wake_fd: int,
+               started: Callable[[bytes], None]) -> tuple[int, bytes, list[int]]:
     paths.check_etc_sources(h.policy)
     ctx = os.memfd_create("sandbox-handoff")
     os.write(ctx, h.to_json().encode())
@@ -116,13 +135,14 @@ def _run_bwrap(h: Handoff, path: str, groups: cgroup.Groups | None, cmd: list[st
         report.append(data)
         if init:
             child.target = supervise.first_child(init[0])
+        started(data)
 
     child.streams = {info_r: bytearray(), report_r: bytearray()}
     child.on_eof = {info_r: on_info, report_r: on_report}
     status = supervise.wait(child, wake_fd)
     if not init:
         raise LayerFailed("namespaces", f"bwrap exited before starting the sandbox (status {status})")
-    return _bwrap_exit(os.waitstatus_to_exitcode(status)), b"".join(report)
+    return _bwrap_exit(os.waitstatus_to_exitcode(status)), b"".join(report), child.received
 
 
 def _bwrap_exit(code: int) -> int:
@@ -149,11 +169,11 @@ def _exec_child(argv: list[str], groups: cgroup.Groups | None, fds: tuple[int, .
     os._exit(SETUP_FAILED)
 
 
-def _run_forked(h: Handoff, groups: cgroup.Groups | None, cmd: list[str], wake_fd: int) -> tuple[int, bytes]:
+def _run_forked(h: Handoff, groups: cgroup.Groups | None, cmd: list[str], wake_fd: int,
+                started: Callable[[bytes], None]) -> tuple[int, bytes, list[int]]:
     seccomp._import()  # load pyseccomp/libseccomp here, where the libraries are still reachable
-    # Orphans (double-forked daemons) re-parent to us, so we can kill them when the command exits even
-    # without a cgroup; no pid namespace does it for us in this backend.
-    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+    # Orphans (double-forked daemons) re-parent to us (run() made us a subreaper), so we can kill them when
+    # the command exits even without a cgroup; no pid namespace does it for us in this backend.
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -173,17 +193,21 @@ def _run_forked(h: Handoff, groups: cgroup.Groups | None, cmd: list[str], wake_f
             os._exit(code)
     os.close(report_w)
     report: list[bytes] = []
-    child = supervise.Child(pid, pid, {report_r: bytearray()}, {report_r: report.append})
+
+    def on_report(data: bytes) -> None:
+        report.append(data)
+        started(data)
+
+    child = supervise.Child(pid, pid, {report_r: bytearray()}, {report_r: on_report})
     status = supervise.wait(child, wake_fd)
-    supervise.reap_orphans()
-    return os.waitstatus_to_exitcode(status), b"".join(report)
+    return os.waitstatus_to_exitcode(status), b"".join(report), child.received
 
 
-def _write_report(path: str, report: bytes) -> None:
+def _write_json(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            f.write(report)
+            f.write(data)
         os.replace(tmp, path)
     except OSError as exc:
-        print(f"sandbox_runner: cannot write report {path}: {exc}", file=sys.stderr)
+        print(f"sandbox_runner: cannot write {path}: {exc}", file=sys.stderr)

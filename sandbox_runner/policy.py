@@ -70,8 +70,12 @@ class Policy:
     cgroup_name: str | None = None
     # Layers that MUST be enforced; if one is unavailable the runner exits with LAYER_UNAVAILABLE.
     required: tuple[str, ...] = LAYERS
-    # File to which the runner writes one JSON line describing the layers actually applied (for doctor/UI).
+    # File to which the runner writes one JSON line describing the layers actually applied (for doctor/UI),
+    # as the command starts.
     report_path: str | None = None
+    # File to which the runner writes, once the command has ended, how it ended: {"status": exit code or
+    # -signal, "started": bool, "signals": forwarded signal names, "oom_kills": n, "forks_refused": n}.
+    exit_path: str | None = None
     # A listening socket the host created (an fd the runner inherited): handed to CMD as fd 3 with
     # LISTEN_FDS=1 / LISTEN_PID (systemd socket activation), so the plugin never needs to create its own
     # socket file, nor write access to the directory the host connects through.

@@ -55,6 +55,7 @@ class Child:
     target: int | None  # who gets forwarded signals; None until bwrap reports it
     streams: dict[int, bytearray] = field(default_factory=dict)  # fd -> bytes read so far (until EOF)
     on_eof: dict[int, Callable[[bytes], None]] = field(default_factory=dict)
+    received: list[int] = field(default_factory=list)  # the signals we were sent (and forwarded), in order
 
 
 def wait(child: Child, wake_fd: int) -> int:
@@ -67,7 +68,9 @@ def wait(child: Child, wake_fd: int) -> int:
             ready, _, _ = select.select(rlist, [], [])
             if wake_fd in ready:
                 with contextlib.suppress(BlockingIOError):
-                    pending += list(os.read(wake_fd, 256))
+                    got = list(os.read(wake_fd, 256))
+                    pending += got
+                    child.received += [s for s in got if s not in child.received]
             for fd in [fd for fd in ready if fd in child.streams]:
                 data = os.read(fd, 65536)
                 if data:

@@ -9,3 +9,6 @@ RUNTIME_DIR = Path(__file__).parent
 RUNTIME_MODULES = ("plugin_base.py", "plugin_host_wsgi.py")
 # gunicorn loads this WSGI callable; it reads the real entrypoint from PLUGIN_ENTRYPOINT
 WSGI_TARGET = "plugin_host_wsgi:application"
+# gunicorn's config file (worker-death reports): written by root next to the venv, never inside the bundle
+# or the venv, whose files the plugin's own code (its sdists' build scripts) may have written.
+GUNICORN_CONFIG = "plugin_host_gunicorn.py"

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import IO, Any
 
 from host import launch
 from host.egress.point import EgressPoint
@@ -24,8 +24,8 @@ from host.quota import release_all
 from host.registry import Registry
 from host.settings import HostSettings
 from host.supervisor.control_server import ControlServer
-from host.supervisor.process import Children, children_of
-from host.supervisor.state import State
+from host.supervisor.process import Children, children_of, process_group
+from host.supervisor.state import SERVING
 from host.supervisor.web import WEB_OPS, RoutesPublisher, bind_listener, public_view, web_env
 from host.supervisor.worker import PluginWorker
 from host.webuser import web_user
@@ -61,6 +61,7 @@ class Supervisor:
         self.web_user = web_user(settings)
         self.routes = RoutesPublisher(self.layout.routes, self.web_user)
         self.listener: socket.socket | None = None  # bound by us, inherited by every web tier we start
+        self._home_lock: IO[str] | None = None  # run/supervisor.lock, flocked while we serve
         self._home_fd: int | None = None  # how the web tier reaches the home once it is no longer root
         # Root hosts give every plugin with a network grant its own namespace behind the egress point.
         self.egress = (EgressPoint(launch.egress_uid(settings), self._egress_refused, self.children)
@@ -86,7 +87,8 @@ class Supervisor:
             if worker is None:
                 raise HostError("is not installed or not enabled", plugin=name)
             wait = req.get("wait")
-            worker.submit(op, wait=float(wait) if wait is not None else None)
+            why = str(req.get("why") or "")[:200] or None  # what stopped it, for its history
+            worker.submit(op, wait=float(wait) if wait is not None else None, why=why)
             return {"ok": True, "plugin": worker.snapshot()}
         raise HostError(f"unknown op {op!r}")
 
@@ -95,6 +97,8 @@ class Supervisor:
             workers = dict(self.workers)
         return {
             "supervisor": {"pid": os.getpid(), "uptime": round(time.time() - self.started, 1)},
+            # what the plugins' "failures" count towards (host.supervisor.state.RestartPolicy)
+            "policy": {"max_failures": self.settings.max_failures, "failure_window": self.settings.failure_window},
             "web": {"pid": self.web.pid if self.web and self.web.poll() is None else None,
                     "uid": self.web_user.uid if self.web_user else os.geteuid(),
                     "gid": self.web_user.gid if self.web_user else os.getegid()},
@@ -162,25 +166,41 @@ class Supervisor:
                     # "enable", not "start": a plugin that scales to zero waits for its first request.
                     worker.submit("enable")
                 elif not rec.enabled and worker.want_running:
-                    worker.submit("stop")
-                elif rec.enabled and worker.lc.state == State.RUNNING and worker.instance is not None \
+                    worker.submit("stop", why="disabled")
+                elif rec.enabled and worker.lc.state in SERVING and worker.instance is not None \
                         and worker.instance.spec.install_id != rec.install_id:
                     # A new version was installed: switch with no downtime. "upgrade" re-checks the install
                     # when it runs, so reconciling twice while the switch is under way restarts once.
                     worker.submit("upgrade")
             for name in set(self.workers) - set(records):
-                self.workers.pop(name).submit("shutdown")
+                self.workers.pop(name).submit("shutdown", why="uninstalled")
             # Before any caller (`host install`, enable, disable) hears back: the next request sees it.
             self.routes.publish(records.values())
 
     # -- main loop --------------------------------------------------------------------------------------
 
-    def run(self) -> int:
+    def bind(self) -> None:
+        """Take the home's lock and bind the web port: the two ways `host serve` fails at once, before it has
+        started or logged anything (a port in use is one line and exit 1, not a web tier restarting for
+        ever). Idempotent; :meth:`run` calls it if the caller did not."""
+        if self._home_lock is not None:
+            return
         lock = open(self.layout.run / "supervisor.lock", "a+")  # noqa: SIM115 - held for our lifetime
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self.web_enabled:
+                self._open_web_listener()
         except BlockingIOError as exc:
+            lock.close()
             raise HostError(f"another `host serve` is already running for {self.layout.home}") from exc
+        except BaseException:
+            lock.close()
+            raise
+        self._home_lock = lock
+
+    def run(self) -> int:
+        self.bind()
+        assert self._home_lock is not None
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         if not become_subreaper():
@@ -194,12 +214,11 @@ class Supervisor:
         log.info("supervisor %s serving %s", os.getpid(), self.layout.home)
         # Disk images a killed host left mounted stay mounted for the plugins still installed (adopted as
         # they are); those of plugins uninstalled since are unmounted.
-        stale = release_all(self.layout, keep=frozenset(r.name for r in self.registry.all()))
+        installed = frozenset(r.name for r in self.registry.all())
+        stale = release_all(self.layout, keep=installed)
         if stale:
             log.info("unmounted the disk images of uninstalled plugins: %s", ", ".join(stale))
         try:
-            if self.web_enabled:
-                self._open_web_listener()  # first: a port in use fails before any plugin starts
             self.reconcile()
             if self.web_enabled:
                 self._start_web()
@@ -214,7 +233,8 @@ class Supervisor:
             web_api.close()
             control.close()
             self._close_web_listener()
-            lock.close()
+            self._home_lock.close()
+            self._home_lock = None
         return 0
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -248,9 +268,14 @@ class Supervisor:
 
     def reap_orphans(self) -> int:
         """Kill and reap the processes we adopted as subreaper: they are leftovers of a plugin (or web tier)
-        whose parent died without taking them along. Reaping by pid never steals a Popen's exit status."""
+        whose parent died without taking them along. Reaping by pid never steals a Popen's exit status.
+
+        Not our own short-lived helpers (quota tools, probes: subprocess.run in a worker thread, reaped by
+        it): they stay in our process group, while everything we adopt comes from an instance, the web tier
+        or the egress process, which all lead groups of their own."""
+        mine = os.getpgrp()
         with self.children.lock:
-            adopted = children_of(os.getpid()) - self.children.pids
+            adopted = {pid for pid in children_of(os.getpid()) - self.children.pids if process_group(pid) != mine}
             for pid in adopted:
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -7,7 +7,10 @@ import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+
+from host.runtime.plugin_host_gunicorn import REPORT
 
 CURRENT = "current.log"
 PREVIOUS = "previous.log"
@@ -40,6 +43,16 @@ class LogSink:
         self.max_bytes = max_bytes
         self.logger = logging.getLogger(f"plugins.{name}")
 
+    def note(self, line: str) -> None:
+        """A line of the host's own in the plugin's current log (why an instance or worker ended), marked
+        so it cannot be mistaken for the plugin's output."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with open(self.dir / CURRENT, "a") as fh:
+                fh.write(f"[plugin-host] {line}\n")
+        except OSError as exc:
+            self.logger.warning("cannot write to %s: %s", self.dir / CURRENT, exc)
+
     def begin_instance(self) -> Path:
         """Rotate current → previous; the new instance writes a fresh current.log."""
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -48,12 +61,15 @@ class LogSink:
             cur.replace(self.dir / PREVIOUS)
         return cur
 
-    def pump(self, fd: int, path: Path, tail: Tail) -> threading.Thread:
-        t = threading.Thread(target=self._pump, args=(fd, path, tail), name=f"log-{self.dir.name}", daemon=True)
+    def pump(self, fd: int, path: Path, tail: Tail, report: Callable[[str], None] | None = None) -> threading.Thread:
+        """``report``: called with the rest of every line that carries the gunicorn master's worker-death
+        REPORT (anywhere in the line: a worker's unterminated output cannot hide it)."""
+        t = threading.Thread(target=self._pump, args=(fd, path, tail, report), name=f"log-{self.dir.name}",
+                             daemon=True)
         t.start()
         return t
 
-    def _pump(self, fd: int, path: Path, tail: Tail) -> None:
+    def _pump(self, fd: int, path: Path, tail: Tail, report: Callable[[str], None] | None) -> None:
         out = open(path, "ab")  # noqa: SIM115 - replaced on rotation
         try:
             with os.fdopen(fd, "rb", buffering=0) as pipe:
@@ -66,6 +82,9 @@ class LogSink:
                     pending = pending[-4096:]
                     for raw in lines:
                         line = raw.decode(errors="replace").rstrip()
+                        if REPORT in line and report is not None:
+                            report(line.rpartition(REPORT)[2])
+                            continue  # the host's own note in the log says it better
                         tail.add(line)
                         self.logger.debug("%s", line)
                     if out.tell() > self.max_bytes:

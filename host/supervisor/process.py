@@ -9,18 +9,22 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import re
 import select
 import signal
 import socket
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from host.exits import ExitReport
 from host.launch import LaunchSpec
-from host.supervisor.health import probe
+from host.supervisor.health import INTERRUPTED, probe
 from host.supervisor.logs import LogSink, Tail
+from sandbox_runner.layers import cgroup
 
 log = logging.getLogger(__name__)
 READY_POLL = 0.005  # a probe costs ~1 ms; every poll interval is start-up latency
@@ -37,12 +41,15 @@ class Children:
 
 
 def children_of(pid: int) -> set[int]:
-    """Direct children of ``pid`` (every thread's), from /proc."""
+    """Direct children of ``pid`` (every thread's), from /proc: its tasks' ``children`` files, or, on kernels
+    built without them (CONFIG_PROC_CHILDREN), every process's parent in /proc/*/stat."""
     out: set[int] = set()
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
+    if not os.path.exists(f"/proc/{pid}/task/{tasks[0]}/children" if tasks else "/"):
+        return {p for p, parent in _parents().items() if parent == pid}
     for task in tasks:
         try:
             with open(f"/proc/{pid}/task/{task}/children") as fh:
@@ -52,12 +59,37 @@ def children_of(pid: int) -> set[int]:
     return out
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks: with the pid, an identity that survives pid reuse."""
+def _parents() -> dict[int, int]:
+    """{pid: parent pid} of every process."""
+    out: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat(int(entry))
+            if stat is not None:
+                out[int(entry)] = int(stat[1])
+    return out
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ..."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_group(pid: int) -> int | None:
+    stat = _stat(pid)
+    return int(stat[2]) if stat is not None else None
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks: with the pid, an identity that survives pid reuse."""
+    stat = _stat(pid)
+    try:
+        return int(stat[19]) if stat is not None else None
+    except (IndexError, ValueError):
         return None
 
 
@@ -92,6 +124,17 @@ def runner_env() -> dict[str, str]:
     return env
 
 
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+_STATUS = re.compile(r"\bstatus=(-?\d{1,4})\b")
+
+
 class Readiness(enum.Enum):
     READY = "ready"
     EXITED = "exited before it was ready"
@@ -102,8 +145,14 @@ class Readiness(enum.Enum):
 class Instance:
     def __init__(self, spec: LaunchSpec, sink: LogSink, health_path: str,
                  children: Children | None = None, listener: socket.socket | None = None,
-                 netns_fd: int | None = None) -> None:
+                 netns_fd: int | None = None, notify: Callable[[], None] | None = None) -> None:
         self.spec = spec
+        # Worker deaths its gunicorn master reported (exit code or -signal; None: unknown), oldest first;
+        # ``notify`` is called (from the log pump's thread) after each. Bounded: a plugin printing fake
+        # reports in a loop costs memory it cannot grow, and is quarantined long before the bound matters.
+        self.worker_exits: deque[int | None] = deque(maxlen=1024)
+        self.notify = notify
+        self._counted = {"oom_kills": 0, "forks_refused": 0}
         # The listening socket the host bound for this instance; handed to the plugin at spawn, after
         # which only the plugin holds it (so a dead plugin means refused connections, not hanging ones).
         self.listener = listener
@@ -114,9 +163,13 @@ class Instance:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidfd: int | None = None
         self.started_at = 0.0
+        self.ended_at: float | None = None
         self.returncode: int | None = None
         self.tail = Tail()
+        self.last_probe_error: str | None = None  # why the last readiness probe failed
         self._pump: threading.Thread | None = None
+        self._exit_report: ExitReport | None = None
+        self._exit_read = False
 
     @property
     def pid(self) -> int | None:
@@ -135,12 +188,36 @@ class Instance:
             self._pump.join(drain)
         return self.tail.last(n)
 
+    @property
+    def ran_for(self) -> float | None:
+        """Seconds from spawn to the exit we observed (or until now while it runs)."""
+        if not self.started_at:
+            return None
+        return round((self.ended_at or time.monotonic()) - self.started_at, 3)
+
+    def exit_report(self) -> ExitReport | None:
+        """How the runner says the instance ended (read once, then removed); None while it runs, or when
+        the runner itself was killed and wrote nothing."""
+        if self.poll() is None:
+            return None
+        if not self._exit_read:
+            self._exit_read = True
+            path = self.spec.policy.exit_path
+            self._exit_report = ExitReport.read(Path(path)) if path else None
+        return self._exit_report
+
     def cleanup(self) -> None:
-        """Remove the socket this instance left in the run dir once it has exited (gunicorn leaves it behind
-        when killed). Not the policy file: it is per plugin, and a successor may be about to read it."""
+        """Once it has exited: remove the socket it left in the run dir (gunicorn leaves it behind when
+        killed) and, when the runner died without its exit report (killed), the cgroups it could not remove
+        and anything still in them. Not the policy file: it is per plugin, and a successor may read it."""
         if self.poll() is None:
             return
         self.spec.instance_socket.unlink(missing_ok=True)
+        if self.exit_report() is None and self.spec.policy.cgroup_name:
+            try:
+                cgroup.cleanup(self.spec.policy.cgroup_name)
+            except OSError as exc:
+                log.warning("%s: cannot remove the cgroups of instance %s: %s", self.spec.name, self.pid, exc)
 
     def spawn(self) -> None:
         log_path = self.sink.begin_instance()
@@ -164,9 +241,26 @@ class Instance:
             os.close(w)
             if self.listener is not None:
                 self.listener.close()
-        self._pump = self.sink.pump(r, log_path, self.tail)
+        self._pump = self.sink.pump(r, log_path, self.tail, self._worker_exit)
         self.pidfd = os.pidfd_open(self.proc.pid)
         self.started_at = time.monotonic()
+
+    def _worker_exit(self, report: str) -> None:
+        m = _STATUS.search(report)
+        self.worker_exits.append(int(m.group(1)) if m else None)
+        if self.notify is not None:
+            self.notify()
+
+    def cgroup_news(self) -> dict[str, int]:
+        """How many OOM kills and refused forks the kernel counted in this instance's cgroups since the
+        last call: the host's own evidence, whatever the plugin reports."""
+        name = self.spec.policy.cgroup_name
+        if name is None or self.poll() is not None:
+            return {"oom_kills": 0, "forks_refused": 0}
+        now = cgroup.counters(cgroup.find(name))
+        news = {k: max(0, now.get(k, 0) - self._counted.get(k, 0)) for k in self._counted}
+        self._counted.update(now)
+        return news
 
     def poll(self) -> int | None:
         if self.proc is None:
@@ -174,12 +268,15 @@ class Instance:
         if self.returncode is None:
             self.returncode = self.proc.poll()
             if self.returncode is not None:
+                self.ended_at = time.monotonic()
                 self._close_pidfd()
                 with self.children.lock:
                     self.children.pids.discard(self.proc.pid)
         return self.returncode
 
-    def wait_ready(self, timeout: float, cancelled: Callable[[], bool]) -> Readiness:
+    def wait_ready(self, timeout: float, cancelled: Callable[[], bool], wake_fd: int | None = None) -> Readiness:
+        """Until the health path answers, the instance exits, ``timeout`` passes or ``cancelled()`` (checked
+        whenever ``wake_fd`` becomes readable, even in the middle of a probe)."""
         deadline = time.monotonic() + timeout
         sock = self.spec.instance_socket
         while True:
@@ -190,8 +287,17 @@ class Instance:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return Readiness.TIMEOUT
-            if sock.exists() and probe(sock, self.health_path, min(remaining, 5.0)) is None:
-                return Readiness.READY
+            if sock.exists():
+                why = probe(sock, self.health_path, min(remaining, 5.0), wake_fd)
+                if why == INTERRUPTED:
+                    if wake_fd is not None:
+                        _drain(wake_fd)  # what woke us stays queued for its owner; only cancellation matters
+                    continue
+                self.last_probe_error = why
+                if why is None:
+                    return Readiness.READY
+            else:
+                self.last_probe_error = "socket missing"
             self.wait_exit(min(READY_POLL, max(remaining, 0)))
 
     def wait_exit(self, timeout: float, extra_fd: int | None = None) -> bool:

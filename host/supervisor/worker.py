@@ -19,15 +19,31 @@ from host import launch
 from host.egress.point import EgressPoint
 from host.egress.rules import Grant
 from host.errors import MissingSettings, QuotaError
+from host.exits import Cause, ExitInfo, Limits, classify, host_killed, worker_death
 from host.launch import LaunchSpec
 from host.layout import Layout
 from host.quota import FullAlarm, disk_usage, refusal, with_disk_layer
 from host.registry import PluginRecord, Registry
 from host.settings import HostSettings
-from host.supervisor.health import probe
+from host.supervisor.health import INTERRUPTED, probe
 from host.supervisor.logs import LogSink
 from host.supervisor.process import Children, Instance, Readiness
-from host.supervisor.state import ExitInfo, Lifecycle, RestartPolicy, State
+from host.supervisor.state import (
+    SERVING,
+    Abandoned,
+    Failed,
+    Lifecycle,
+    Ready,
+    Replaced,
+    ReplaceFailed,
+    RestartPolicy,
+    Start,
+    State,
+    Stop,
+    Stopped,
+    Tick,
+    WorkerDied,
+)
 from host.supervisor.web import sandbox_summary
 from host.webuser import WebUser, share_path
 from sandbox_runner.errors import SETUP_EXIT_CODES
@@ -50,9 +66,11 @@ class Command:
     # start    an operator asked: run it now, even out of quarantine or backoff
     # wake     a request arrived for a plugin that scaled to zero
     # restart  zero-downtime replacement (or a fresh start when not running; clears quarantine)
-    # stop | sleep | shutdown
+    # upgrade  switch to a newly installed version with no downtime (once per install)
+    # stop | shutdown
     op: str
     done: threading.Event | None = None
+    why: str | None = None  # stop/shutdown: what the history says stopped it
 
 
 class EgressUnavailable(Exception):
@@ -70,8 +88,7 @@ class PluginWorker(threading.Thread):
         self.layout = Layout(settings.home_dir)
         self.lc = Lifecycle(
             RestartPolicy(initial=settings.backoff_initial, cap=settings.backoff_max,
-                          max_failures=settings.max_failures, window=settings.failure_window,
-                          stable_after=settings.stable_after),
+                          max_failures=settings.max_failures, window=settings.failure_window),
             clock=clock,
         )
         self.sink = LogSink(self.layout.logs(name), name, settings.log_max_bytes)
@@ -85,6 +102,7 @@ class PluginWorker(threading.Thread):
         self._cmd_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # a full pipe already wakes the loop: never block a writer
         self._waiters: list[threading.Event] = []  # released when the plugin is RUNNING or gives up
         self._drains: list[threading.Thread] = []  # old instances finishing their requests after a restart
         self._probe_failures = 0
@@ -102,11 +120,11 @@ class PluginWorker(threading.Thread):
 
     # -- called from other threads ----------------------------------------------------------------------
 
-    def submit(self, op: str, wait: float | None = None) -> None:
+    def submit(self, op: str, wait: float | None = None, why: str | None = None) -> None:
         done = threading.Event() if wait is not None else None
         with self._cmd_lock:
-            self._cmds.append(Command(op, done))
-        os.write(self._wake_w, b"x")
+            self._cmds.append(Command(op, done, why))
+        self._wake()
         if done is not None:
             done.wait(wait)
 
@@ -120,10 +138,14 @@ class PluginWorker(threading.Thread):
             "pid": inst.live_pid if inst else None,
             "asleep": self.asleep,
             "restarts": self.lc.restarts,
-            "reason": self.lc.reason,
+            "reason": self.lc.reason,  # why it is not simply running; None once it runs again
+            "failures": len(self.lc.failures),  # in the failure window, counting towards quarantine
             "last_exit": None if last is None else {
-                "returncode": last.returncode, "reason": last.reason, "stderr": list(last.stderr_tail)},
-            "retry_in": round(max(0.0, self.lc.backoff_until - time.monotonic()), 2)
+                "cause": str(last.cause), "reason": last.reason, "returncode": last.returncode,
+                "ran_for": last.ran_for, "worker": last.worker, "stderr": list(last.stderr_tail)},
+            "up_for": round(time.time() - self._live_since_wall, 1) if inst is not None and self._live_since_wall
+            else None,
+            "retry_in": round(max(0.0, self.lc.backoff_until - self.lc.clock()), 2)
             if self.lc.state == State.BACKOFF else None,
             "install_id": inst.spec.install_id if inst else None,  # what is actually serving
             "sandbox": self.sandbox,
@@ -143,8 +165,8 @@ class PluginWorker(threading.Thread):
         except Exception as exc:
             log.exception("%s: supervisor thread crashed; the plugin stays stopped until `host restart`",
                           self.plugin)
-            self._stop_instance()
-            self.lc.reason = f"supervisor error: {exc.__class__.__name__}: {exc}"
+            self._stop_instance("the supervisor thread failed")
+            self.lc.transition(Abandoned(f"supervisor error: {exc.__class__.__name__}: {exc}"))
             try:
                 self.registry.record(self.plugin, "supervisor_error", reason=self.lc.reason)
             except Exception:
@@ -178,19 +200,19 @@ class PluginWorker(threading.Thread):
             return False
         if st == State.STOPPED:
             if self.want_running and not self.asleep:
-                self.lc.start()
+                self.lc.transition(Start())
                 self._start()
             else:
                 self._sleep(None)
         elif st == State.BACKOFF:
             if not self.want_running:
-                self.lc.stop()
-                self.lc.stopped()
-            elif self.lc.backoff_elapsed():
+                self.lc.transition(Stop())
+                self.lc.transition(Stopped())
+            elif self.lc.transition(Tick()) == State.STARTING:
                 self._start()
             else:
-                self._sleep(self.lc.backoff_until - time.monotonic())
-        elif st == State.RUNNING:
+                self._sleep(self.lc.backoff_until - self.lc.clock())
+        elif st in SERVING:
             self._watch()
         else:  # QUARANTINED: wait for an operator
             self._release_waiters()
@@ -216,41 +238,44 @@ class PluginWorker(threading.Thread):
             self.want_running = True
             self.asleep = False
             if self.lc.state in (State.QUARANTINED, State.BACKOFF):
-                self.lc.start()
+                self.lc.transition(Start(operator=True))
                 self._start()
         elif op == "stop":
             self.want_running = False
-            self._stop_instance()
-        elif op == "sleep":  # idle: stop now, start again on the next request
-            self.asleep = True
-            self._stop_instance()
+            self._stop_instance(cmd.why or "disabled")
         elif op == "shutdown":
             self.want_running = False
             self.exiting = True
-            self._stop_instance()
+            self._stop_instance(cmd.why or "the host is shutting down")
         elif op == "upgrade":
             # Once per new install: a version that failed to come up is retried by `host restart`, not by
             # every reconcile.
             rec = self._record()
-            if self.lc.state == State.RUNNING and self.instance is not None and rec is not None \
+            if self.lc.state in SERVING and self.instance is not None and rec is not None \
                     and rec.install_id not in (self.instance.spec.install_id, self._failed_upgrade) \
                     and not self._replace():
                 self._failed_upgrade = rec.install_id
         elif op == "restart":
             self.want_running = True
             self.asleep = False
-            if self.lc.state == State.RUNNING:
+            if self.lc.state in SERVING:
                 self._replace()
             elif self.lc.state in (State.QUARANTINED, State.BACKOFF, State.STOPPED):
-                self.lc.start()
+                self.lc.transition(Start(operator=True))
                 self._start()
         if cmd.done is not None:
             if op in ("start", "wake", "restart") and self.want_running \
-                    and self.lc.state not in (State.RUNNING, State.QUARANTINED):
+                    and self.lc.state not in (*SERVING, State.QUARANTINED):
                 # Released once it is running or gives up; concurrent wakes all wait for the ONE start.
                 self._waiters.append(cmd.done)
             else:
                 cmd.done.set()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"w")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake anyway
 
     def _sleep(self, timeout: float | None) -> None:
         select.select([self._wake_r], [], [], None if timeout is None else max(0.0, timeout))
@@ -264,8 +289,15 @@ class PluginWorker(threading.Thread):
             pass
 
     def _cancelled(self) -> bool:
+        return self._stop_pending() is not None
+
+    def _stop_pending(self) -> str | None:
+        """Why a queued stop or shutdown will stop the plugin (None: none is queued)."""
         with self._cmd_lock:
-            return any(c.op in ("stop", "shutdown") for c in self._cmds)
+            for c in self._cmds:
+                if c.op in ("stop", "shutdown"):
+                    return c.why or ("disabled" if c.op == "stop" else "the host is shutting down")
+        return None
 
     # -- starting ---------------------------------------------------------------------------------------
 
@@ -275,28 +307,29 @@ class PluginWorker(threading.Thread):
     def _spawn(self) -> Instance | ExitInfo:
         rec = self._record()
         if rec is None:
-            return ExitInfo(None, True, "not installed", setup_failure=True)
+            return ExitInfo(None, True, "not installed", setup_failure=True, cause=Cause.SETUP)
         self.generation += 1
         try:
             spec = launch.build(self.settings, rec, self.generation, self.registry.plugin_settings(self.plugin))
             netns_fd = self._egress_namespace(spec)
             listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index), netns_fd)
             self._disk_applied = disk_usage(self.layout, self.plugin) is not None
-            inst = Instance(spec, self.sink, spec.manifest.health_path, self.children, listener, netns_fd)
+            inst = Instance(spec, self.sink, spec.manifest.health_path, self.children, listener, netns_fd,
+                            notify=self._wake)
             # The web tier (its own uid) may pass through the plugin's socket dir and connect to the socket;
             # no one else but root may (plugins never see run/).
             share_path(self.layout.run_dir(self.plugin), self.web_user, 0o710)
             share_path(spec.instance_socket, self.web_user, 0o660)
             inst.spawn()
         except MissingSettings as exc:  # the operator's to fix (`host config`): a set-up failure, not a crash
-            return ExitInfo(None, True, exc.detail, setup_failure=True)
+            return ExitInfo(None, True, exc.detail, setup_failure=True, cause=Cause.SETUP)
         except EgressUnavailable as exc:
-            return ExitInfo(None, True, f"egress: {exc}", setup_failure=True)
+            return ExitInfo(None, True, f"egress: {exc}", setup_failure=True, cause=Cause.SETUP)
         except QuotaError as exc:  # fail closed: no disk quota, no start (HOST_SANDBOX=strict)
-            return ExitInfo(None, True, refusal(exc), setup_failure=True)
+            return ExitInfo(None, True, refusal(exc), setup_failure=True, cause=Cause.SETUP)
         except Exception as exc:  # a broken install or host: not worth retrying
             log.exception("%s: cannot spawn", self.plugin)
-            return ExitInfo(None, True, f"cannot start: {exc}", setup_failure=True)
+            return ExitInfo(None, True, f"cannot start: {exc}", setup_failure=True, cause=Cause.SETUP)
         return inst
 
     def _egress_namespace(self, spec: LaunchSpec) -> int | None:
@@ -321,35 +354,46 @@ class PluginWorker(threading.Thread):
         inst = self._spawn()
         if isinstance(inst, ExitInfo):
             return inst
-        result = inst.wait_ready(self.settings.start_timeout, self._cancelled)
+        result = inst.wait_ready(self.settings.start_timeout, self._cancelled, self._wake_r)
         if result == Readiness.READY:
             return inst
         if result == Readiness.CANCELLED:
+            why = self._stop_pending() or "cancelled"
             inst.stop(self.settings.stop_grace)
             inst.cleanup()
+            self.registry.record(self.plugin, "stopped", cause=str(Cause.STOPPED), returncode=inst.returncode,
+                                 reason=f"stopped by the host while starting: {why}", ran_for=inst.ran_for)
             return None
         if result == Readiness.TIMEOUT:
             inst.kill()  # it never served anything: no grace to give (a hung import ignores SIGTERM anyway)
             inst.cleanup()
-            return ExitInfo(None, True, f"{result.value} within {self.settings.start_timeout:g}s",
-                            stderr_tail=inst.last_lines(TAIL, drain=DRAIN_OUTPUT))
-        rc = inst.poll()
+            return host_killed(Cause.READINESS, f"not ready within {self.settings.start_timeout:g}s (last probe: "
+                               f"{inst.last_probe_error or 'none'})", inst.returncode,
+                               inst.last_lines(TAIL, drain=DRAIN_OUTPUT), inst.ran_for, during_start=True)
+        return self._exited(inst, during_start=True)
+
+    def _exited(self, inst: Instance, during_start: bool) -> ExitInfo:
+        """The instance ended by itself: why, from its exit status, the runner's report and its output."""
         tail = inst.last_lines(TAIL, drain=DRAIN_OUTPUT)
+        rc = inst.poll()
+        report = inst.exit_report()
         inst.cleanup()
-        return ExitInfo.from_returncode(rc if rc is not None else -1, True, SETUP_EXIT_CODES, tail)
+        return classify(rc if rc is not None else -1, report, Limits.of(inst.spec.manifest.permissions.resources),
+                        during_start=during_start, setup_codes=SETUP_EXIT_CODES, stderr_tail=tail,
+                        ran_for=inst.ran_for)
 
     def _start(self) -> None:
         # precondition: lc.state == STARTING
         outcome = self._bring_up()
         if outcome is None:
-            self.lc.stop()
-            self.lc.stopped()
+            self.lc.transition(Stop())
+            self.lc.transition(Stopped())
             return
         if isinstance(outcome, ExitInfo):
             self._failed(outcome)
             return
         self._go_live(outcome)
-        self.lc.ready()
+        self.lc.transition(Ready())
         log.info("%s: ready (pid %s, %.2fs)", self.plugin, outcome.pid, time.monotonic() - outcome.started_at)
         self.registry.record(self.plugin, "ready", pid=outcome.pid)
         self._warn_if_weak()
@@ -392,10 +436,10 @@ class PluginWorker(threading.Thread):
             why = outcome.reason if outcome else "cancelled"
             log.error("%s: restart failed, the old instance keeps serving: %s", self.plugin, why)
             self.registry.record(self.plugin, "restart_failed", reason=why)
-            self.lc.reason = f"restart failed, the previous instance keeps serving: {why}"
+            self.lc.transition(ReplaceFailed(why))
             return False
         self._go_live(outcome)
-        self.lc.restarts += 1
+        self.lc.transition(Replaced())
         self.registry.record(self.plugin, "restarted", pid=outcome.pid)
         if old is not None:
             self._drains = [t for t in self._drains if t.is_alive()]
@@ -411,17 +455,26 @@ class PluginWorker(threading.Thread):
 
     def _failed(self, info: ExitInfo) -> None:
         self.instance = None
-        state = self.lc.failed(info)
+        state = self.lc.transition(Failed(info))
+        self._note(info)
         if state == State.QUARANTINED:
-            log.error("%s: QUARANTINED — %s%s", self.plugin, self.lc.reason,
-                      "".join(f"\n    {ln}" for ln in info.stderr_tail))
-            self.registry.record(self.plugin, "quarantined", reason=self.lc.reason,
-                                 returncode=info.returncode, stderr=list(info.stderr_tail))
-            self._release_waiters()
+            self._quarantined(info)
         else:
             log.warning("%s: %s; restarting in %.2fs", self.plugin, info.reason,
-                        self.lc.backoff_until - time.monotonic())
-            self.registry.record(self.plugin, "crashed", reason=info.reason, returncode=info.returncode)
+                        self.lc.backoff_until - self.lc.clock())
+            self.registry.record(self.plugin, "crashed", **_details(info))
+
+    def _quarantined(self, info: ExitInfo) -> None:
+        log.error("%s: QUARANTINED — %s%s", self.plugin, self.lc.reason,
+                  "".join(f"\n    {ln}" for ln in info.stderr_tail))
+        self.registry.record(self.plugin, "quarantined", **{**_details(info), "reason": self.lc.reason,
+                                                             "last": info.reason, "stderr": list(info.stderr_tail)})
+        self._release_waiters()
+
+    def _note(self, info: ExitInfo) -> None:
+        """Say why in the plugin's own log too (`host logs`), right after its last words."""
+        ran = f" after {info.ran_for:.1f}s" if info.ran_for is not None else ""
+        self.sink.note(f"{'worker died' if info.worker else 'instance ended'}{ran}: {info.reason}")
 
     # -- running ----------------------------------------------------------------------------------------
 
@@ -443,20 +496,48 @@ class PluginWorker(threading.Thread):
                 log.info("%s: idle for %.0fs; stopping until the next request", self.plugin, idle)
                 self.registry.record(self.plugin, "scaled_to_zero", idle=round(idle, 1))
                 self.asleep = True
-                self._stop_instance()
+                self._stop_instance(f"idle for {idle:.0f}s (scale to zero)")
                 return
             self._next_probe = min(self._next_probe, time.monotonic() + idle_timeout - idle + 0.05)
         timeout = max(0.0, self._next_probe - time.monotonic())
+        tick = self.lc.wake_at()
+        if tick is not None:
+            timeout = min(timeout, max(0.0, tick - self.lc.clock()))
         if inst.wait_exit(timeout, extra_fd=self._wake_r):
-            rc = inst.poll()
-            tail = inst.last_lines(TAIL, drain=DRAIN_OUTPUT)
-            inst.cleanup()
-            self._failed(ExitInfo.from_returncode(rc if rc is not None else -1, False, SETUP_EXIT_CODES, tail))
+            self._failed(self._exited(inst, during_start=False))
             return
         self._consume_wake()
+        if self._workers_died(inst):
+            return
+        if self.lc.state == State.DEGRADED and self.lc.transition(Tick()) == State.RUNNING:
+            log.info("%s: no worker died for %gs; running normally again", self.plugin, self.settings.failure_window)
+            self.registry.record(self.plugin, "recovered")
         if time.monotonic() >= self._next_probe:
             self._liveness(inst)
             self._idle_timeout_cached = self.idle_timeout()
+
+    def _workers_died(self, inst: Instance) -> bool:
+        """Count the workers the live instance's gunicorn reported dead; True when that quarantined it (the
+        instance is gone then)."""
+        limits = Limits.of(inst.spec.manifest.permissions.resources)
+        while inst.worker_exits:
+            status = inst.worker_exits.popleft()
+            news = inst.cgroup_news()
+            info = worker_death(status, limits, oom_kills=news["oom_kills"], forks_refused=news["forks_refused"],
+                                stderr_tail=inst.last_lines(TAIL))
+            state = self.lc.transition(WorkerDied(info))
+            self._note(info)
+            if state == State.QUARANTINED:
+                # Its workers keep dying: stop the whole instance, loudly (no grace: it is failing as it is).
+                inst.kill()
+                inst.cleanup()
+                self.instance = None
+                self.layout.socket(self.plugin).unlink(missing_ok=True)
+                self._quarantined(info)
+                return True
+            log.warning("%s: degraded: %s", self.plugin, self.lc.reason)
+            self.registry.record(self.plugin, "worker_died", **_details(info))
+        return False
 
     def _liveness(self, inst: Instance) -> None:
         self._next_probe = time.monotonic() + self.settings.probe_interval
@@ -467,7 +548,10 @@ class PluginWorker(threading.Thread):
             # is not. Put it back rather than restart a healthy plugin.
             log.warning("%s: %s was missing or wrong; restored it", self.plugin, public)
             self._point_public_socket(inst)
-        why = probe(inst.spec.instance_socket, inst.health_path, self.settings.probe_timeout)
+        why = probe(inst.spec.instance_socket, inst.health_path, self.settings.probe_timeout, self._wake_r)
+        if why == INTERRUPTED:
+            self._next_probe = time.monotonic()  # a command first; probe again on the next turn
+            return
         if why is None:
             self._probe_failures = 0
             return
@@ -481,7 +565,7 @@ class PluginWorker(threading.Thread):
             inst.kill()
             tail = inst.last_lines(TAIL, drain=DRAIN_OUTPUT)
             inst.cleanup()
-            self._failed(ExitInfo(inst.returncode, False, f"unhealthy: {why}", stderr_tail=tail))
+            self._failed(host_killed(Cause.UNHEALTHY, f"unhealthy: {why}", inst.returncode, tail, inst.ran_for))
 
     def _check_disk(self) -> None:
         """Say once, loudly, when the plugin's data dir fills up (its writes now fail with ENOSPC)."""
@@ -497,21 +581,28 @@ class PluginWorker(threading.Thread):
 
     # -- stopping ---------------------------------------------------------------------------------------
 
-    def _stop_instance(self) -> None:
+    def _stop_instance(self, why: str = "stopped") -> None:
         inst = self.instance
         if self.lc.state == State.STOPPED:
             return
-        self.lc.stop()
+        self.lc.transition(Stop())
         if inst is not None:
             inst.stop(self.settings.stop_grace)
             inst.cleanup()
-            self.registry.record(self.plugin, "stopped", returncode=inst.returncode)
+            self.registry.record(self.plugin, "stopped", cause=str(Cause.STOPPED), reason=f"stopped by the host: {why}",
+                                 returncode=inst.returncode, ran_for=inst.ran_for)
         self.instance = None
         self.layout.socket(self.plugin).unlink(missing_ok=True)
-        self.lc.stopped()
+        self.lc.transition(Stopped())
         self._release_waiters()
 
     def _release_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
         for w in waiters:
             w.set()
+
+
+def _details(info: ExitInfo) -> dict[str, Any]:
+    """An exit as an event's detail (`host status` shows them as the plugin's history)."""
+    return {"cause": str(info.cause), "reason": info.reason, "returncode": info.returncode, "ran_for": info.ran_for,
+            "during_start": info.during_start}

@@ -137,12 +137,16 @@ def create(policy: Policy) -> Groups:
     dirs = []
     for h in found:
         path = h.path(name)
+        if os.path.isdir(path):
+            # Left by a runner that was killed: its processes go, and a new group starts the kernel's
+            # counters (OOM kills, refused forks) at zero, so they speak of this instance only.
+            remove(Groups(h.version, (path,), ""))
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
             raise LayerUnavailable("cgroup", f"cannot create {path}: {exc.strerror}") from exc
         dirs.append(path)
-    kill_all(tuple(dirs))  # leftovers of a previous instance of this same plugin
+    kill_all(tuple(dirs))  # anything that slipped into a group we could not remove
     try:
         for h, path in zip(found, dirs, strict=True):
             for fname, value in _limits(h, policy):
@@ -209,10 +213,52 @@ def remove(groups: Groups) -> None:
                 time.sleep(0.005)
 
 
-def cleanup(cgroup_name: str) -> None:
-    """Kill whatever is left in a plugin's groups and remove them; idempotent. For the host to call after
-    the runner died (e.g. SIGKILLed with the syscalls backend, where no pid namespace ends the tree).
-    Resolves groups below the caller's own cgroup, which is the runner's when the runner is its child."""
+def find(cgroup_name: str) -> Groups:
+    """The existing groups named ``cgroup_name`` below the caller's own cgroup (which is the runner's when
+    the runner is its child), in every hierarchy the runner may have used; none is an empty ``dirs``."""
     found = hierarchies(frozenset({"pids", "memory", "cpu"}))
     dirs = tuple(h.path(cgroup_name) for h in found if os.path.isdir(h.path(cgroup_name)))
-    remove(Groups(found[0].version if found else 1, dirs, ""))
+    return Groups(found[0].version if found else 1, dirs, "")
+
+
+def cleanup(cgroup_name: str) -> None:
+    """Kill whatever is left in a plugin's groups and remove them; idempotent. For the host to call after
+    the runner died (e.g. SIGKILLed with the syscalls backend, where no pid namespace ends the tree)."""
+    remove(find(cgroup_name))
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Names of the groups starting with ``prefix`` below the caller's cgroup (what killed runners left)."""
+    names: set[str] = set()
+    for h in hierarchies(frozenset({"pids", "memory", "cpu"})):
+        base = h.path("")
+        with contextlib.suppress(OSError):
+            names.update(d for d in os.listdir(base) if d.startswith(prefix) and os.path.isdir(os.path.join(base, d)))
+    return sorted(names)
+
+
+# (file, key) of the kernel's event counters, per controller file; v1 and v2 spell them differently.
+_OOM_KILLS = (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill"))
+_FORKS_REFUSED = (("pids.events", "max"),)
+
+
+def _counter(dirs: tuple[str, ...], sources: tuple[tuple[str, str], ...]) -> int:
+    total = 0
+    for d in dirs:
+        for fname, key in sources:
+            try:
+                with open(os.path.join(d, fname)) as f:
+                    for line in f:
+                        k, _, v = line.partition(" ")
+                        if k == key and v.strip().isdigit():
+                            total += int(v)
+            except OSError:
+                continue
+    return total
+
+
+def counters(groups: Groups) -> dict[str, int]:
+    """What the kernel did to the tree inside its limits: processes the OOM killer ended (memory.events or
+    v1 memory.oom_control ``oom_kill``), forks refused at pids.max (pids.events ``max``). Read them before
+    :func:`remove`; the plugin cannot write these files, so they are evidence it cannot forge."""
+    return {"oom_kills": _counter(groups.dirs, _OOM_KILLS), "forks_refused": _counter(groups.dirs, _FORKS_REFUSED)}

@@ -95,6 +95,18 @@ def test_unknown_entrypoint_fails_the_install(home: Path) -> None:
     assert not (home / "plugins" / "unknown-entrypoint").exists()
 
 
+def test_running_out_of_memory_at_install_says_so(home: Path) -> None:
+    """The confined import check was OOM-killed: the cgroup's count says so, where the output says nothing."""
+    r = run_host(home, "install", str(FIXTURES / "hog_on_import"), "--yes")
+    assert r.returncode == 1
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert line.startswith("error: hog-on-import: install failed while checking the entrypoint: out of memory: the "
+                           "kernel's OOM killer ended a process at the memory limit (memory_mb=64); killed by SIGKILL")
+    assert "failed with no output" not in line
+    assert snapshot(home)[1] == []
+    assert not list((home / "run").glob(".hog-on-import.*"))  # nor its exit report
+
+
 def test_crash_at_import_fails_the_install(home: Path) -> None:
     r = run_host(home, "install", str(FIXTURES / "crash_on_import"), "--yes")
     assert r.returncode == 1

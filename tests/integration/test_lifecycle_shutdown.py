@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,3 +148,18 @@ def test_stale_sockets_are_removed_on_the_next_start(home: Path) -> None:
         assert served.get("/plugins/steady/").text == "steady"
     finally:
         served.stop()
+
+
+def test_no_orphans_after_a_clean_stop_or_a_restart(home: Path) -> None:
+    """Nothing of ours is ever adopted as an orphan when nothing was killed: not bwrap's init outliving an
+    instance's runner, not the runner's own bwrap probe, not the host's own helper processes."""
+    logs = []
+    for _ in range(2):  # the second start comes after a clean stop
+        served = ServedHost(home).start(wait_plugins=PLUGINS)
+        try:
+            assert served.cli("restart", "steady").returncode == 0  # an instance ends
+            time.sleep(3)  # the reaper looks every second
+        finally:
+            assert served.stop() == 0
+        logs.append(served.read_log())
+    assert not [ln for log in logs for ln in log.splitlines() if "orphaned" in ln]

@@ -1,12 +1,27 @@
-"""The restart policy as a pure state machine, driven by a fake clock."""
+"""The restart policy as a pure state machine, driven by a fake clock: every change goes through transition()."""
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 
-from host.supervisor.state import ExitInfo, Lifecycle, RestartPolicy, State, TransitionError
+from host.settings import HostSettings
+from host.supervisor.state import (
+    Abandoned,
+    ExitInfo,
+    Failed,
+    Lifecycle,
+    Ready,
+    Replaced,
+    ReplaceFailed,
+    RestartPolicy,
+    Start,
+    State,
+    Stop,
+    Stopped,
+    Tick,
+    TransitionError,
+    WorkerDied,
+)
 
 SETUP = frozenset({120, 121})
 
@@ -20,7 +35,9 @@ class Clock:
 
 
 def crash(rc: int = 1, start: bool = False) -> ExitInfo:
-    return ExitInfo.from_returncode(rc, start, SETUP, ("last line",))
+    setup = rc in SETUP
+    reason = f"sandbox set-up failed (exit {rc})" if setup else f"exited with code {rc}: last line"
+    return ExitInfo(rc, start, reason, setup_failure=setup, stderr_tail=("last line",))
 
 
 def make(**kw: float) -> tuple[Lifecycle, Clock]:
@@ -28,27 +45,73 @@ def make(**kw: float) -> tuple[Lifecycle, Clock]:
     return Lifecycle(RestartPolicy(**kw), clock=clock, rng=lambda: 0.5), clock  # type: ignore[arg-type]
 
 
+def fail_and_wait(lc: Lifecycle, clock: Clock, start: bool = True) -> float:
+    """One failure; returns the backoff it chose and lets it elapse."""
+    lc.transition(Failed(crash(start=start)))
+    delay = lc.backoff_until - clock.t
+    clock.t = lc.backoff_until
+    assert lc.transition(Tick()) == State.STARTING
+    return round(delay, 3)
+
+
 def test_happy_path() -> None:
     lc, _ = make()
-    lc.start()
-    assert lc.state == State.STARTING
-    lc.ready()
-    assert lc.state == State.RUNNING
-    lc.stop()
-    lc.stopped()
-    assert lc.state == State.STOPPED
+    assert lc.transition(Start()) == State.STARTING
+    assert lc.transition(Ready()) == State.RUNNING
+    assert lc.transition(Stop()) == State.STOPPING
+    assert lc.transition(Stopped()) == State.STOPPED
 
 
-def test_backoff_grows_exponentially_and_is_capped() -> None:
+def test_default_policy_matches_the_settings_and_the_readme() -> None:
+    s = HostSettings()
+    assert (s.backoff_initial, s.backoff_max, s.max_failures, s.failure_window) == (0.1, 30.0, 12, 600.0)
+    p = RestartPolicy()
+    assert (p.initial, p.factor, p.cap, p.jitter, p.max_failures, p.window) == (0.1, 2.0, 30.0, 0.2, 12, 600.0)
+
+
+def test_with_default_settings_the_backoff_reaches_its_cap_before_quarantine() -> None:
+    lc, clock = make()  # the defaults
+    lc.transition(Start())
+    delays = [fail_and_wait(lc, clock) for _ in range(11)]
+    assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
+    assert lc.transition(Failed(crash(start=True))) == State.QUARANTINED
+    assert lc.reason == "12 failures in 600s; last: exited with code 1: last line"
+    assert lc.restarts == 11
+    assert clock.t - 1000.0 == pytest.approx(sum(delays))  # about two minutes of trying
+
+
+def test_a_plugin_that_crashes_every_11_seconds_is_quarantined() -> None:
+    """Running between crashes does not forgive them: each failure counts for the whole window."""
+    lc, clock = make()
+    lc.transition(Start())
+    crashes = 0
+    while lc.state != State.QUARANTINED and crashes < 100:
+        lc.transition(Ready())
+        clock.t += 11
+        crashes += 1
+        if lc.transition(Failed(crash())) == State.BACKOFF:
+            clock.t = lc.backoff_until
+            lc.transition(Tick())
+    assert lc.state == State.QUARANTINED and crashes == 12
+    assert clock.t - 1000.0 < 600  # all twelve inside one window
+    assert lc.reason is not None and lc.reason.startswith("12 failures in 600s; last: exited with code 1")
+
+
+def test_failures_outside_the_window_are_forgotten() -> None:
+    lc, clock = make(max_failures=3, window=60)
+    lc.transition(Start())
+    fail_and_wait(lc, clock)
+    fail_and_wait(lc, clock)
+    clock.t += 61  # both leave the window: the third failure is a first one again
+    assert lc.transition(Failed(crash())) == State.BACKOFF
+    assert lc.backoff_until - clock.t == pytest.approx(0.1)
+    assert list(lc.failures) == [clock.t]
+
+
+def test_backoff_grows_with_failures_in_the_window_and_is_capped() -> None:
     lc, clock = make(initial=0.1, cap=0.5, max_failures=100)
-    lc.start()
-    delays = []
-    for _ in range(6):
-        lc.failed(crash(start=True))
-        delays.append(round(lc.backoff_until - clock.t, 3))
-        clock.t = lc.backoff_until
-        assert lc.backoff_elapsed()
-    assert delays == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5]
+    lc.transition(Start())
+    assert [fail_and_wait(lc, clock) for _ in range(6)] == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5]
     assert lc.restarts == 6
 
 
@@ -56,87 +119,122 @@ def test_jitter_spreads_restarts() -> None:
     lo = Lifecycle(RestartPolicy(initial=1.0), clock=Clock(), rng=lambda: 0.0)
     hi = Lifecycle(RestartPolicy(initial=1.0), clock=Clock(), rng=lambda: 1.0)
     for lc in (lo, hi):
-        lc.start()
-        lc.failed(crash())
+        lc.transition(Start())
+        lc.transition(Failed(crash()))
     assert lo.backoff_until - 1000.0 == pytest.approx(0.8)
     assert hi.backoff_until - 1000.0 == pytest.approx(1.2)
 
 
-def test_backoff_does_not_restart_early() -> None:
+def test_backoff_does_not_restart_early_and_a_wake_does_not_cut_it_short() -> None:
     lc, clock = make()
-    lc.start()
-    lc.failed(crash())
+    lc.transition(Start())
+    lc.transition(Failed(crash()))
     clock.t += 0.01
-    assert not lc.backoff_elapsed()
-    assert lc.state == State.BACKOFF
+    assert lc.transition(Tick()) == State.BACKOFF
+    with pytest.raises(TransitionError):
+        lc.transition(Start())
+    assert lc.transition(Start(operator=True)) == State.STARTING  # an operator's start does
+    assert len(lc.failures) == 0
 
 
-def test_too_many_failures_in_the_window_quarantine_loudly() -> None:
-    lc, clock = make(max_failures=3, window=60)
-    lc.start()
-    for _ in range(2):
-        assert lc.failed(crash(rc=-signal.SIGKILL)) == State.BACKOFF
-        clock.t = lc.backoff_until
-        lc.backoff_elapsed()
-    assert lc.failed(crash(rc=-signal.SIGKILL)) == State.QUARANTINED
-    assert lc.reason is not None
-    assert "3 failures in 60s" in lc.reason
-    assert "killed by SIGKILL — out of memory?" in lc.reason
-    assert not lc.backoff_elapsed()
-
-
-def test_failures_outside_the_window_are_forgotten() -> None:
-    lc, clock = make(max_failures=2, window=10)
-    lc.start()
-    lc.failed(crash())
-    clock.t += 11
-    lc.backoff_elapsed()
-    assert lc.failed(crash()) == State.BACKOFF
-
-
-def test_stable_running_resets_the_backoff() -> None:
-    lc, clock = make(max_failures=100, stable_after=10)
-    lc.start()
-    for _ in range(4):
-        lc.failed(crash())
-        clock.t = lc.backoff_until
-        lc.backoff_elapsed()
-    lc.ready()
-    clock.t += 11
-    lc.failed(crash())
-    assert lc.backoff_until - clock.t == pytest.approx(0.1)
+def test_the_reason_is_cleared_when_the_plugin_recovers_and_kept_in_last_exit() -> None:
+    lc, clock = make()
+    lc.transition(Start())
+    lc.transition(Failed(crash(rc=3, start=True)))
+    assert lc.reason is not None and "exited with code 3" in lc.reason
+    clock.t = lc.backoff_until
+    lc.transition(Tick())
+    lc.transition(Ready())
+    assert lc.state == State.RUNNING and lc.reason is None
+    assert lc.last_exit is not None and lc.last_exit.returncode == 3
 
 
 def test_sandbox_setup_failure_is_not_retried() -> None:
     lc, _ = make()
-    lc.start()
-    assert lc.failed(crash(rc=121, start=True)) == State.QUARANTINED
+    lc.transition(Start())
+    assert lc.transition(Failed(crash(rc=121, start=True))) == State.QUARANTINED
     assert lc.reason is not None and "sandbox set-up failed" in lc.reason
 
 
-def test_operator_start_clears_quarantine() -> None:
+def test_operator_start_clears_quarantine_a_wake_does_not() -> None:
     lc, _ = make(max_failures=1)
-    lc.start()
-    lc.failed(crash())
+    lc.transition(Start())
+    lc.transition(Failed(crash()))
     assert lc.state == State.QUARANTINED
-    lc.start()
-    assert lc.state == State.STARTING
+    with pytest.raises(TransitionError):
+        lc.transition(Start())
+    assert lc.transition(Start(operator=True)) == State.STARTING
     assert lc.reason is None and not lc.failures
 
 
-def test_illegal_edges_raise() -> None:
+def test_disabling_a_quarantined_plugin_keeps_its_reason() -> None:
+    lc, _ = make(max_failures=1)
+    lc.transition(Start())
+    lc.transition(Failed(crash()))
+    lc.transition(Stop())
+    assert lc.transition(Stopped()) == State.STOPPED
+    assert lc.reason is not None and "1 failures in 600s" in lc.reason
+    assert lc.transition(Start()) == State.STARTING and lc.reason is None
+
+
+def test_dying_workers_degrade_the_plugin_then_quarantine_it() -> None:
+    lc, clock = make(max_failures=3, window=60)
+    lc.transition(Start())
+    lc.transition(Ready())
+    worker = ExitInfo(1, False, "worker exited with code 1")
+    assert lc.transition(WorkerDied(worker)) == State.DEGRADED
+    assert lc.reason == "worker exited with code 1 (1 of 3 failures in 60s)"
+    clock.t += 30
+    assert lc.transition(WorkerDied(worker)) == State.DEGRADED
+    assert lc.reason == "worker exited with code 1 (2 of 3 failures in 60s)"
+    assert lc.transition(WorkerDied(worker)) == State.QUARANTINED
+    assert lc.reason == "3 failures in 60s; last: worker exited with code 1"
+
+
+def test_a_degraded_plugin_recovers_once_its_worker_deaths_leave_the_window() -> None:
+    lc, clock = make(window=60)
+    lc.transition(Start())
+    lc.transition(Ready())
+    lc.transition(WorkerDied(ExitInfo(-9, False, "worker killed")))
+    assert lc.wake_at() == clock.t + 60
+    clock.t += 59
+    assert lc.transition(Tick()) == State.DEGRADED
+    clock.t += 2
+    assert lc.transition(Tick()) == State.RUNNING
+    assert lc.reason is None and not lc.failures and lc.wake_at() is None
+
+
+def test_worker_deaths_and_crashes_share_one_window() -> None:
+    lc, _ = make(max_failures=2, window=60)
+    lc.transition(Start())
+    lc.transition(Ready())
+    lc.transition(WorkerDied(ExitInfo(1, False, "worker exited with code 1")))
+    assert lc.transition(Failed(crash())) == State.QUARANTINED
+
+
+def test_an_operator_restart_replaces_and_forgives() -> None:
+    lc, _ = make(max_failures=3)
+    lc.transition(Start())
+    lc.transition(Ready())
+    lc.transition(WorkerDied(ExitInfo(1, False, "worker exited with code 1")))
+    assert lc.transition(ReplaceFailed("timed out")) == State.DEGRADED
+    assert lc.reason == "restart failed, the previous instance keeps serving: timed out"
+    assert lc.transition(Replaced()) == State.RUNNING
+    assert lc.restarts == 1 and lc.reason is None and not lc.failures
+
+
+def test_stop_is_idempotent_and_abandon_says_why() -> None:
+    lc, _ = make()
+    assert lc.transition(Stop()) == State.STOPPED
+    assert lc.transition(Stopped()) == State.STOPPED
+    lc.transition(Start())
+    assert lc.transition(Abandoned("supervisor error: KeyError: 'x'")) == State.STOPPED
+    assert lc.reason == "supervisor error: KeyError: 'x'"
+
+
+@pytest.mark.parametrize("event", [Ready(), Failed(crash()), WorkerDied(crash()), Replaced(), ReplaceFailed("x")])
+def test_illegal_edges_raise(event: object) -> None:
     lc, _ = make()
     with pytest.raises(TransitionError):
-        lc.ready()
-
-
-@pytest.mark.parametrize(("rc", "start", "text"), [
-    (-signal.SIGKILL, False, "killed by SIGKILL — out of memory?"),
-    (-signal.SIGXCPU, False, "CPU time limit"),
-    (-signal.SIGSEGV, False, "killed by SIGSEGV"),
-    (4, True, "failed to import"),
-    (0, False, "exited with code 0"),
-    (120, True, "sandbox set-up failed (exit 120)"),
-])
-def test_exit_reasons_read_like_advice(rc: int, start: bool, text: str) -> None:
-    assert text in ExitInfo.from_returncode(rc, start, SETUP).reason
+        lc.transition(event)  # type: ignore[arg-type]
+    assert lc.state == State.STOPPED

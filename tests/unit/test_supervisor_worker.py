@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from host.exits import ExitReport
 from host.registry import Registry
 from host.settings import HostSettings
 from host.supervisor import worker as worker_mod
 from host.supervisor.logs import Tail
 from host.supervisor.process import Readiness
-from host.supervisor.state import ExitInfo, State, headline
+from host.supervisor.state import State
 
 
 class FakeInstance:
@@ -24,7 +26,8 @@ class FakeInstance:
     def __init__(self, run_dir: Path, generation: int, ready: Readiness = Readiness.READY) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.spec = SimpleNamespace(socket=run_dir / "http.sock", instance_socket=run_dir / f"{generation}.sock",
-                                    install_id="i1")
+                                    install_id="i1",
+                                    manifest=SimpleNamespace(permissions=SimpleNamespace(resources=None)))
         self.pid = 1000 + generation
         self.started_at = 0.0
         self.health_path = "/"
@@ -32,12 +35,24 @@ class FakeInstance:
         self.tail = Tail()
         self._ready = ready
         self.stopped = False
+        self.ran_for = 1.0
+        self.last_probe_error: str | None = None
+        self.worker_exits: deque[int | None] = deque()
+        self.oom_kills = 0  # what the cgroup counted since the last look
+
+    def cgroup_news(self) -> dict[str, int]:
+        news, self.oom_kills = self.oom_kills, 0
+        return {"oom_kills": news, "forks_refused": 0}
+
+    def exit_report(self) -> ExitReport | None:
+        # what the runner writes when the command ended by itself (a stopped or killed runner writes none)
+        return None if self.returncode is None or self.stopped else ExitReport(self.returncode, True)
 
     @property
     def live_pid(self) -> int | None:
         return self.pid if self.returncode is None else None
 
-    def wait_ready(self, timeout: float, cancelled: Any) -> Readiness:
+    def wait_ready(self, timeout: float, cancelled: Any, wake_fd: int | None = None) -> Readiness:
         if self._ready == Readiness.EXITED:
             self.returncode = 3
         return self._ready
@@ -259,16 +274,6 @@ def test_stale_sockets_are_swept(make: Any) -> None:
     assert sorted(p.name for p in run_dir.iterdir()) == ["keep.txt"]
 
 
-def test_headline_prefers_the_exception_line() -> None:
-    lines = ("Traceback (most recent call last):", '  File "app.py", line 3', "KeyError: 'x'",
-             "[ERROR] Worker (pid:4) exited with code 3.", "[ERROR] Reason: Worker failed to boot.")
-    assert headline(lines) == "KeyError: 'x'"
-    assert headline(("just a line",)) == "just a line"
-    assert headline(()) is None
-    info = ExitInfo.from_returncode(0, False, frozenset())
-    assert info.reason == "exited with code 0 although nobody asked it to stop"
-
-
 def test_a_weaker_sandbox_is_announced_loudly(make: Any, caplog: pytest.LogCaptureFixture) -> None:
     w = make(sandbox="weak")
     report = {"plugin": "p", "backend": "syscalls",
@@ -289,3 +294,97 @@ def test_a_full_sandbox_is_not_announced(make: Any) -> None:
     w.submit("enable")
     w._step()
     assert kinds(w) == ["ready"]
+
+
+def test_a_crash_is_recorded_with_its_cause_and_run_time_and_noted_in_the_plugins_log(make: Any) -> None:
+    w = make()
+    w.submit("enable")
+    w._step()
+    w.spawned[0].tail.add("MemoryError")
+    w.spawned[0].exit(1)
+    w._step()
+    (crash,) = [e for e in w.registry.events("p") if e.kind == "crashed"]
+    assert crash.detail == {"cause": "exited", "reason": "exited with code 1: MemoryError", "returncode": 1,
+                            "ran_for": 1.0, "during_start": False}
+    log = (w.layout.logs("p") / "current.log").read_text()
+    assert "[plugin-host] instance ended after 1.0s: exited with code 1: MemoryError" in log
+    # Recovered: the current reason goes, the last exit stays.
+    w.lc.clock.t += 10  # type: ignore[attr-defined]
+    w._step()
+    snap = w.snapshot()
+    assert snap["state"] == "running" and snap["reason"] is None
+    assert snap["last_exit"]["reason"] == "exited with code 1: MemoryError"
+
+
+def test_a_start_that_times_out_says_what_the_last_probe_saw(make: Any) -> None:
+    w = make(ready=Readiness.TIMEOUT, start_timeout=2)
+    w.submit("enable")
+    w._step()
+    assert w.lc.state == State.BACKOFF
+    assert w.lc.reason == "not ready within 2s (last probe: none)"
+    (crash,) = [e for e in w.registry.events("p") if e.kind == "crashed"]
+    assert crash.detail["cause"] == "readiness"
+
+
+def test_a_stop_is_history_not_a_failure(make: Any) -> None:
+    w = make()
+    w.submit("enable")
+    w._step()
+    w.submit("stop", why="disabled")
+    w._step()
+    (stopped,) = [e for e in w.registry.events("p") if e.kind == "stopped"]
+    assert stopped.detail["cause"] == "stopped" and stopped.detail["reason"] == "stopped by the host: disabled"
+    assert w.lc.state == State.STOPPED and not w.lc.failures and w.lc.reason is None
+
+
+def test_dying_workers_degrade_the_plugin_then_quarantine_it_loudly(make: Any) -> None:
+    w = make(max_failures=3)
+    w.submit("enable")
+    w._step()
+    inst = w.spawned[0]
+    inst.tail.add("KeyError: 'user'")
+    inst.worker_exits.append(1)
+    w._step()
+    assert w.lc.state == State.DEGRADED and w.instance is inst and not inst.stopped
+    assert w.lc.reason == "worker exited with code 1: KeyError: 'user' (1 of 3 failures in 600s)"
+    assert w.snapshot()["state"] == "degraded"
+    inst.oom_kills = 1
+    inst.worker_exits.append(-9)
+    w._step()
+    (death, oom) = [e for e in w.registry.events("p")[::-1] if e.kind == "worker_died"]
+    assert oom.detail["cause"] == "out_of_memory" and death.detail["cause"] == "exited"
+    inst.worker_exits.append(-9)
+    w._step()
+    assert w.lc.state == State.QUARANTINED and inst.stopped and w.instance is None
+    assert w.lc.reason == "3 failures in 600s; last: worker killed by SIGKILL (not by the OOM killer): KeyError: 'user'"
+    assert kinds(w)[-1] == "quarantined"
+    log = (w.layout.logs("p") / "current.log").read_text()
+    assert log.count("[plugin-host] worker died") == 3
+
+
+def test_a_report_never_makes_a_plugin_look_better(make: Any) -> None:
+    """Reports only ever add failures: a forged "OOM" without the cgroup's OOM kill reads as a plain kill,
+    and nothing a plugin prints clears its degraded state or its failure window."""
+    w = make(max_failures=10)
+    w.submit("enable")
+    w._step()
+    inst = w.spawned[0]
+    inst.tail.add("out of memory: the kernel's OOM killer ended a process")
+    inst.worker_exits.append(-9)
+    w._step()
+    assert w.lc.state == State.DEGRADED and len(w.lc.failures) == 1
+    assert w.lc.last_exit is not None and w.lc.last_exit.cause == "signal"
+
+
+def test_reports_of_a_replaced_instance_are_ignored(make: Any) -> None:
+    w = make()
+    w.submit("enable")
+    w._step()
+    old = w.spawned[0]
+    w.submit("restart")
+    w._step()
+    for t in w._drains:
+        t.join(5)
+    old.worker_exits.append(1)  # its shutdown, seen after the switch
+    w._step()
+    assert w.lc.state == State.RUNNING and not w.lc.failures
