@@ -27,7 +27,6 @@ from host.errors import HostError
 from host.headers import Forwarding, request_headers, response_headers
 from host.layout import Layout
 from host.proxy import (
-    CHUNK,
     Pool,
     ProxyError,
     Slots,
@@ -208,7 +207,10 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
         def body() -> Iterator[bytes]:
             try:
                 with upstream_errors(name, timeout):
-                    yield from upstream.iter_raw(CHUNK)
+                    # Each piece as the socket returned it (httpcore reads up to 64 KiB), never held back to
+                    # fill a chunk: a server-sent event or a long-poll answer reaches the client as the plugin
+                    # writes it; gunicorn writes each piece at once (TCP_NODELAY, no buffering in gthread).
+                    yield from upstream.iter_raw()
             except ProxyError:
                 # Headers are gone already; abort the connection so the client sees a truncated body,
                 # never a short body passed off as complete.

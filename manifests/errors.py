@@ -3,8 +3,7 @@
 ManifestError                 any problem with a plugin.toml; carries ``path`` and ``field``
  ├── ManifestNotFound         no plugin.toml where one was expected
  ├── ManifestSyntaxError      not valid TOML
- ├── ManifestValidationError  valid TOML, but a field breaks the schema
- └── EntrypointNotFound       the entrypoint names a module or attribute the plugin directory does not have
+ └── ManifestValidationError  valid TOML, but a field breaks the schema
 """
 
 from __future__ import annotations
@@ -32,8 +31,4 @@ class ManifestSyntaxError(ManifestError):
 
 
 class ManifestValidationError(ManifestError):
-    pass
-
-
-class EntrypointNotFound(ManifestError):
     pass

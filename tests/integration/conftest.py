@@ -11,8 +11,8 @@ from tests.integration.harness import BUNDLED, FIXTURES, ServedHost, served_plug
 
 @pytest.fixture(scope="session")
 def served() -> Iterator[ServedHost]:
-    """example (seed style), notes (native Flask), echo (test plugin) and shop (an app factory in a
-package), served by one host."""
+    """example (seed style), notes (native Flask), echo (test plugin), shop (an app factory in a package) and
+sse (server-sent events, paced by the client), served by one host."""
     with served_plugins(BUNDLED / "example_plugin", BUNDLED / "notes", FIXTURES / "echo", FIXTURES / "factory_app",
-                        wait=("example", "notes", "echo", "shop")) as host:
+                        FIXTURES / "sse", wait=("example", "notes", "echo", "shop", "sse")) as host:
         yield host

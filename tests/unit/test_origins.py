@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from host import origins, routes
 from host.app import create_app
 from host.headers import request_headers, response_headers
-from host.registry import PluginRecord
+from host.layout import Layout
+from host.registry import PluginRecord, Registry
 from host.settings import HostSettings
 
 
@@ -174,8 +175,14 @@ def test_serve_takes_the_plugin_domain(monkeypatch: pytest.MonkeyPatch, tmp_path
         def run(self) -> int:
             return 0
 
+        def __getattr__(self, name: str) -> Any:  # bind() and whatever else serve calls before run()
+            return lambda *args, **kwargs: None
+
     monkeypatch.setattr(core, "Supervisor", Supervisor)
     monkeypatch.delenv("HOST_PLUGIN_DOMAIN", raising=False)
+    layout = Layout(tmp_path)
+    layout.ensure()
+    Registry(layout.registry)  # an existing home
     result = CliRunner().invoke(cli.cli, ["--home", str(tmp_path), "serve", *args])
     assert result.exit_code == 0, result.output
     assert seen[0].origin_domain == domain
