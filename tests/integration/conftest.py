@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.browser import browser, browser_context  # noqa: F401  (shared browser fixtures)
 from tests.integration.harness import BUNDLED, FIXTURES, ServedHost, served_plugins
 
 
