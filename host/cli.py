@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from host import control, origins
-from host.errors import HostError, SupervisorUnavailable
+from host.errors import HostError, SupervisorUnavailable, UsageError
 from host.installer import Installer
 from host.layout import Layout
 from host.quota import disk_usage, usage_cell
@@ -30,8 +30,13 @@ class Ctx:
     def settings(self, **more: Any) -> HostSettings:
         return HostSettings(**{**self.overrides, **{k: v for k, v in more.items() if v is not None}})
 
-    def layout(self) -> Layout:
+    def layout(self, create: bool = False) -> Layout:
+        """The home. Only `install` and `serve --create` make a new one: any other command on a home that
+        does not exist (a misspelt --home) is bad input, not a reason to start an empty host."""
         layout = Layout(self.settings().home_dir)
+        if not create and not layout.registry.exists():
+            raise UsageError(f"no plugin host at {layout.home} (check --home / HOST_HOME; `host install` creates "
+                             "one, `host serve --create` an empty one)")
         layout.ensure()
         return layout
 
@@ -50,8 +55,9 @@ def _supervisor(layout: Layout, op: str, **args: Any) -> dict[str, Any] | None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", type=click.Path(path_type=Path), envvar="HOST_HOME",
-              help="Home directory (registry, plugins, data, sockets, logs). Default: $HOST_HOME or ./var.")
+@click.option("--home", type=click.Path(path_type=Path, readable=False), envvar="HOST_HOME",
+              help="Home directory (registry, plugins, data, sockets, logs). Default: $HOST_HOME or ./var. It "
+                   "must exist, except for `install` and `serve --create`, which create it.")
 @click.version_option(package_name="plugin-host")
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None) -> None:
@@ -94,7 +100,7 @@ def install(obj: Ctx, path: Path, yes: bool, no_enable: bool, force: bool, value
         return click.confirm("Install with these permissions?", default=False, err=True)
 
     settings = obj.settings()
-    layout = obj.layout()
+    layout = obj.layout(create=True)
     registry = Registry(layout.registry)
     t0 = time.monotonic()
     result = Installer(settings, registry, progress).install(path, enable=not no_enable, force=force,
@@ -139,9 +145,10 @@ def uninstall(obj: Ctx, name: str, keep_data: bool) -> None:
     if registry.set_enabled(name, False):
         _supervisor(layout, "reload")
     _stopped(obj, name, "uninstalled")
-    Installer(obj.settings(), registry, progress).uninstall(name, keep_data=keep_data)
+    kept = Installer(obj.settings(), registry, progress).uninstall(name, keep_data=keep_data)
     _supervisor(layout, "reload")
-    progress(f"uninstalled {name}" + (" (data kept)" if keep_data else ""))
+    progress(f"uninstalled {name}: " + (f"kept {', '.join(kept)} (--keep-data)" if kept else
+                                        "nothing of it is left but its events in the audit log"))
 
 
 @cli.command(name="list")
@@ -306,10 +313,15 @@ def config(obj: Ctx, name: str, assignments: tuple[str, ...], from_file: Path | 
               help="Serve each plugin on its own origin, <name>.DOMAIN (default: localhost when --bind is a "
                    "loopback address, else none; \"\" = off). Same as HOST_PLUGIN_DOMAIN.")
 @click.option("-v", "--verbose", is_flag=True, help="Also echo plugin output to the console.")
+@click.option("--create", is_flag=True, help="Create the home if it does not exist (otherwise that is an error).")
 @click.pass_obj
-def serve(obj: Ctx, bind: str | None, workers: int | None, plugin_domain: str | None, verbose: bool) -> None:
-    """Run the supervisor, every enabled plugin and the web tier until SIGTERM/Ctrl-C."""
+def serve(obj: Ctx, bind: str | None, workers: int | None, plugin_domain: str | None, verbose: bool,
+          create: bool) -> None:
+    """Run the supervisor, every enabled plugin and the web tier until SIGTERM/Ctrl-C. Exits 1 with one line
+    when the port cannot be bound."""
     from host.supervisor.core import Supervisor
+
+    obj.layout(create=create)
 
     console = logging.StreamHandler()
     console.setFormatter(PrintableFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
@@ -317,13 +329,19 @@ def serve(obj: Ctx, bind: str | None, workers: int | None, plugin_domain: str | 
     if not verbose:
         logging.getLogger("plugins").setLevel(logging.INFO)
     settings = obj.settings(bind=bind, web_workers=workers, plugin_domain=plugin_domain)
+    supervisor = Supervisor(settings)
+    supervisor.bind()  # a port in use fails here, in one line, before anything is started or said
     log = logging.getLogger("host.serve")
+    if os.geteuid() != 0:
+        log.warning("not running as root (uid %d): plugins run without their own uid, cgroup limits and disk "
+                    "quota, and one with a network grant does not start (HOST_SANDBOX=weak starts it without "
+                    "egress control); `host doctor` shows what else this machine can enforce", os.geteuid())
     if settings.origin_domain:
         log.info("each plugin on its own origin: http://<name>.%s%s/", settings.origin_domain,
                  origins.split_host(settings.bind)[1])
     if settings.path_mode:
         log.info("path mode on: %s", origins.SHARED_ORIGIN_WARNING)
-    sys.exit(Supervisor(settings).run())
+    sys.exit(supervisor.run())
 
 
 @cli.command()
@@ -353,13 +371,33 @@ def logs(obj: Ctx, name: str, lines: int, follow: bool, previous: bool) -> None:
                 time.sleep(0.2)
 
 
+NOT_IMPORTED = ("not imported: `host check` runs none of the plugin's code; `host install` imports it under "
+                "its sandbox before registering it")
+
+
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-def check(path: Path) -> None:
-    """Validate the plugin in directory PATH and show what it would be allowed to do."""
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def check(path: Path, as_json: bool) -> None:
+    """Validate the plugin in directory PATH (its manifest, and that its entrypoint exists, found without
+    running it) and show what it would be allowed to do. Exit 2 when it is invalid."""
+    from host.risk import assess, grants
+    from manifests.entrypoint import check_entrypoint
+
     m = load_manifest(path)
+    found = check_entrypoint(path, m)
+    if as_json:
+        risk = assess(m)
+        click.echo(json.dumps({
+            "name": m.name, "version": m.version,
+            "entrypoint": {"spec": m.entrypoint, "found": found, "imported": False, "note": NOT_IMPORTED},
+            "grants": [{"permission": g.permission, "value": g.value, "enforced_by": g.enforced_by}
+                       for g in grants(m)],
+            "risk": {"score": risk.score, "reasons": list(risk.reasons)}}, indent=2))
+        return
     for line in permission_summary(m):
         click.echo(line)
+    click.echo(printable(f"entrypoint:  {found}; {NOT_IMPORTED}"))
 
 
 @cli.command()
@@ -437,6 +475,14 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("error: interrupted; nothing was changed", err=True)
         sys.exit(130)
+    except PermissionError as exc:
+        if os.environ.get("HOST_DEBUG"):
+            raise
+        hint = "" if os.geteuid() == 0 else (
+            f"; this runs as uid {os.geteuid()}, not root: use a home this user owns (--home DIR), where plugins run "
+            "without their own uids, cgroup limits and disk quota (`host doctor` shows what it can enforce)")
+        click.echo(f"error: permission denied: {printable(exc.filename or exc)}{hint}", err=True)
+        sys.exit(1)
     except Exception as exc:
         if os.environ.get("HOST_DEBUG"):
             raise

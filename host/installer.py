@@ -35,7 +35,8 @@ from host.registry import Registry
 from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
 from host.settings import HostSettings
 from host.uids import UidFile
-from manifests import Manifest, ManifestError, load_manifest
+from manifests import Manifest, load_manifest
+from manifests.entrypoint import check_entrypoint
 from manifests.settings import Value
 from sandbox_runner.errors import SETUP_EXIT_CODES
 from sandbox_runner.layers import cgroup
@@ -109,10 +110,10 @@ class Installer:
         self.progress(f"resolving {source}")
         if not source.is_dir():
             raise UsageError(f"{source}: not a plugin directory")
-        try:
-            manifest = load_manifest(source)
-        except ManifestError as exc:
-            raise InstallError(None, "reading the manifest", str(exc)) from exc
+        # A bad manifest or an entrypoint the plugin does not have is bad input (exit 2), found before anything
+        # is built: ManifestError goes up as it is.
+        manifest = load_manifest(source)
+        check_entrypoint(source, manifest)
         name = manifest.name
         self.layout.check_socket_length(name)
         given = plugin_settings.parse_assignments(manifest, settings)  # bad input fails before anything happens
@@ -336,7 +337,9 @@ class Installer:
             if d.is_dir() and d.name not in keep:
                 rootfs.remove_tree(d)
 
-    def uninstall(self, name: str, *, keep_data: bool = False) -> None:
+    def uninstall(self, name: str, *, keep_data: bool = False) -> list[str]:
+        """Remove everything of the plugin but, with ``keep_data``, its data (and its uid, which owns that
+        data); returns what was kept, in words."""
         with home_lock(self.layout):
             self.registry.require(name)
             self.registry.remove(name, keep_uid=keep_data)
@@ -346,6 +349,10 @@ class Installer:
             rootfs.remove_tree(self.layout.cache / "pip" / name)
             rootfs.remove_tree(self.layout.plugin_root(name))
             rootfs.remove_tree(self.layout.run_dir(name))
+            rootfs.remove_tree(self.layout.logs(name))
+            # its policy, sandbox and exit reports, passwd/group/hosts files: root's, in the root-only run/
+            for leftover in self.layout.run.glob(f".{name}.*"):
+                leftover.unlink(missing_ok=True)
             # Unmount first: deleting the data dir must remove the mount point, not the files in the image.
             if keep_data:
                 release(self.layout, name, lazy=True)
@@ -353,6 +360,10 @@ class Installer:
                 remove(self.layout, name)
             if not keep_data:
                 rootfs.remove_tree(self.layout.data(name))
+                return []
+        kept = [str(p) for p in (self.layout.data(name), self.layout.disk_image(name)) if p.exists()]
+        uid = launch.plugin_uid(self.settings, 0)
+        return kept + (["its uid (in the machine-wide uid file), which owns that data"] if uid is not None else [])
 
 
 def _ended(policy: Policy | None) -> ExitReport | None:

@@ -3,7 +3,8 @@
 ManifestError                 any problem with a plugin.toml; carries ``path`` and ``field``
  ├── ManifestNotFound         no plugin.toml where one was expected
  ├── ManifestSyntaxError      not valid TOML
- └── ManifestValidationError  valid TOML, but a field breaks the schema
+ ├── ManifestValidationError  valid TOML, but a field breaks the schema
+ └── EntrypointNotFound       the entrypoint names a module or attribute the plugin directory does not have
 """
 
 from __future__ import annotations
@@ -31,4 +32,8 @@ class ManifestSyntaxError(ManifestError):
 
 
 class ManifestValidationError(ManifestError):
+    pass
+
+
+class EntrypointNotFound(ManifestError):
     pass

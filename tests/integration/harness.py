@@ -104,7 +104,7 @@ class ServedHost:
         self.log = self.home.parent / f"serve-{self.port}.log"
         env = {**os.environ, "HOST_WEB_WORKERS": "1", "HOST_WEB_THREADS": "32", **self.env}
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([*HOST, "--home", str(self.home), "serve", "--bind",
+            self.proc = subprocess.Popen([*HOST, "--home", str(self.home), "serve", "--create", "--bind",
                                           f"127.0.0.1:{self.port}"], stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         wait_for(self._healthy, timeout, what=f"host on port {self.port} (log: {self.log})")

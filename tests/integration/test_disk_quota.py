@@ -240,6 +240,7 @@ def test_uninstall_removes_the_image_and_leaves_no_mount_or_loop_device(home: Ho
         try:
             r = host.cli("uninstall", ECHO, "--keep-data")
             assert r.returncode == 0, r.stderr
+            assert f"uninstalled {ECHO}: kept {home.path / 'data' / ECHO}, {image(home, ECHO)}" in r.stderr
             assert image(home, ECHO).exists() and str(home.path / "data" / ECHO) not in mounts_under(home.path)
             r = host.cli("uninstall", HOG)
             assert r.returncode == 0, r.stderr

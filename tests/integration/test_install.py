@@ -42,8 +42,11 @@ def test_install_then_list_then_uninstall(home: Path) -> None:
 
     r = run_host(home, "uninstall", "example")
     assert r.returncode == 0, r.stderr
+    assert "uninstalled example: nothing of it is left but its events in the audit log" in r.stderr
     assert json.loads(run_host(home, "list", "--json", check=True).stdout) == []
     assert not (home / "plugins" / "example").exists()
+    assert not (home / "logs" / "example").exists()  # its install log too
+    assert not list((home / "run").glob(".example.*")) and not (home / "run" / "example").exists()
 
 
 def test_requirements_go_into_the_plugins_own_venv(home: Path) -> None:
@@ -57,7 +60,7 @@ def test_requirements_go_into_the_plugins_own_venv(home: Path) -> None:
 def test_bad_manifest_is_one_clear_line_and_changes_nothing(home: Path) -> None:
     before = snapshot(home) if home.exists() else (set(), [])
     r = run_host(home, "install", str(FIXTURES / "bad_manifest"), "--yes")
-    assert r.returncode == 1
+    assert r.returncode == 2  # bad input, as from `host check`
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(err) == 1
     assert "plugin.toml: name: must match ^[a-z][a-z0-9-]{0,31}$" in err[0]
@@ -86,13 +89,18 @@ def test_failing_pip_install_keeps_log_and_changes_nothing(home: Path) -> None:
     assert snapshot(home) == before
 
 
-def test_unknown_entrypoint_fails_the_install(home: Path) -> None:
+def test_unknown_entrypoint_is_bad_input_found_before_anything_is_built(home: Path) -> None:
     r = run_host(home, "install", str(FIXTURES / "unknown_entrypoint"), "--yes")
-    assert r.returncode == 1
-    assert "install failed while checking the entrypoint" in r.stderr
-    assert "module 'app' has no attribute 'application'" in r.stderr
+    assert r.returncode == 2
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert err == [f"error: {FIXTURES / 'unknown_entrypoint' / 'plugin.toml'}: entrypoint: app.py defines no "
+                   "'application' at module level"]
+    assert "creating venv" not in r.stderr
     assert snapshot(home)[1] == []
     assert not (home / "plugins" / "unknown-entrypoint").exists()
+    checked = subprocess.run([*HOST, "check", str(FIXTURES / "unknown_entrypoint")], capture_output=True, text=True,
+                             check=False)
+    assert checked.returncode == 2 and "defines no 'application'" in checked.stderr
 
 
 def test_running_out_of_memory_at_install_says_so(home: Path) -> None:

@@ -208,6 +208,6 @@ def test_privileged_port_and_configured_web_user() -> None:
 
 def test_serve_refuses_root_as_the_web_user() -> None:
     with short_home() as home:
-        r = run_host(home, "serve", "--bind", "127.0.0.1:1", env={"HOST_WEB_USER": "root"}, timeout=60)
+        r = run_host(home, "serve", "--create", "--bind", "127.0.0.1:1", env={"HOST_WEB_USER": "root"}, timeout=60)
     assert r.returncode == 1
     assert "HOST_WEB_USER=root: uid/gid 0; the web tier never runs as root" in r.stderr
