@@ -23,6 +23,7 @@ from host.layout import Layout
 from host.quota import release_all
 from host.registry import Registry
 from host.settings import HostSettings
+from host.supervisor import leftovers
 from host.supervisor.control_server import ControlServer
 from host.supervisor.process import Children, children_of, process_group
 from host.supervisor.state import SERVING
@@ -218,6 +219,9 @@ class Supervisor:
         stale = release_all(self.layout, keep=installed)
         if stale:
             log.info("unmounted the disk images of uninstalled plugins: %s", ", ".join(stale))
+        gone = leftovers.clean(self.settings, installed)
+        if gone:
+            log.info("removed what a killed host or runner left behind: %s", ", ".join(gone))
         try:
             self.reconcile()
             if self.web_enabled:
