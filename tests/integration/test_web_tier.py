@@ -128,8 +128,8 @@ def _web_user_attempts(home: Path) -> dict[str, str]:
 def test_cant_reach_what_the_web_tier_does_not_need(served: ServedHost) -> None:
     got = _as_web_user(served, _web_user_attempts)
     assert "child" not in got, got.get("child")
-    assert got["routes"] == "ok ['echo', 'example', 'notes', 'shop']"
-    assert got["status"] == "ok ['echo', 'example', 'notes', 'shop']"
+    assert got["routes"] == "ok ['echo', 'example', 'notes', 'shop', 'sse']"
+    assert got["status"] == "ok ['echo', 'example', 'notes', 'shop', 'sse']"
     assert got["plugin socket"] == "ok connected"
     assert got["registry"] == "PermissionError"
     assert got["control socket"] == "PermissionError"
