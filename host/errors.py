@@ -7,9 +7,9 @@ HostError                       exit code 1 unless stated
  ├── MissingSettings            a required setting has no value: the plugin cannot start; ``keys`` names them
  ├── InstallError               an install step failed; ``step`` names it, ``log`` points at the kept log
  ├── RegistryError              the registry could not be read or written
+ ├── UidError                   the machine-wide uid file is unusable, or a plugin's uid is another home's
  ├── QuotaError                 a plugin's disk quota (its filesystem image) could not be set up
  │    └── QuotaUnavailable      this machine cannot enforce disk quotas at all (no root, loop devices, mkfs)
- ├── UidError                   the machine-wide uid file is unusable, or a plugin's uid is another home's
  ├── UnsafeTree                 root will not walk a plugin-writable tree (not a directory, too deep); ``path``
  └── SupervisorUnavailable      no `host serve` is running for this home (control socket absent)
 """
@@ -65,6 +65,10 @@ class RegistryError(HostError):
     pass
 
 
+class UidError(HostError):
+    pass
+
+
 class QuotaError(HostError):
     prefix = "disk quota"
 
@@ -75,10 +79,6 @@ class QuotaError(HostError):
 
 class QuotaUnavailable(QuotaError):
     prefix = "disk layer unavailable"
-
-
-class UidError(HostError):
-    pass
 
 
 class UnsafeTree(HostError):
