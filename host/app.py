@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from flask import Flask, Response, jsonify, render_template, request
@@ -81,7 +82,7 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
         except HostError:
             log.debug("cannot mark %s active", name, exc_info=True)
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no static files of its own: /static/ may be a plugin's (path_fallback)
     app.config["MAX_CONTENT_LENGTH"] = None
     app.extensions["plugin_host"] = {"settings": settings, "pool": pool, "directory": directory}
     websockets = WebSockets(app, directory, mark_active, websocket_gate)
@@ -105,6 +106,38 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
         if label is None:
             return None
         return proxy(label, request.path.removeprefix("/"), prefix="")
+
+    def referring_plugin() -> str | None:
+        """Path mode: the enabled plugin whose page, by the request's Referer, asked for this path of the main
+        host name; None when the Referer is no page of a plugin on this same host name."""
+        referer = urlsplit(request.headers.get("Referer", ""))
+        if referer.scheme not in ("http", "https") or referer.netloc.lower() != public_host().lower():
+            return None
+        parts = referer.path.split("/", 3)  # "", "plugins", <name>, rest
+        if len(parts) < 3 or parts[0] or parts[1] != "plugins" or not origins.valid_label(parts[2]):
+            return None
+        entry = directory.get(parts[2])
+        return entry.name if entry is not None and entry.enabled else None
+
+    @app.before_request
+    def path_fallback() -> Response | None:
+        """An app unaware of its prefix writes absolute links (``href="/static/app.css"``, ``action="/login"``,
+        a script's ``fetch("/api")``). Asked for from one of its pages, such a path of the main host name that
+        is no page of the host's (or is ``/``, which a plugin's page means as its own home) is sent under the
+        plugin's prefix with a 307 (method and body kept). Only ever by Referer: the same link typed in or
+        followed from elsewhere still gets the host's page or 404."""
+        if not (settings.path_mode and settings.path_fallback) or request.path.startswith("/plugins/"):
+            return None
+        rule = request.url_rule
+        if rule is not None and rule.rule != "/":
+            return None
+        name = referring_plugin()
+        if name is None or requested(request.environ):
+            return None
+        raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or ""
+        target = raw if raw.startswith("/") and not raw.startswith("//") else request.full_path.removesuffix("?")
+        return Response(status=307, headers={"Location": f"/plugins/{name}{target}", "Cache-Control": "no-store",
+                                             "Vary": "Referer"})
 
     @app.get("/")
     def index() -> str:
@@ -225,7 +258,8 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
         # The server calls close() however the response ends (complete, aborted, never iterated), so the
         # upstream connection and the plugin's slot are always given back.
         resp = Response(ClosingIterator(body(), done), status=upstream.status_code, direct_passthrough=True)
-        resp.headers = Headers(response_headers(upstream.headers, prefix))
+        public = f"{request.scheme}://{public_host()}"
+        resp.headers = Headers(response_headers(upstream.headers, prefix, public=public if prefix else ""))
         return resp
 
     def wait_until_available(name: str) -> None:

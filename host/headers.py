@@ -144,7 +144,7 @@ def request_headers(incoming: list[tuple[str, str]], *, prefix: str, client_ip: 
     return out
 
 
-def response_headers(upstream: httpx.Headers, prefix: str) -> list[tuple[str, str]]:
+def response_headers(upstream: httpx.Headers, prefix: str, public: str = "") -> list[tuple[str, str]]:
     """Headers to send the client from a plugin's response.
 
     Taken as the plugin sent the bytes (latin-1, as WSGI servers write them back), not as httpx decodes them
@@ -153,6 +153,8 @@ def response_headers(upstream: httpx.Headers, prefix: str) -> list[tuple[str, st
     would refuse with a 500 (other control characters) is dropped here. A Content-Length beside a
     Transfer-Encoding goes (RFC 9112 6.3: the body was framed by the chunks, which are gone by now).
     ``prefix`` "" is a plugin on an origin of its own: see :func:`scope_cookie`; only SITE_WIDE headers go.
+    In path mode a ``Location`` outside the prefix is moved under it (:func:`prefixed_location`); ``public``
+    is the origin the client used (``http://127.0.0.1:8000``), whose absolute URLs are moved the same way.
     """
     widening = ORIGIN_WIDE if prefix else SITE_WIDE
     named_by_connection = {t.strip().lower() for t in upstream.get("connection", "").split(",")}
@@ -172,8 +174,33 @@ def response_headers(upstream: httpx.Headers, prefix: str) -> list[tuple[str, st
             if scoped is None:
                 continue
             v = scoped
+        elif lk == "location" and prefix:
+            v = prefixed_location(v, prefix, public)
         out.append((lk, v))
     return out
+
+
+def prefixed_location(location: str, prefix: str, public: str = "") -> str:
+    """A plugin's redirect target as the client must follow it in path mode.
+
+    A plugin told its prefix (SCRIPT_NAME) that builds its URLs with ``url_for`` already redirects under it; an
+    app unaware of any prefix (``redirect("/login")``, a hand-written ``Location: /``) would send the browser
+    to the host's root. Like nginx's ``proxy_redirect`` and Apache's ``ProxyPassReverse``, such a target is
+    moved under the prefix: a path starting with "/" (not "//", a network-path reference to another host),
+    or an absolute URL on the origin the client used. Anything else (another site, a relative path, a target
+    under the prefix already) is left alone."""
+    target = location.strip()
+    rest: str | None = None
+    if target.startswith("/") and not target.startswith(("//", "/\\")):
+        rest, base = target, ""
+    elif public and target.lower().startswith(public.lower()) and target[len(public):len(public) + 1] in ("/", "?",
+                                                                                                       "#", ""):
+        rest, base = target[len(public):] or "/", target[:len(public)]
+    if rest is None or rest == prefix or rest.startswith((prefix + "/", prefix + "?", prefix + "#")):
+        return location
+    if not rest.startswith("/"):
+        rest = "/" + rest
+    return base + prefix + rest
 
 
 def _hop_by_hop(name: str) -> bool:

@@ -25,6 +25,10 @@ class HostSettings(BaseSettings):
     # Path mode: /plugins/<name>/ on the main host name, where every plugin shares one origin with the others
     # and the host. false: plugins are reachable on their own origins only.
     path_mode: bool = True
+    # Path mode: a request for a path of the main host name that is no host page, made from a plugin's page
+    # (by its Referer), is redirected under that plugin's prefix, so apps that write absolute links
+    # (href="/static/app.css", action="/login") work by path too. false: such requests get the host's 404.
+    path_fallback: bool = True
     # Front proxies (nginx, a load balancer) whose X-Forwarded-For/-Proto/-Host the web tier believes:
     # comma-separated addresses or networks ("10.0.0.5", "10.0.0.0/24"); "*" = any peer, only when nothing
     # but the proxy can reach `bind`. Empty: believe no one, loopback included (gunicorn's own default trusts

@@ -23,11 +23,14 @@ CLONE_NEWNS = 0x00020000
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_SLAVE = 0x2, 0x4, 0x1000, 0x4000, 0x80000
 
 
-def python_paths() -> list[str]:
-    """Directories this interpreter imports from (real paths, nested ones dropped)."""
+def python_paths(skip: Iterable[str] = ()) -> list[str]:
+    """Directories this interpreter imports from (real paths, nested ones dropped), but for ``skip``: skipped
+    before nesting is looked at, so a skipped directory never hides the ones below it (``python -m`` run in a
+    checkout puts the checkout first, whose .venv is what must be reachable)."""
     candidates = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix,
                   os.path.dirname(os.path.realpath(sys.executable)), *sys.path}
-    real = {os.path.realpath(p) for p in candidates if p and os.path.isdir(p)}
+    skipped = {os.path.realpath(p) for p in skip}
+    real = {os.path.realpath(p) for p in candidates if p and os.path.isdir(p)} - skipped
     return sorted(p for p in real if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in real))
 
 

@@ -81,7 +81,7 @@ def _capabilities() -> int:
 
 def keep_python_reachable() -> None:
     """Before the drop: make sure the new uid can still import from this installation (host.web_mounts)."""
-    paths = [p for p in web_mounts.python_paths() if p != os.getcwd()]  # -m puts the cwd first: not needed
+    paths = web_mounts.python_paths(skip=[os.getcwd()])  # -m puts the cwd first: not needed
     paths.append(os.path.dirname(host.__file__))  # editable installs import it through a finder, not sys.path
     try:
         covered = web_mounts.open_up(paths)
