@@ -183,6 +183,14 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
             return problem(404, "Unknown plugin", f"no enabled plugin named {name!r}")
         if escapes_prefix(subpath):
             return problem(400, "Bad path", "path segments '.' and '..' are not allowed")
+        if not prefix and (request.method not in IDEMPOTENT or requested(request.environ)):
+            other = origins.sibling(request.headers.get("Origin"), name, domain)
+            if other is not None:
+                # Same site, so the browser sent this plugin's cookies with it: a cross-plugin request forgery.
+                what = ("open a WebSocket to" if requested(request.environ)
+                        else f"send {request.method} requests to")
+                return problem(403, "Cross-plugin request refused", f"a page of plugin {other!r} may not {what} "
+                               f"plugin {name!r}", plugin=name)
         if not slots.acquire(name):
             return problem(503, "Plugin busy", f"plugin {name!r} has {slots.limit} requests in flight already",
                            1, plugin=name)

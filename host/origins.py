@@ -67,3 +67,17 @@ def plugin_url(name: str, domain: str, scheme: str, main_host: str) -> str:
     the plugin origins are served by the same listener)."""
     _, port = split_host(main_host)
     return f"{scheme}://{name}.{domain}{port}/"
+
+
+def sibling(origin: str | None, name: str, domain: str) -> str | None:
+    """The other plugin whose origin an ``Origin`` header names, when a request to plugin ``name`` comes from
+    a page of a sibling ``<other>.<domain>``; None for its own origin, the main host name, another site,
+    ``null`` or no header.
+
+    Plugin origins are distinct origins but one *site* (same registrable domain): the browser sends a
+    plugin's SameSite=Lax and even Strict cookies along with a form POST or a WebSocket handshake that a
+    sibling plugin's page starts, which no CORS rule stops. The proxy refuses those (see host.app)."""
+    if not origin or not domain or "://" not in origin:
+        return None
+    label = plugin_label(origin.split("://", 1)[1].split("/", 1)[0], domain)
+    return label if label is not None and label != name else None

@@ -8,6 +8,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -16,6 +17,9 @@ from host.ws_relay import Gate
 from tests.integration import ws_client
 from tests.integration.harness import FIXTURES, ServedHost, served_plugins
 from tests.integration.ws_client import BINARY, TEXT
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext
 
 PREFIX = "/plugins/websocket"
 LIMIT = 4  # the fixture's max_websockets
@@ -27,7 +31,7 @@ def served() -> Iterator[ServedHost]:
     # Two web workers (the cap must hold across them) of two threads each: fewer threads than the cap, so a
     # WebSocket that held a thread would starve everything else.
     env = {"HOST_WEB_WORKERS": "2", "HOST_WEB_THREADS": "2", "HOST_STOP_GRACE": "1"}
-    with served_plugins(FIXTURES / "websocket", wait=("websocket",), env=env) as host:
+    with served_plugins(FIXTURES / "websocket", FIXTURES / "echo", wait=("websocket", "echo"), env=env) as host:
         yield host
 
 
@@ -113,6 +117,51 @@ def test_echo_on_the_plugins_own_origin(served: ServedHost) -> None:
     echo.send("on my own origin")
     assert echo.recv_text() == "on my own origin"
     echo.close()
+
+
+# In a page: open a WebSocket to `url`, echo a text and a binary message, close; or the error that stopped it.
+ECHO_IN_BROWSER = """async (url) => {
+    const ws = new WebSocket(url);
+    ws.binaryType = "arraybuffer";
+    const opened = await new Promise((ok) => { ws.onopen = () => ok(true); ws.onclose = () => ok(false); });
+    if (!opened) return {error: "the WebSocket did not open"};
+    const next = () => new Promise((ok) => { ws.onmessage = (e) => ok(e.data); });
+    ws.send("héllo from a browser");
+    const text = await next();
+    ws.send(new Uint8Array([0, 1, 2, 255]));
+    const binary = Array.from(new Uint8Array(await next()));
+    const closed = new Promise((ok) => { ws.onclose = (e) => ok(e.code); });
+    ws.close(1000);
+    return {text, binary, code: await closed};
+}"""
+
+
+@pytest.mark.parametrize("mode", ["origin", "path"])
+def test_echo_in_the_browser(served: ServedHost, browser_context: BrowserContext, mode: str) -> None:
+    """Chromium, on a page of the plugin, opens a WebSocket back to it through the host."""
+    page = browser_context.new_page()
+    if mode == "origin":
+        page.goto(served.origin("websocket") + "/pid")
+        url = f"ws://websocket.localhost:{served.port}/echo"
+    else:
+        page.goto(served.url + PREFIX + "/pid")
+        url = f"ws://127.0.0.1:{served.port}{PREFIX}/echo"
+    got = page.evaluate(ECHO_IN_BROWSER, url)
+    assert got == {"text": "héllo from a browser", "binary": [0, 1, 2, 255], "code": 1000}
+
+
+def test_cant_open_a_websocket_to_another_plugin_from_its_page(served: ServedHost,
+                                                               browser_context: BrowserContext) -> None:
+    """Plugin origins are one site: a handshake from echo's page would carry websocket's cookies, and no CORS
+    rule applies to WebSockets. The host refuses a handshake whose Origin is a sibling plugin's."""
+    page = browser_context.new_page()
+    page.goto(served.origin("echo") + "/")
+    assert page.evaluate(ECHO_IN_BROWSER, f"ws://websocket.localhost:{served.port}/echo") == {
+        "error": "the WebSocket did not open"}
+    answer = ws_client.connect(("127.0.0.1", served.port), "/echo", {"Origin": served.origin("echo")},
+                               host=f"websocket.localhost:{served.port}")
+    assert answer.status == 403 and answer.ws is None
+    assert json.loads(answer.body)["detail"] == "a page of plugin 'echo' may not open a WebSocket to plugin 'websocket'"
 
 
 def test_a_refused_upgrade_comes_back_as_the_plugins_ordinary_answer(served: ServedHost) -> None:

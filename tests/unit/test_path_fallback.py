@@ -82,3 +82,32 @@ def test_the_hosts_own_pages_and_plugin_paths_are_never_redirected(tmp_path: Pat
 def test_the_fallback_can_be_switched_off(tmp_path: Path) -> None:
     r = referred(client(tmp_path, path_fallback=False), "/static/app.css", "http://127.0.0.1:8000/plugins/notes/")
     assert r.status_code == 404
+
+
+@pytest.mark.parametrize(("origin", "refused"), [
+    ("http://echo.localhost:8000", True),  # a sibling plugin's page: same site, so notes' cookies went along
+    ("https://echo.localhost", True),
+    ("http://notes.localhost:8000", False),  # its own pages
+    ("http://127.0.0.1:8000", False),  # the main host name
+    ("https://example.org", False),  # another site: its cookies are SameSite's business, and CORS's
+    ("null", False),
+    (None, False),
+])
+def test_a_sibling_plugins_page_may_not_post_to_a_plugin(tmp_path: Path, origin: str | None, refused: bool) -> None:
+    c = client(tmp_path)
+    headers = {"Host": "notes.localhost:8000", **({"Origin": origin} if origin else {})}
+    r = c.post("/save", headers=headers, data=b"x")
+    if refused:
+        assert r.status_code == 403 and r.get_json()["title"] == "Cross-plugin request refused"
+        assert r.get_json()["detail"] == "a page of plugin 'echo' may not send POST requests to plugin 'notes'"
+    else:
+        assert r.status_code == 200 and r.get_json()["plugin"] == "notes"
+    assert c.get("/page", headers=headers).status_code == 200  # reading is CORS's business: the browser's
+
+
+def test_a_sibling_plugins_page_may_not_open_a_websocket_to_a_plugin(tmp_path: Path) -> None:
+    r = client(tmp_path).get("/ws", headers={"Host": "notes.localhost:8000", "Origin": "http://echo.localhost:8000",
+                                             "Connection": "Upgrade", "Upgrade": "websocket",
+                                             "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "x" * 22 + "=="})
+    assert r.status_code == 403
+    assert r.get_json()["detail"] == "a page of plugin 'echo' may not open a WebSocket to plugin 'notes'"
