@@ -119,7 +119,8 @@ def install(obj: Ctx, path: Path, yes: bool, no_enable: bool, force: bool, value
     if no_enable:
         return
     if _supervisor(layout, "reload") is None:
-        progress(f"run `host serve` to start it; it will be at /plugins/{name}/")
+        urls = origins.public_urls(name, settings.bind, settings.origin_domain, settings.path_mode)
+        progress(f"run `host serve` to start it; it will be at {' and '.join(urls)}")
         return
     progress("starting")
     reply = control.call(layout.control_socket, "start", name=name, wait=settings.start_timeout + 5,
@@ -130,7 +131,11 @@ def install(obj: Ctx, path: Path, yes: bool, no_enable: bool, force: bool, value
     if st.get("install_id") not in (None, result.install_id):
         raise HostError(f"installed {result.manifest.version}, but it did not start; the previous version keeps "
                         f"serving: {printable(st.get('reason'))}", plugin=name)
-    progress(f"healthy: serving at /plugins/{name}/")
+    serving = control.call(layout.control_socket, "status", timeout=10).get("serving", {})
+    urls = origins.public_urls(name, serving.get("bind", settings.bind),
+                               serving.get("plugin_domain", settings.origin_domain),
+                               serving.get("path_mode", settings.path_mode))
+    progress(f"healthy: serving at {' and '.join(urls)}")
 
 
 @cli.command()

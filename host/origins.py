@@ -81,3 +81,10 @@ def sibling(origin: str | None, name: str, domain: str) -> str | None:
         return None
     label = plugin_label(origin.split("://", 1)[1].split("/", 1)[0], domain)
     return label if label is not None and label != name else None
+
+
+def public_urls(name: str, bind: str, domain: str, path_mode: bool) -> list[str]:
+    """Where plugin ``name`` is reached on a host listening on ``bind`` (its own origin first)."""
+    main = bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")  # noqa: S104 - a wildcard: say loopback
+    urls = [plugin_url(name, domain, "http", main)] if domain else []
+    return urls + ([f"http://{main}/plugins/{name}/"] if path_mode else [])

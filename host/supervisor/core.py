@@ -100,6 +100,9 @@ class Supervisor:
             "supervisor": {"pid": os.getpid(), "uptime": round(time.time() - self.started, 1)},
             # what the plugins' "failures" count towards (host.supervisor.state.RestartPolicy)
             "policy": {"max_failures": self.settings.max_failures, "failure_window": self.settings.failure_window},
+            # where plugins are reached: `host install` prints each plugin's URLs from it
+            "serving": {"bind": self.settings.bind, "plugin_domain": self.settings.origin_domain,
+                        "path_mode": self.settings.path_mode},
             "web": {"pid": self.web.pid if self.web and self.web.poll() is None else None,
                     "uid": self.web_user.uid if self.web_user else os.geteuid(),
                     "gid": self.web_user.gid if self.web_user else os.getegid()},

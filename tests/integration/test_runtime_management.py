@@ -26,8 +26,12 @@ def test_install_while_serving_starts_it_and_reports_healthy(live: ServedHost) -
     r = live.cli("install", str(FIXTURES / "echo"), "--yes")
     assert r.returncode == 0, r.stderr
     assert "==> starting" in r.stderr
-    assert "==> healthy: serving at /plugins/echo/" in r.stderr
+    port = live.port
+    assert f"==> healthy: serving at http://echo.localhost:{port}/ and http://127.0.0.1:{port}/plugins/echo/" \
+        in r.stderr  # the running host's addresses, not the CLI's defaults
     assert live.get("/plugins/echo/status/201").status_code == 201
+    with live.origin_client("echo") as on_its_origin:
+        assert on_its_origin.get("/status/202").status_code == 202
 
 
 def test_disable_stops_it_and_enable_brings_it_back(live: ServedHost) -> None:

@@ -197,3 +197,13 @@ def test_doctor_says_whether_plugins_share_an_origin(monkeypatch: pytest.MonkeyP
     alone = cli.origin_report(HostSettings(path_mode=False, plugin_domain="plugins.example.com"))
     assert alone["shared_origin"] is False and alone["detail"] == [
         "each plugin on its own origin: http://<name>.plugins.example.com:8000/ (HOST_PLUGIN_DOMAIN)"]
+
+
+@pytest.mark.parametrize(("bind", "domain", "path_mode", "urls"), [
+    ("127.0.0.1:8000", "localhost", True, ["http://wiki.localhost:8000/", "http://127.0.0.1:8000/plugins/wiki/"]),
+    ("127.0.0.1:8000", "", True, ["http://127.0.0.1:8000/plugins/wiki/"]),
+    ("0.0.0.0:80", "plugins.example.com", False, ["http://wiki.plugins.example.com:80/"]),
+    ("[::]:8000", "", True, ["http://[::1]:8000/plugins/wiki/"]),
+])
+def test_public_urls_of_a_plugin(bind: str, domain: str, path_mode: bool, urls: list[str]) -> None:
+    assert origins.public_urls("wiki", bind, domain, path_mode) == urls
