@@ -6,12 +6,16 @@ Every process opens its own connection; nothing is cached across calls except by
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import re
+import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +56,42 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         updated_at REAL NOT NULL,
         PRIMARY KEY (plugin, key)
     )""",),
+    # 2: who made a change (issue 11): "local:<user>" for the CLI, "token:<name>" for the admin API, NULL for
+    # the host itself. The ts index serves audit retention (prune_events).
+    ("ALTER TABLE events ADD COLUMN who TEXT",
+     "CREATE INDEX IF NOT EXISTS events_ts ON events(ts)"),
+    # 3: admin API tokens: only the sha256 of the secret is stored; revoked tokens stay listed.
+    ("""CREATE TABLE IF NOT EXISTS tokens (
+        name      TEXT PRIMARY KEY,
+        hash      TEXT UNIQUE NOT NULL,
+        scope     TEXT NOT NULL CHECK(scope IN ('admin', 'read')),
+        created   REAL,
+        last_used REAL,
+        revoked   REAL
+    )""",),
+    # 4: admin UI sessions (sha256 of the session id, the token it was opened with, its CSRF token) and failed
+    # logins per client address (the UI's rate limit, shared by every web-tier worker).
+    ("""CREATE TABLE IF NOT EXISTS sessions (
+        hash    TEXT PRIMARY KEY,
+        token   TEXT NOT NULL,
+        csrf    TEXT NOT NULL,
+        created REAL,
+        expires REAL
+    )""",
+     """CREATE TABLE IF NOT EXISTS login_failures (
+        client TEXT NOT NULL,
+        ts     REAL NOT NULL
+    )""",
+     "CREATE INDEX IF NOT EXISTS login_failures_client ON login_failures(client, ts)"),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+
+TOKEN_PREFIX = "phk_"  # host.headers refuses to forward credentials with this prefix to plugins
+TOKEN_SCOPES = ("admin", "read")
+TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# check_token refreshes last_used at most this often: a write per API request would contend with the supervisor.
+LAST_USED_RESOLUTION = 60.0
+_MAX_SECRET = 256  # longer "tokens" are not ours; hashing megabytes per request is not free
 
 
 @dataclass(frozen=True)
@@ -75,6 +113,22 @@ class Event:
     plugin: str | None
     kind: str
     detail: dict[str, Any]
+    who: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An admin API token, without its secret (only its hash is stored)."""
+
+    name: str
+    scope: str
+    created: float
+    last_used: float | None
+    revoked: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked is None
 
 
 class Registry:
@@ -177,7 +231,8 @@ class Registry:
         return max(int(counter or 1), int(top))
 
     def put(self, name: str, version: str, install_id: str, manifest: dict[str, Any], enabled: bool,
-            uid_index: int | None = None, plugin_settings: dict[str, Any] | None = None) -> None:
+            uid_index: int | None = None, plugin_settings: dict[str, Any] | None = None,
+            who: str | None = None) -> None:
         """Insert or replace a plugin's live install, in one transaction together with its audit event.
         ``uid_index``: for a plugin new to this home, the index allocated for it (default: the next one).
         ``plugin_settings``: when given, the plugin's setting values become exactly these (an upgrade keeps
@@ -202,9 +257,9 @@ class Registry:
             if plugin_settings is not None:
                 db.execute("DELETE FROM plugin_settings WHERE plugin = ?", (name,))
                 _write_settings(db, name, plugin_settings)
-            _event(db, name, "installed", {"version": version, "install_id": install_id})
+            _event(db, name, "installed", {"version": version, "install_id": install_id}, who)
 
-    def remove(self, name: str, *, keep_uid: bool = False) -> None:
+    def remove(self, name: str, *, keep_uid: bool = False, who: str | None = None) -> None:
         """Forget a plugin. ``keep_uid``: its data stays on disk, so a reinstall must run as the same uid."""
         with self._tx() as db:
             row = db.execute("SELECT uid_index FROM plugins WHERE name = ?", (name,)).fetchone()
@@ -218,9 +273,9 @@ class Registry:
             else:
                 db.execute("DELETE FROM settings WHERE key = ?", (key,))
                 db.execute("DELETE FROM plugin_settings WHERE plugin = ?", (name,))
-            _event(db, name, "uninstalled", {"kept_data": keep_uid})
+            _event(db, name, "uninstalled", {"kept_data": keep_uid}, who)
 
-    def set_enabled(self, name: str, enabled: bool) -> bool:
+    def set_enabled(self, name: str, enabled: bool, who: str | None = None) -> bool:
         """Set desired state; returns whether it changed."""
         with self._tx() as db:
             row = db.execute("SELECT enabled FROM plugins WHERE name = ?", (name,)).fetchone()
@@ -229,7 +284,7 @@ class Registry:
             if bool(row[0]) == enabled:
                 return False
             db.execute("UPDATE plugins SET enabled=?, updated_at=? WHERE name=?", (int(enabled), time.time(), name))
-            _event(db, name, "enabled" if enabled else "disabled", {})
+            _event(db, name, "enabled" if enabled else "disabled", {}, who)
             return True
 
     # -- operator settings (per-plugin overrides) ------------------------------------------------------
@@ -238,14 +293,14 @@ class Registry:
         row = self._conn().execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return str(row[0]) if row else None
 
-    def set_setting(self, key: str, value: str | None, plugin: str | None = None) -> None:
+    def set_setting(self, key: str, value: str | None, plugin: str | None = None, who: str | None = None) -> None:
         with self._tx() as db:
             if value is None:
                 db.execute("DELETE FROM settings WHERE key = ?", (key,))
             else:
                 db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                            (key, value))
-            _event(db, plugin, "setting_changed", {"key": key, "value": value})
+            _event(db, plugin, "setting_changed", {"key": key, "value": value}, who)
 
     # -- the plugin's own settings (its manifest's [settings]; host.plugin_settings validates) -----------
 
@@ -255,7 +310,8 @@ class Registry:
                                     (name,)).fetchall()
         return {str(r[0]): json.loads(r[1]) for r in rows}
 
-    def set_plugin_settings(self, name: str, values: dict[str, Any], unset: tuple[str, ...] = ()) -> None:
+    def set_plugin_settings(self, name: str, values: dict[str, Any], unset: tuple[str, ...] = (),
+                            who: str | None = None) -> None:
         """Store ``values`` and forget ``unset``, in one transaction. The audit event names the keys only:
         values may be secrets, and the audit log is shown to operators and kept."""
         with self._tx() as db:
@@ -264,26 +320,165 @@ class Registry:
             _write_settings(db, name, values)
             for key in unset:
                 db.execute("DELETE FROM plugin_settings WHERE plugin = ? AND key = ?", (name, key))
-            _event(db, name, "settings_changed", {"set": sorted(values), "unset": sorted(unset)})
+            _event(db, name, "settings_changed", {"set": sorted(values), "unset": sorted(unset)}, who)
 
     # -- audit log -------------------------------------------------------------------------------------
 
-    def record(self, plugin: str | None, kind: str, **detail: Any) -> None:
+    def record(self, plugin: str | None, kind: str, who: str | None = None, **detail: Any) -> None:
+        """Append one audit event. ``who``: the actor ("local:<user>", "token:<name>"; None = the host)."""
         with self._tx() as db:
-            _event(db, plugin, kind, detail)
+            _event(db, plugin, kind, detail, who)
 
-    def events(self, plugin: str | None = None, limit: int = 100) -> list[Event]:
-        q = "SELECT * FROM events" + (" WHERE plugin = ?" if plugin else "") + " ORDER BY id DESC LIMIT ?"  # noqa: S608 - constant fragments
-        args: tuple[Any, ...] = (plugin, limit) if plugin else (limit,)
-        rows = self._conn().execute(q, args).fetchall()
-        return [Event(r["id"], r["ts"], r["plugin"], r["kind"], json.loads(r["detail"])) for r in rows]
+    def events(self, plugin: str | None = None, limit: int = 100,
+               kinds: Iterable[str] | None = None) -> list[Event]:
+        """Newest first; only ``plugin``'s events and only ``kinds`` when given."""
+        where, args = [], []
+        if plugin:
+            where.append("plugin = ?")
+            args.append(plugin)
+        if kinds is not None:
+            wanted = list(kinds)
+            if not wanted:
+                return []
+            where.append(f"kind IN ({', '.join('?' * len(wanted))})")
+            args += wanted
+        q = ("SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")  # noqa: S608 - placeholders only
+             + " ORDER BY id DESC LIMIT ?")
+        rows = self._conn().execute(q, (*args, limit)).fetchall()
+        return [Event(r["id"], r["ts"], r["plugin"], r["kind"], json.loads(r["detail"]), r["who"]) for r in rows]
+
+    def prune_events(self, retention_days: float, now: float | None = None) -> int:
+        """Forget audit events older than ``retention_days`` (0 = keep forever); returns how many went."""
+        if retention_days <= 0:
+            return 0
+        cutoff = (time.time() if now is None else now) - retention_days * 86400
+        with self._tx() as db:
+            return int(db.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount)
+
+    # -- admin tokens (issue 11) -----------------------------------------------------------------------
+
+    def create_token(self, name: str, scope: str, who: str | None = None) -> str:
+        """A new token ``name`` with ``scope`` ('admin' or 'read'). Returns the secret, which is stored only as
+        its sha256 and cannot be shown again. ValueError for a bad name or scope, or a name in use by a token
+        that is not revoked (a revoked token's name may be reused: rotation)."""
+        if not isinstance(name, str) or not TOKEN_NAME.fullmatch(name):
+            raise ValueError(f"bad token name {name!r}: 1-64 of letters, digits, '.', '_', '-', starting with a "
+                             "letter or digit")
+        if scope not in TOKEN_SCOPES:
+            raise ValueError(f"bad token scope {scope!r}: one of {', '.join(TOKEN_SCOPES)}")
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._tx() as db:
+            row = db.execute("SELECT revoked FROM tokens WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] is None:
+                raise ValueError(f"token {name!r} exists; revoke it first or choose another name")
+            db.execute("DELETE FROM tokens WHERE name = ?", (name,))
+            db.execute("DELETE FROM sessions WHERE token = ?", (name,))
+            db.execute("INSERT INTO tokens (name, hash, scope, created) VALUES (?, ?, ?, ?)",
+                       (name, _digest(secret), scope, time.time()))
+            _event(db, None, "token_created", {"name": name, "scope": scope}, who)
+        return secret
+
+    def tokens(self) -> list[TokenRecord]:
+        """Every token, revoked ones included, by name (never a secret: none is stored)."""
+        rows = self._conn().execute("SELECT * FROM tokens ORDER BY name").fetchall()
+        return [_token(r) for r in rows]
+
+    def revoke_token(self, name: str, who: str | None = None) -> bool:
+        """Revoke token ``name`` and end its sessions; False when no such active token exists."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE tokens SET revoked = ? WHERE name = ? AND revoked IS NULL", (time.time(), name))
+            if cur.rowcount == 0:
+                return False
+            db.execute("DELETE FROM sessions WHERE token = ?", (name,))
+            _event(db, None, "token_revoked", {"name": name}, who)
+            return True
+
+    def check_token(self, secret: object) -> TokenRecord | None:
+        """The active token whose secret this is, else None (unknown, revoked, malformed: all alike). The
+        lookup is by sha256, so timing says nothing about the secret; refreshes last_used (to the minute)."""
+        if not isinstance(secret, str) or not 0 < len(secret) <= _MAX_SECRET:
+            return None
+        digest = _digest(secret)
+        row = self._conn().execute("SELECT * FROM tokens WHERE hash = ?", (digest,)).fetchone()
+        if row is None or not hmac.compare_digest(str(row["hash"]), digest) or row["revoked"] is not None:
+            return None
+        return self._touch(_token(row))
+
+    def _touch(self, rec: TokenRecord) -> TokenRecord:
+        now = time.time()
+        if rec.last_used is not None and now - rec.last_used < LAST_USED_RESOLUTION:
+            return rec
+        with self._tx() as db:
+            db.execute("UPDATE tokens SET last_used = ? WHERE name = ? AND revoked IS NULL", (now, rec.name))
+        return TokenRecord(rec.name, rec.scope, rec.created, now, rec.revoked)
+
+    # -- admin UI sessions -----------------------------------------------------------------------------
+
+    def create_session(self, token_name: str, ttl: float) -> tuple[str, str]:
+        """A session for the active token ``token_name``, valid ``ttl`` seconds: (session id, CSRF token). Only
+        the session id's sha256 is stored. ValueError when the token is unknown or revoked."""
+        sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT 1 FROM tokens WHERE name = ? AND revoked IS NULL", (token_name,)).fetchone()
+            if row is None:
+                raise ValueError(f"no active token {token_name!r}")
+            db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+            db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)", (_digest(sid), token_name, csrf, now, now + ttl))
+        return sid, csrf
+
+    def check_session(self, sid: object) -> tuple[TokenRecord, str] | None:
+        """(the session's token, its CSRF token) while the session is live and its token not revoked; else None."""
+        if not isinstance(sid, str) or not 0 < len(sid) <= _MAX_SECRET:
+            return None
+        row = self._conn().execute(
+            "SELECT t.*, s.csrf AS csrf FROM sessions s JOIN tokens t ON t.name = s.token "
+            "WHERE s.hash = ? AND s.expires > ? AND t.revoked IS NULL", (_digest(sid), time.time())).fetchone()
+        if row is None:
+            return None
+        return self._touch(_token(row)), str(row["csrf"])
+
+    def end_session(self, sid: object) -> bool:
+        """Forget the session (log out); False when there was none."""
+        if not isinstance(sid, str) or not 0 < len(sid) <= _MAX_SECRET:
+            return False
+        with self._tx() as db:
+            return db.execute("DELETE FROM sessions WHERE hash = ?", (_digest(sid),)).rowcount > 0
+
+    # -- failed logins (rate limit per client address) -------------------------------------------------
+
+    def login_failures(self, client: str, window: float = 60.0) -> int:
+        """Failed logins from ``client`` in the last ``window`` seconds."""
+        row = self._conn().execute("SELECT COUNT(*) FROM login_failures WHERE client = ? AND ts > ?",
+                                   (client, time.time() - window)).fetchone()
+        return int(row[0])
+
+    def record_login_failure(self, client: str, window: float = 60.0) -> int:
+        """Count one failed login from ``client``; returns the failures in the last ``window`` seconds, this one
+        included. Rows older than an hour are dropped on the way."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM login_failures WHERE ts < ?", (now - max(window, 3600.0),))
+            db.execute("INSERT INTO login_failures VALUES (?, ?)", (client, now))
+            row = db.execute("SELECT COUNT(*) FROM login_failures WHERE client = ? AND ts > ?",
+                             (client, now - window)).fetchone()
+        return int(row[0])
 
 
-def _event(db: sqlite3.Connection, plugin: str | None, kind: str, detail: dict[str, Any]) -> None:
+def _event(db: sqlite3.Connection, plugin: str | None, kind: str, detail: dict[str, Any],
+           who: str | None = None) -> None:
     db.execute(
-        "INSERT INTO events (ts, plugin, kind, detail) VALUES (?, ?, ?, ?)",
-        (time.time(), plugin, kind, json.dumps(detail, default=str)),
+        "INSERT INTO events (ts, plugin, kind, detail, who) VALUES (?, ?, ?, ?, ?)",
+        (time.time(), plugin, kind, json.dumps(detail, default=str), who),
     )
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _token(row: sqlite3.Row) -> TokenRecord:
+    return TokenRecord(row["name"], row["scope"], row["created"], row["last_used"], row["revoked"])
 
 
 def _write_settings(db: sqlite3.Connection, name: str, values: dict[str, Any]) -> None:
