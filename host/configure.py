@@ -27,16 +27,16 @@ def manifest_of(registry: Registry, name: str) -> Manifest:
 
 
 def change(settings: HostSettings, registry: Registry, name: str, assignments: tuple[str, ...],
-           from_file: Path | None, unset: tuple[str, ...], progress: Progress) -> bool:
+           from_file: Path | None, unset: tuple[str, ...], progress: Progress, who: str | None = None) -> bool:
     """Validate and store the changes (all or nothing; SettingsError = exit 2), then restart the plugin if it
-    runs. Returns whether anything was asked to change."""
+    runs. Returns whether anything was asked to change. ``who``: the actor the audit event names."""
     if not assignments and from_file is None and not unset:
         return False
     manifest = manifest_of(registry, name)
     values = plugin_settings.read_file(manifest, from_file) if from_file is not None else {}
     values.update(plugin_settings.parse_assignments(manifest, assignments))  # the command line wins
     dropped = plugin_settings.check_unset(manifest, unset)
-    registry.set_plugin_settings(name, values, dropped)
+    registry.set_plugin_settings(name, values, dropped, who=who)
     what = ", ".join([*values, *(f"{k} (unset)" for k in dropped)])
     progress(f"{name}: saved {what}")
     _restart(settings, registry, name, progress)

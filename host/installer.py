@@ -98,8 +98,10 @@ def sweep(layout: Layout, registry: Registry) -> list[Path]:
 
 
 class Installer:
-    def __init__(self, settings: HostSettings, registry: Registry, progress: Progress) -> None:
+    def __init__(self, settings: HostSettings, registry: Registry, progress: Progress, who: str | None = None) -> None:
+        """``who``: the actor named in the audit events of installs and uninstalls (Registry.record)."""
         self.settings = settings
+        self.who = who
         self.layout = Layout(settings.home_dir)
         self.registry = registry
         self.progress = progress
@@ -145,7 +147,7 @@ class Installer:
                 self.progress("registering")
                 self.registry.put(name, manifest.version, install_id, manifest.model_dump(mode="json"),
                                   enabled=enable if existing is None else (existing.enabled and enable),
-                                  uid_index=uid_index, plugin_settings=values)
+                                  uid_index=uid_index, plugin_settings=values, who=self.who)
                 (target / PARTIAL_MARKER).unlink()
             except BaseException:
                 self._quota_after_install(name, failed_first=self.layout.data(name) in fresh)
@@ -342,7 +344,7 @@ class Installer:
         data); returns what was kept, in words."""
         with home_lock(self.layout):
             self.registry.require(name)
-            self.registry.remove(name, keep_uid=keep_data)
+            self.registry.remove(name, keep_uid=keep_data, who=self.who)
             if not keep_data and launch.plugin_uid(self.settings, 0) is not None:
                 UidFile(self.settings.uid_file).release(self.layout.home, name)
             # where pip's HOME used to be kept across installs (a build may have planted a pip.conf there)
