@@ -23,10 +23,12 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
 from host import control, origins
-from host.directory import Directory
+from host.access_log import AccessLog
+from host.directory import Directory, PluginEntry
 from host.errors import HostError
 from host.headers import Forwarding, request_headers, response_headers
 from host.layout import Layout
+from host.observe import Exchange, Observer
 from host.proxy import (
     Pool,
     ProxyError,
@@ -38,6 +40,7 @@ from host.proxy import (
     upstream_path,
     upstream_request,
 )
+from host.request_metrics import RequestMetrics
 from host.settings import HostSettings
 from host.websocket import WebSockets, requested
 from host.ws_relay import Gate
@@ -70,6 +73,8 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
     touched: dict[str, float] = {}
     forwarding = Forwarding(settings.forwarded_networks)
     domain = settings.origin_domain
+    observer = Observer(AccessLog(layout.access_logs, settings.log_max_bytes) if settings.access_log else None,
+                        RequestMetrics() if settings.request_metrics else None)
 
     def mark_active(name: str) -> None:
         """Tell the supervisor that the plugin is in use (scale to zero); at most once a second per plugin."""
@@ -177,9 +182,24 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
                              provide_automatic_options=False)
 
     def proxy(name: str, subpath: str, prefix: str) -> Response:
-        """Proxy this request to plugin ``name`` mounted at ``prefix`` ("" = the root of its own origin)."""
+        """Proxy this request to plugin ``name`` mounted at ``prefix`` ("" = the root of its own origin).
+        Every request to an installed plugin is logged and counted when its response ends (host.observe);
+        one to a name that is no plugin is not (any client could make up names: files and series)."""
         entry = directory.get(name) if origins.valid_label(name) else None
-        if entry is None or not entry.enabled:
+        if entry is None:
+            return problem(404, "Unknown plugin", f"no enabled plugin named {name!r}")
+        raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path
+        client = forwarding.client(request.remote_addr or "", request.host, list(request.headers.items()))[0]
+        exchange = observer.begin(name, request.method, raw.split("?", 1)[0], client)
+        try:
+            resp = exchange.watch(proxy_to(entry, name, subpath, prefix, exchange))
+        except BaseException:
+            exchange.finish(500, 0, aborted=True)
+            raise
+        return resp
+
+    def proxy_to(entry: PluginEntry, name: str, subpath: str, prefix: str, exchange: Exchange) -> Response:
+        if not entry.enabled:
             return problem(404, "Unknown plugin", f"no enabled plugin named {name!r}")
         if escapes_prefix(subpath):
             return problem(400, "Bad path", "path segments '.' and '..' are not allowed")
@@ -195,7 +215,8 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
             return problem(503, "Plugin busy", f"plugin {name!r} has {slots.limit} requests in flight already",
                            1, plugin=name)
         try:
-            return forward(name, subpath, prefix, entry.limits.timeout, entry.limits.max_body)  # releases when done
+            return forward(name, subpath, prefix, entry.limits.timeout, entry.limits.max_body,
+                           exchange)  # releases when done
         except ProxyError as exc:
             slots.release(name)
             return problem(exc.status, exc.title, exc.detail, exc.retry_after, plugin=name)
@@ -203,7 +224,8 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
             slots.release(name)
             raise
 
-    def forward(name: str, subpath: str, prefix: str, timeout: float, max_body: int) -> Response:
+    def forward(name: str, subpath: str, prefix: str, timeout: float, max_body: int, exchange: Exchange
+                ) -> Response:
         env = request.environ
         length = request.headers.get("Content-Length")
         if length is not None and (not length.isdigit() or int(length) > max_body):
@@ -221,9 +243,10 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
         sock = layout.socket(name)
         if requested(env):
             return websockets.open(name, sock, url, headers, prefix, done=lambda: slots.release(name),
-                                   wait=wait_until_available)
+                                   wait=wait_until_available, closed=exchange.websocket_closed)
         req = upstream_request(request.method, url, headers,
-                               body_stream(request.stream, max_body) if has_body else None, timeout)
+                               exchange.received(body_stream(request.stream, max_body)) if has_body else None,
+                               timeout)
         try:
             with upstream_errors(name, timeout):
                 upstream = pool.transport(sock).handle_request(req)

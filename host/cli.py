@@ -354,13 +354,18 @@ def serve(obj: Ctx, bind: str | None, workers: int | None, plugin_domain: str | 
 @click.option("-n", "lines", type=int, default=50, show_default=True, help="Lines to show.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output.")
 @click.option("--previous", is_flag=True, help="The previous instance's log.")
+@click.option("--access", is_flag=True, help="The access log instead: one line per request (time, client, method, "
+              "path without query string, status, bytes in and out, duration).")
 @click.pass_obj
-def logs(obj: Ctx, name: str, lines: int, follow: bool, previous: bool) -> None:
-    """Show plugin NAME's output (stdout and stderr)."""
+def logs(obj: Ctx, name: str, lines: int, follow: bool, previous: bool, access: bool) -> None:
+    """Show plugin NAME's output (stdout and stderr), or with --access the requests it was sent."""
     from host.supervisor.logs import CURRENT, PREVIOUS
 
     layout = obj.layout()
     Registry(layout.registry).require(name)
+    if access:
+        _access_log(layout, name, lines, follow)
+        return
     path = layout.logs(name) / (PREVIOUS if previous else CURRENT)
     if not path.exists():
         raise HostError(f"no {'previous ' if previous else ''}log yet ({path})", plugin=name)
@@ -374,6 +379,32 @@ def logs(obj: Ctx, name: str, lines: int, follow: bool, previous: bool) -> None:
                 click.echo(printable(chunk.decode(errors="replace"), multiline=True), nl=False)
             else:
                 time.sleep(0.2)
+
+
+def _access_log(layout: Layout, name: str, lines: int, follow: bool) -> None:
+    from host.access_log import format_entry, log_path, read_access
+
+    path = log_path(layout, name)
+    for record in read_access(layout, name, lines):
+        click.echo(printable(format_entry(record)))
+    if not follow:
+        return
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - read until Ctrl-C
+    except FileNotFoundError as exc:
+        raise HostError(f"no access log yet ({path})", plugin=name) from exc
+    with fh:
+        fh.seek(0, os.SEEK_END)
+        while True:  # a rotation starts a new file, which `host logs --access` shows when run again
+            line = fh.readline()
+            if not line.endswith(b"\n"):
+                fh.seek(-len(line), os.SEEK_CUR)
+                time.sleep(0.2)
+                continue
+            try:
+                click.echo(printable(format_entry(json.loads(line))))
+            except ValueError:
+                continue
 
 
 NOT_IMPORTED = ("not imported: `host check` runs none of the plugin's code; `host install` imports it under "

@@ -80,6 +80,16 @@ class Layout:
     def logs(self, name: str) -> Path:
         return self.home / "logs" / name
 
+    @property
+    def access_logs(self) -> Path:
+        """Per-plugin access logs (host.access_log), written by the public web tier: owned by the web user."""
+        return self.run / "access"
+
+    @property
+    def metrics(self) -> Path:
+        """prometheus_client's multiprocess files of the public web workers (web user, wiped at every start)."""
+        return self.run / "metrics"
+
     def ensure(self) -> None:
         """Create the top-level directories with owner-only permissions."""
         self.home.mkdir(parents=True, exist_ok=True)

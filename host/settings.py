@@ -48,6 +48,14 @@ class HostSettings(BaseSettings):
     stop_grace: float = Field(5.0, ge=0)
     # A request that finds its plugin starting or restarting waits up to this long before getting a 503.
     request_wait: float = Field(10.0, ge=0)
+    # One line per request to a plugin in <home>/run/access/<name>.log (`host logs NAME --access`), rotated
+    # at log_max_bytes like plugin output; no query strings (they carry secrets).
+    access_log: bool = True
+    # The public web tier's request series for /metrics (requests, durations, bytes, in flight).
+    request_metrics: bool = True
+    # /metrics on the admin listener without a token. Off: Prometheus sends a read-scope token
+    # (`authorization: {credentials_file: ...}` in its scrape config).
+    metrics_public: bool = False
     # Restart policy (host.supervisor.state.RestartPolicy): backoff from backoff_initial, doubling up to
     # backoff_max; the max_failures-th failure (crash, failed start or probe, dead worker) within
     # failure_window seconds quarantines. A failure counts for the whole window, however long the plugin ran.

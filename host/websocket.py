@@ -58,6 +58,8 @@ def handshake_headers(sanitized: list[tuple[str, str]], incoming: list[tuple[str
 class _HandedOver(Response):
     """The response of a request whose connection the relay now owns: gunicorn must write nothing."""
 
+    handed_over = True  # host.observe: the exchange ends when the relay closes the link
+
     def __call__(self, environ: Any, start_response: Any) -> NoReturn:
         raise StopIteration
 
@@ -75,12 +77,15 @@ class WebSockets:
         app.before_request(_route_as_http)
 
     def open(self, name: str, sock: Path, target: str, headers: list[tuple[str, str]], prefix: str, *,
-             done: Callable[[], None], wait: Callable[[str], None]) -> Response:
+             done: Callable[[], None], wait: Callable[[str], None],
+             closed: Callable[[int, int], None] | None = None) -> Response:
         """Forward this request's handshake to plugin ``name`` at ``sock`` (``target``: path and query as the
         plugin sees them; ``headers``: request_headers of this request; ``prefix``: where it is mounted). A 101
         hands the connection to the relay; any other answer goes back as an ordinary response. ``done`` gives
         back the request's proxy slot: called once the handshake is over (101) or the response is. ``wait``:
-        the app's wait for a plugin that is (re)starting. Raises ProxyError before any answer."""
+        the app's wait for a plugin that is (re)starting. ``closed(received, sent)``: called by the relay
+        when a WebSocket it took over closes, with the bytes it relayed from and to the client. Raises
+        ProxyError before any answer."""
         if request.content_length or request.headers.get("Transfer-Encoding"):
             raise ProxyError(400, "Bad WebSocket handshake", "a WebSocket handshake carries no body")
         entry = self.directory.get(name)
@@ -109,7 +114,8 @@ class WebSockets:
         try:
             self.keep_active(name)
             if isinstance(answer, h11.InformationalResponse):
-                return self._hand_over(name, client, upstream, conn, answer, prefix, limits, ticket, done)
+                return self._hand_over(name, client, upstream, conn, answer, prefix, limits, ticket, done,
+                                       closed)
             ticket.release()
             return _ordinary(name, upstream, conn, answer, prefix, limits.timeout, done)
         except BaseException:
@@ -119,7 +125,7 @@ class WebSockets:
 
     def _hand_over(self, name: str, client: socket.socket, upstream: socket.socket, conn: h11.Connection,
                    answer: h11.InformationalResponse, prefix: str, limits: Limits, ticket: Ticket,
-                   done: Callable[[], None]) -> Response:
+                   done: Callable[[], None], closed: Callable[[int, int], None] | None) -> Response:
         lines = ["HTTP/1.1 101 Switching Protocols"]
         lines += [f"{k}: {v}" for k, v in response_headers(_httpx_headers(answer), prefix)]
         lines += ["Connection: Upgrade", "Upgrade: websocket", "", ""]
@@ -130,7 +136,7 @@ class WebSockets:
         with dead, peer:
             os.dup2(dead.fileno(), client.fileno(), inheritable=False)
         self.relay.add(Link(name, mine, upstream, idle=limits.websocket_idle, ticket=ticket,
-                            to_client="\r\n".join(lines).encode("latin-1") + trailing))
+                            to_client="\r\n".join(lines).encode("latin-1") + trailing, closed=closed))
         done()
         return _HandedOver()
 

@@ -129,8 +129,12 @@ class Link:
     """A WebSocket being relayed: the client's connection and the plugin's."""
 
     def __init__(self, name: str, client: socket.socket, plugin: socket.socket, *, idle: float, ticket: Ticket,
-                 to_client: bytes = b"", to_plugin: bytes = b"") -> None:
+                 to_client: bytes = b"", to_plugin: bytes = b"",
+                 closed: Callable[[int, int], None] | None = None) -> None:
         self.name = name
+        self.closed = closed  # called once when the link closes: (bytes to the plugin, bytes to the client)
+        self.received = 0  # bytes of the client's written to the plugin
+        self.sent = -len(to_client)  # bytes written to the client, not counting the handshake's answer
         self.client = _Side(client, to_client)
         self.plugin = _Side(plugin, to_plugin)
         self.idle = idle
@@ -275,6 +279,10 @@ class Relay:
                 return
             del side.out[:n]
             link.last = time.monotonic()
+            if side is link.client:
+                link.sent += n
+            else:
+                link.received += n
 
     def _settle(self, link: Link) -> None:
         """Pass on EOFs whose data has been written, close a link done both ways, and watch each socket for
@@ -318,3 +326,8 @@ class Relay:
         link.ticket.release()
         with self._lock:
             self._open[link.name] -= 1
+        if link.closed is not None:
+            try:
+                link.closed(link.received, max(0, link.sent))
+            except Exception:
+                log.exception("WebSocket to %s: cannot record its end", link.name)

@@ -23,7 +23,7 @@ from host.layout import Layout
 from host.quota import release_all
 from host.registry import Registry
 from host.settings import HostSettings
-from host.supervisor import leftovers
+from host.supervisor import leftovers, metrics
 from host.supervisor.control_server import ControlServer
 from host.supervisor.process import Children, children_of, process_group
 from host.supervisor.state import SERVING
@@ -225,6 +225,7 @@ class Supervisor:
         gone = leftovers.clean(self.settings, installed)
         if gone:
             log.info("removed what a killed host or runner left behind: %s", ", ".join(gone))
+        metrics.prepare(self.layout, self.web_user)  # before the web tier starts counting
         try:
             self.reconcile()
             if self.web_enabled:

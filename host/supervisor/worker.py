@@ -117,6 +117,8 @@ class PluginWorker(threading.Thread):
         self.web_user: WebUser | None = None  # set by the supervisor, which resolves it once
         # Scale to zero: asleep = wanted, but stopped until the next request wakes it.
         self.asleep = self.idle_timeout() > 0
+        self.quarantines = 0  # times it was quarantined since the host started (/metrics)
+        self.start_seconds: float | None = None  # how long its last instance took to be ready (/metrics)
 
     # -- called from other threads ----------------------------------------------------------------------
 
@@ -394,6 +396,7 @@ class PluginWorker(threading.Thread):
             return
         self._go_live(outcome)
         self.lc.transition(Ready())
+        self.start_seconds = time.monotonic() - outcome.started_at
         log.info("%s: ready (pid %s, %.2fs)", self.plugin, outcome.pid, time.monotonic() - outcome.started_at)
         self.registry.record(self.plugin, "ready", pid=outcome.pid)
         self._warn_if_weak()
@@ -440,6 +443,7 @@ class PluginWorker(threading.Thread):
             return False
         self._go_live(outcome)
         self.lc.transition(Replaced())
+        self.start_seconds = time.monotonic() - outcome.started_at
         self.registry.record(self.plugin, "restarted", pid=outcome.pid)
         if old is not None:
             self._drains = [t for t in self._drains if t.is_alive()]
@@ -465,6 +469,7 @@ class PluginWorker(threading.Thread):
             self.registry.record(self.plugin, "crashed", **_details(info))
 
     def _quarantined(self, info: ExitInfo) -> None:
+        self.quarantines += 1
         log.error("%s: QUARANTINED — %s%s", self.plugin, self.lc.reason,
                   "".join(f"\n    {ln}" for ln in info.stderr_tail))
         self.registry.record(self.plugin, "quarantined", **{**_details(info), "reason": self.lc.reason,

@@ -262,3 +262,48 @@ def counters(groups: Groups) -> dict[str, int]:
     v1 memory.oom_control ``oom_kill``), forks refused at pids.max (pids.events ``max``). Read them before
     :func:`remove`; the plugin cannot write these files, so they are evidence it cannot forge."""
     return {"oom_kills": _counter(groups.dirs, _OOM_KILLS), "forks_refused": _counter(groups.dirs, _FORKS_REFUSED)}
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime (+ the reaped children's) of one process, in clock ticks; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0
+    # after the command: state ppid ... utime(14) stime(15) cutime(16) cstime(17), counted from field 3
+    return sum(int(x) for x in fields[11:15])
+
+
+def usage(groups: Groups) -> dict[str, float]:
+    """What the tree in ``groups`` uses now: ``memory_bytes`` (v2 memory.current, v1 memory.usage_in_bytes),
+    ``processes`` (pids.current) and ``cpu_seconds`` (v2 cpu.stat usage_usec; v1 cpuacct.usage when the
+    cpuacct controller shares a group, else the CPU time its live processes and their reaped children
+    used). A key is missing when no group tells it."""
+    out: dict[str, float] = {}
+    for d in groups.dirs:
+        for fname, key, scale in (("memory.current", "memory_bytes", 1.0), ("memory.usage_in_bytes", "memory_bytes",
+                                  1.0), ("pids.current", "processes", 1.0), ("cpuacct.usage", "cpu_seconds", 1e-9)):
+            value = _read_int(os.path.join(d, fname))
+            if value is not None:
+                out[key] = value * scale
+        try:
+            with open(os.path.join(d, "cpu.stat")) as f:
+                for line in f:
+                    k, _, v = line.partition(" ")
+                    if k == "usage_usec" and v.strip().isdigit():
+                        out["cpu_seconds"] = int(v) / 1e6
+        except OSError:
+            pass
+    if "cpu_seconds" not in out and groups.dirs:
+        pids = {p for d in groups.dirs for p in members(d)}
+        out["cpu_seconds"] = sum(_cpu_ticks(p) for p in pids) / os.sysconf("SC_CLK_TCK")
+    return out

@@ -1,0 +1,133 @@
+"""Per-plugin access log: one JSON line per proxied request in <home>/run/access/<name>.log, size-rotated.
+
+Written by every public web worker (several processes, many threads) and read by `host logs NAME --access`
+and the admin API. Each line is one ``write()`` on an ``O_APPEND`` descriptor opened for that line, so lines
+from different workers never interleave and a worker never writes into a file another one rotated away.
+Rotation (``<name>.log`` → ``<name>.log.1``, one previous file kept, as for plugin output) happens under an
+flock on the file being rotated, and only if it is still the current one: two workers that both see it full
+rotate it once. The line is JSON so that nothing a client sends (a path with a newline or a quote) can
+forge or break a line.
+
+The query string is never logged: it often carries secrets (password reset codes, API keys, OAuth codes)
+that the operator has no business keeping. The path is logged as the client sent it, cut at MAX_PATH.
+
+Imports nothing of Flask or the supervisor: the web tier and the CLI both use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from host.layout import Layout
+
+MAX_PATH = 2048  # characters of path kept per line
+READ_LIMIT = 10_000  # lines `read_access` returns at most
+FIELDS = ("time", "client", "method", "path", "status", "bytes_in", "bytes_out", "duration_ms", "plugin",
+          "aborted")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One finished exchange. ``status``: what the client was told (101 for a WebSocket); ``aborted``: the
+    response did not reach its end (the client went away, or the plugin failed mid-body)."""
+
+    time: float  # wall clock when the request arrived
+    client: str
+    method: str
+    path: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    duration: float  # seconds, until the last byte was handed to the client (or the WebSocket closed)
+    plugin: str
+    aborted: bool = False
+    websocket: bool = False
+
+    def line(self) -> bytes:
+        stamp = datetime.fromtimestamp(self.time, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        record: dict[str, Any] = {
+            "time": stamp, "client": self.client, "method": self.method, "path": self.path[:MAX_PATH],
+            "status": self.status, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "duration_ms": round(self.duration * 1000, 2), "plugin": self.plugin, "aborted": self.aborted,
+        }
+        if self.websocket:
+            record["websocket"] = True
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+
+
+class AccessLog:
+    """Appends entries to ``directory/<plugin>.log``, rotating at ``max_bytes``."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.dir = directory
+        self.max_bytes = max_bytes
+
+    def path(self, plugin: str) -> Path:
+        return self.dir / f"{plugin}.log"
+
+    def write(self, entry: Entry) -> None:
+        """Append one line; an OSError (disk full, directory gone) is the caller's to log and ignore."""
+        path = self.path(entry.plugin)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, entry.line())
+            if os.fstat(fd).st_size > self.max_bytes:
+                self._rotate(fd, path)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _rotate(fd: int, path: Path) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            mine = os.fstat(fd)
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):  # nobody rotated it meanwhile
+                    os.replace(path, path.with_name(path.name + ".1"))
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def log_path(layout: Layout, name: str) -> Path:
+    return layout.access_logs / f"{name}.log"
+
+
+def read_access(layout: Layout, name: str, n: int = 100) -> list[dict[str, Any]]:
+    """The last ``n`` (at most READ_LIMIT) entries of plugin ``name``'s access log, oldest first, as dicts
+    with the keys of FIELDS (and ``websocket: true`` for WebSockets); reaches into the rotated file when the
+    current one holds fewer. An unreadable line (a write cut by a full disk) is skipped."""
+    n = max(0, min(n, READ_LIMIT))
+    if n == 0:
+        return []
+    current = log_path(layout, name)
+    lines: deque[bytes] = deque(maxlen=n)
+    for path in (current.with_name(current.name + ".1"), current):
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as fh:
+            lines.extend(fh)
+    out: list[dict[str, Any]] = []
+    for raw in lines:
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def format_entry(record: dict[str, Any]) -> str:
+    """One entry as `host logs --access` prints it (the fields in FIELDS order, space-separated)."""
+    flags = " websocket" if record.get("websocket") else ""
+    flags += " aborted" if record.get("aborted") else ""
+    return (f"{record.get('time', '-')} {record.get('client', '-')} {record.get('method', '-')} "
+            f"{json.dumps(record.get('path', ''))} {record.get('status', '-')} in={record.get('bytes_in', 0)} "
+            f"out={record.get('bytes_out', 0)} {record.get('duration_ms', 0)}ms{flags}")
