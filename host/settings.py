@@ -82,6 +82,9 @@ class HostSettings(BaseSettings):
     # Extra pip arguments for plugin installs (e.g. "--index-url https://mirror/simple").
     pip_args: str = ""
     log_max_bytes: int = Field(5 * 1024 * 1024, ge=4096)
+    # Audit events (registry `events`) older than this many days are deleted when `host serve` starts and once a
+    # day while it runs; 0 keeps them forever.
+    audit_retention_days: float = Field(90.0, ge=0)
 
     @property
     def inflight_limit(self) -> int:

@@ -68,6 +68,7 @@ class Supervisor:
         self.egress = (EgressPoint(launch.egress_uid(settings), self._egress_refused, self.children)
                        if os.geteuid() == 0 else None)
         self.egress_refusals: dict[str, int] = {}
+        self._audit_pruned: float | None = None  # monotonic time of the last audit retention pass
         self._egress_audited: dict[tuple[str, str, str], float] = {}
 
     # -- control requests (any thread) ------------------------------------------------------------------
@@ -147,6 +148,20 @@ class Supervisor:
             return {"ok": True, "plugin": public_view(reply["plugin"])}
         raise HostError(f"op {op!r} is not allowed on the web socket (only {', '.join(WEB_OPS)})")
 
+    def prune_audit(self) -> None:
+        """Audit retention (HOST_AUDIT_RETENTION_DAYS): drop older events when we start, then once a day."""
+        now = time.monotonic()
+        if self._audit_pruned is not None and now - self._audit_pruned < 86400:
+            return
+        self._audit_pruned = now
+        try:
+            gone = self.registry.prune_events(self.settings.audit_retention_days)
+        except Exception:  # a busy registry must not stop the host; tomorrow's pass catches up
+            log.exception("cannot prune the audit log")
+            return
+        if gone:
+            log.info("audit log: removed %d events older than %g days", gone, self.settings.audit_retention_days)
+
     def publish_routes(self) -> None:
         """Republish the web tier's routing snapshot if the registry changed (cheap when it did not)."""
         try:
@@ -225,6 +240,7 @@ class Supervisor:
         gone = leftovers.clean(self.settings, installed)
         if gone:
             log.info("removed what a killed host or runner left behind: %s", ", ".join(gone))
+        self.prune_audit()
         metrics.prepare(self.layout, self.web_user)  # before the web tier starts counting
         try:
             self.reconcile()
@@ -271,6 +287,7 @@ class Supervisor:
             if self.egress is not None:
                 self.egress.check()
             self.publish_routes()
+            self.prune_audit()
             if self.web_enabled and (self.web is None or self.web.poll() is not None):
                 self._web_died()
 
