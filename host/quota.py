@@ -74,7 +74,7 @@ class Usage:
         return (f"{self.used_bytes / MiB:.1f} of {self.size_bytes / MiB:.1f} MiB, "
                 f"{self.used_files} of {self.max_files} files")
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:  # Any: spread into Registry.record(..., **detail)
         return {"used_mb": round(self.used_bytes / MiB, 1), "size_mb": round(self.size_bytes / MiB, 1),
                 "files": self.used_files, "max_files": self.max_files, "full": self.full}
 
