@@ -314,14 +314,17 @@ def config(obj: Ctx, name: str, assignments: tuple[str, ...], from_file: Path | 
 @cli.command()
 @click.option("--bind", help="HOST:PORT for the web tier (default 127.0.0.1:8000).")
 @click.option("--workers", type=int, help="Web tier worker processes.")
+@click.option("--admin-bind", metavar="HOST:PORT",
+              help="The admin listener: admin API, UI and /metrics on their own origin (default 127.0.0.1:8001; "
+                   "\"\" = none). Same as HOST_ADMIN_BIND.")
 @click.option("--plugin-domain", metavar="DOMAIN",
               help="Serve each plugin on its own origin, <name>.DOMAIN (default: localhost when --bind is a "
                    "loopback address, else none; \"\" = off). Same as HOST_PLUGIN_DOMAIN.")
 @click.option("-v", "--verbose", is_flag=True, help="Also echo plugin output to the console.")
 @click.option("--create", is_flag=True, help="Create the home if it does not exist (otherwise that is an error).")
 @click.pass_obj
-def serve(obj: Ctx, bind: str | None, workers: int | None, plugin_domain: str | None, verbose: bool,
-          create: bool) -> None:
+def serve(obj: Ctx, bind: str | None, workers: int | None, admin_bind: str | None, plugin_domain: str | None,
+          verbose: bool, create: bool) -> None:
     """Run the supervisor, every enabled plugin and the web tier until SIGTERM/Ctrl-C. Exits 1 with one line
     when the port cannot be bound."""
     from host.supervisor.core import Supervisor
@@ -333,7 +336,7 @@ def serve(obj: Ctx, bind: str | None, workers: int | None, plugin_domain: str | 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[console])
     if not verbose:
         logging.getLogger("plugins").setLevel(logging.INFO)
-    settings = obj.settings(bind=bind, web_workers=workers, plugin_domain=plugin_domain)
+    settings = obj.settings(bind=bind, web_workers=workers, plugin_domain=plugin_domain, admin_bind=admin_bind)
     supervisor = Supervisor(settings)
     supervisor.bind()  # a port in use fails here, in one line, before anything is started or said
     log = logging.getLogger("host.serve")

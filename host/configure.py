@@ -39,11 +39,11 @@ def change(settings: HostSettings, registry: Registry, name: str, assignments: t
     registry.set_plugin_settings(name, values, dropped, who=who)
     what = ", ".join([*values, *(f"{k} (unset)" for k in dropped)])
     progress(f"{name}: saved {what}")
-    _restart(settings, registry, name, progress)
+    restart_if_running(settings, registry, name, progress)
     return True
 
 
-def _restart(settings: HostSettings, registry: Registry, name: str, progress: Progress) -> None:
+def restart_if_running(settings: HostSettings, registry: Registry, name: str, progress: Progress) -> None:
     """Like `host restart`, but only a plugin that runs (or waits for these settings): a disabled or stopped
     one, or one asleep (scale to zero), reads them when it next starts."""
     layout = Layout(settings.home_dir)

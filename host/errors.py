@@ -3,9 +3,7 @@
 HostError                       exit code 1 unless stated
  ├── UsageError                 bad input from the user (exit 2)
  │    ├── PluginNotFound        no such installed plugin
- │    ├── SettingsError         a value for a plugin's [settings] is invalid or undeclared; ``key`` names it
- │    ├── ArchiveError          a plugin archive is refused (unsafe, too big, unreadable); ``member`` names it
- │    └── NotGranted            the manifest asks for permissions the operator's --grant does not give; ``lines``
+ │    └── SettingsError         a value for a plugin's [settings] is invalid or undeclared; ``key`` names it
  ├── MissingSettings            a required setting has no value: the plugin cannot start; ``keys`` names them
  ├── InstallError               an install step failed; ``step`` names it, ``log`` points at the kept log
  ├── RegistryError              the registry could not be read or written
@@ -13,6 +11,7 @@ HostError                       exit code 1 unless stated
  ├── QuotaError                 a plugin's disk quota (its filesystem image) could not be set up
  │    └── QuotaUnavailable      this machine cannot enforce disk quotas at all (no root, loop devices, mkfs)
  ├── UnsafeTree                 root will not walk a plugin-writable tree (not a directory, too deep); ``path``
+ ├── AdminError                 an admin op refused or failed; ``status`` (HTTP), ``title``, ``extra`` (RFC 9457)
  └── SupervisorUnavailable      no `host serve` is running for this home (control socket absent)
 """
 
@@ -42,26 +41,6 @@ class SettingsError(UsageError):
     def __init__(self, plugin: str, key: str | None, message: str) -> None:
         self.key = key
         super().__init__(f"{key}: {message}" if key else message, plugin=plugin)
-
-
-class ArchiveError(UsageError):
-    """One line: ``<archive>: <member>: <reason>`` (member and archive names made printable)."""
-
-    def __init__(self, archive: str | None, member: str | None, reason: str) -> None:
-        from host.terminal import printable
-
-        self.archive = archive
-        self.member = member
-        self.reason = reason
-        super().__init__(": ".join(printable(p) for p in (archive, member, reason) if p is not None))
-
-
-class NotGranted(UsageError):
-    """``lines``: one per permission asked beyond the grant (host.consent.excess); printed one per line."""
-
-    def __init__(self, plugin: str, lines: list[str]) -> None:
-        self.lines = lines
-        super().__init__("; ".join(lines), plugin=plugin)
 
 
 class MissingSettings(HostError):
@@ -111,3 +90,19 @@ class UnsafeTree(HostError):
 
 class SupervisorUnavailable(HostError):
     pass
+
+
+class AdminError(HostError):
+    """An admin op (host.supervisor.admin) that is refused or failed, as an HTTP status and problem title; the
+    admin app answers it as an RFC 9457 problem. ``extra``: more members of the problem object."""
+
+    def __init__(self, status: int, title: str, detail: str, **extra: object) -> None:
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.extra = extra
+        super().__init__(detail)
+
+    def problem(self) -> dict[str, object]:
+        return {"type": "about:blank", "title": self.title, "status": self.status, "detail": self.detail,
+                **self.extra}

@@ -37,6 +37,16 @@ class Layout:
         return self.run / "web.sock"
 
     @property
+    def admin_socket(self) -> Path:
+        """The admin ops (host.supervisor.admin), each authenticated by a token or session: root:<web gid> 0660."""
+        return self.run / "admin.sock"
+
+    @property
+    def uploads(self) -> Path:
+        """Where the admin web tier leaves an uploaded plugin archive for the supervisor (root:<web gid> 1770)."""
+        return self.run / "uploads"
+
+    @property
     def routes(self) -> Path:
         """The routing snapshot the supervisor publishes for the web tier (see host.routes)."""
         return self.run / "routes.json"

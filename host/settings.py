@@ -18,6 +18,15 @@ class HostSettings(BaseSettings):
 
     home: Path = Field(Path("./var"), description="Where the registry, plugins, data, sockets and logs live.")
     bind: str = "127.0.0.1:8000"
+    # The admin listener (admin API, admin UI, /metrics): its own origin, never one a plugin serves pages on.
+    # HOST:PORT, or "" for none. Requests whose Host (or Origin) is not this address are refused.
+    admin_bind: str = Field("127.0.0.1:8001", pattern=r"^(\S+:[0-9]{1,5})?$")
+    # The admin origin as browsers see it when a front proxy serves the admin listener under a name
+    # (e.g. "https://admin.example.com"); accepted besides `admin_bind`'s own host:port.
+    admin_origin: str = Field("", pattern=r"^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?)?$")
+    # The largest plugin archive the admin API accepts for upload (bytes); the archive's unpacked size has its
+    # own limits (host.archive).
+    admin_max_upload: int = Field(64 * 1024 * 1024, ge=1024)
     # One browser origin per plugin: `<name>.<plugin_domain>` serves plugin <name> at the root of its own
     # origin (host.origins). Unset: "localhost" when `bind` is a loopback address (http://notes.localhost:8000/
     # needs no DNS), else off. "" switches it off. Production: a wildcard DNS name and certificate (README).

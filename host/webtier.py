@@ -1,12 +1,14 @@
 """The web tier process: gunicorn (threaded workers) serving the host's Flask app, never as root.
 
-Started by the supervisor as ``python -m host.webtier --listen-fd N --home-fd M [--user UID:GID]`` with
-HostSettings in HOST_* variables. The supervisor binds the listening socket (so ports below 1024 work) and
-opens the home (O_PATH). This process starts as root only so that Python can load from wherever it is
-installed; it keeps the installation reachable (host.web_mounts), then drops to the web user — setgroups([]),
-setresgid, setresuid, no_new_privs, and proves root is gone — before gunicorn's arbiter starts, before the app
-is built and before any byte is read from a client. gunicorn binds nothing: it serves the inherited socket.
-The home is reached through /proc/self/fd/M, so a home below a directory the web user cannot enter works.
+Started by the supervisor as ``python -m host.webtier [--app public|admin] --listen-fd N --home-fd M [--user
+UID:GID]`` with HostSettings in HOST_* variables: once for the public listener (plugins) and, with an admin
+listener, once more for the admin app (host.admin.app), in its own process on its own socket. The supervisor
+binds the listening socket (so ports below 1024 work) and opens the home (O_PATH). This process starts as root
+only so that Python can load from wherever it is installed; it keeps the installation reachable
+(host.web_mounts), then drops to the web user — setgroups([]), setresgid, setresuid, no_new_privs, and proves
+root is gone — before gunicorn's arbiter starts, before the app is built and before any byte is read from a
+client. gunicorn binds nothing: it serves the inherited socket. The home is reached through /proc/self/fd/M,
+so a home below a directory the web user cannot enter works.
 
 It asks the kernel to SIGKILL it if the supervisor dies (after the drop, which would clear that), so a killed
 host never leaves a web tier behind.
@@ -99,8 +101,10 @@ def keep_python_reachable() -> None:
 
 
 class WebTier(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: HostSettings, listen_fd: int | None = None, layout: Layout | None = None) -> None:
+    def __init__(self, settings: HostSettings, listen_fd: int | None = None, layout: Layout | None = None,
+                 app: str = "public") -> None:
         self.settings = settings
+        self.app = app
         self.listen_fd = listen_fd
         self.layout = layout
         # Created here, in the arbiter, so every worker it forks shares it: one WebSocket cap per plugin.
@@ -115,15 +119,16 @@ class WebTier(BaseApplication):  # type: ignore[misc]
             # Who we are now (gunicorn's defaults were taken at import, as root): workers change nothing.
             "user": os.geteuid(),
             "group": os.getegid(),
-            "workers": s.web_workers,
-            "threads": s.web_threads,
+            # The admin app serves a few operators: one worker; its threads wait on the supervisor.
+            "workers": 1 if self.app == "admin" else s.web_workers,
+            "threads": 8 if self.app == "admin" else s.web_threads,
             "worker_class": "gthread",
             "timeout": 3600,  # streaming responses are long; the proxy enforces per-plugin timeouts
             "graceful_timeout": max(1, int(s.stop_grace)),
             "keepalive": 5,
             "accesslog": None,
             "errorlog": "-",
-            "proc_name": "plugin-host-web",
+            "proc_name": "plugin-host-admin" if self.app == "admin" else "plugin-host-web",
             "control_socket_disable": True,
             # Forwarded headers only from the operator's front proxies (gunicorn's default trusts loopback).
             # One scheme header, the one the proxy sets; with no proxy, none, since gunicorn believes every
@@ -137,6 +142,10 @@ class WebTier(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
+        if self.app == "admin":
+            from host.admin.app import create_admin_app
+
+            return create_admin_app(self.settings, self.layout)
         return create_app(self.settings, self.layout, self.websocket_gate)
 
 
@@ -146,6 +155,8 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         return int(uid), int(gid or uid)
 
     parser = argparse.ArgumentParser(prog="python -m host.webtier")
+    parser.add_argument("--app", choices=("public", "admin"), default="public",
+                        help="public: plugins, / and /healthz; admin: the admin API, UI and /metrics")
     parser.add_argument("--listen-fd", type=int, help="listening socket inherited from the supervisor")
     parser.add_argument("--home-fd", type=int, help="O_PATH fd of the home inherited from the supervisor")
     parser.add_argument("--user", type=ids, help="UID[:GID] to drop to before serving (root hosts)")
@@ -164,7 +175,7 @@ def main() -> None:
     settings = HostSettings()
     layout = Layout(Path(f"/proc/self/fd/{args.home_fd}")) if args.home_fd is not None else None
     sys.argv = sys.argv[:1]  # gunicorn must not parse our arguments
-    WebTier(settings, args.listen_fd, layout).run()
+    WebTier(settings, args.listen_fd, layout, args.app).run()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from host.quota import release_all
 from host.registry import Registry
 from host.settings import HostSettings
 from host.supervisor import leftovers, metrics
+from host.supervisor.admin import AdminOps, prepare_uploads
 from host.supervisor.control_server import ControlServer
 from host.supervisor.process import Children, children_of, process_group
 from host.supervisor.state import SERVING
@@ -55,13 +56,16 @@ class Supervisor:
         self._lock = threading.Lock()
         self._sig_r, self._sig_w = os.pipe()
         os.set_blocking(self._sig_w, False)
-        self.web: subprocess.Popen[bytes] | None = None
-        self._web_delay = WEB_RESTART_DELAY[0]
+        # The web tiers by app ("public": plugins; "admin": the admin listener), each with its own listener,
+        # restart delay and start time.
+        self.tiers: dict[str, subprocess.Popen[bytes]] = {}
+        self.listeners: dict[str, socket.socket] = {}  # bound by us, inherited by every web tier we start
+        self._web_delay: dict[str, float] = {}
+        self._web_started: dict[str, float] = {}
         self.started = time.time()
         # Root hosts run the web tier as its own user (HostError here if HOST_WEB_USER is unusable).
         self.web_user = web_user(settings)
         self.routes = RoutesPublisher(self.layout.routes, self.web_user)
-        self.listener: socket.socket | None = None  # bound by us, inherited by every web tier we start
         self._home_lock: IO[str] | None = None  # run/supervisor.lock, flocked while we serve
         self._home_fd: int | None = None  # how the web tier reaches the home once it is no longer root
         # Root hosts give every plugin with a network grant its own namespace behind the egress point.
@@ -70,6 +74,11 @@ class Supervisor:
         self.egress_refusals: dict[str, int] = {}
         self._audit_pruned: float | None = None  # monotonic time of the last audit retention pass
         self._egress_audited: dict[tuple[str, str, str], float] = {}
+
+    @property
+    def web(self) -> subprocess.Popen[bytes] | None:
+        """The public web tier."""
+        return self.tiers.get("public")
 
     # -- control requests (any thread) ------------------------------------------------------------------
 
@@ -105,6 +114,7 @@ class Supervisor:
             "serving": {"bind": self.settings.bind, "plugin_domain": self.settings.origin_domain,
                         "path_mode": self.settings.path_mode},
             "web": {"pid": self.web.pid if self.web and self.web.poll() is None else None,
+                    "admin_pid": self._tier_pid("admin"), "admin_bind": self.settings.admin_bind or None,
                     "uid": self.web_user.uid if self.web_user else os.geteuid(),
                     "gid": self.web_user.gid if self.web_user else os.getegid()},
             "plugins": {name: {**w.snapshot(), "egress_refused": self.egress_refusals.get(name, 0)}
@@ -227,9 +237,13 @@ class Supervisor:
         control = ControlServer(self.layout.control_socket, self.handle)
         control.start()
         # A non-root host's web tier is its own user: owner-only, like everything else it shares.
-        web_api = ControlServer(self.layout.web_socket, self.handle_web, mode=0o660 if self.web_user else 0o600,
-                                group=self.web_user.gid if self.web_user else None)
+        web_mode, web_group = (0o660, self.web_user.gid) if self.web_user else (0o600, None)
+        web_api = ControlServer(self.layout.web_socket, self.handle_web, mode=web_mode, group=web_group)
         web_api.start()
+        # The admin web tier's only way to act: every op carries a token or session the supervisor checks.
+        admin_api = ControlServer(self.layout.admin_socket, AdminOps(self).handle, mode=web_mode, group=web_group)
+        admin_api.start()
+        prepare_uploads(self.layout, self.web_user)
         log.info("supervisor %s serving %s", os.getpid(), self.layout.home)
         # Disk images a killed host left mounted stay mounted for the plugins still installed (adopted as
         # they are); those of plugins uninstalled since are unmounted.
@@ -244,8 +258,8 @@ class Supervisor:
         metrics.prepare(self.layout, self.web_user)  # before the web tier starts counting
         try:
             self.reconcile()
-            if self.web_enabled:
-                self._start_web()
+            for app in self.listeners:
+                self._start_web(app)
             self._loop()
         finally:
             log.info("shutting down")
@@ -254,6 +268,7 @@ class Supervisor:
             release_all(self.layout)  # the plugins' disk images (lazily where a dying instance still holds one)
             if self.egress is not None:
                 self.egress.close()
+            admin_api.close()
             web_api.close()
             control.close()
             self._close_web_listener()
@@ -270,15 +285,12 @@ class Supervisor:
 
     def _loop(self) -> None:
         while True:
-            web_fd = None
-            if self.web is not None and self.web.poll() is None:
-                web_fd = os.pidfd_open(self.web.pid)
-            fds = [self._sig_r] + ([web_fd] if web_fd is not None else [])
+            web_fds = [os.pidfd_open(p.pid) for p in self.tiers.values() if p.poll() is None]
             try:
-                ready, _, _ = select.select(fds, [], [], 1.0)
+                ready, _, _ = select.select([self._sig_r, *web_fds], [], [], 1.0)
             finally:
-                if web_fd is not None:
-                    os.close(web_fd)
+                for fd in web_fds:
+                    os.close(fd)
             if self._sig_r in ready:
                 sig = os.read(self._sig_r, 1)
                 log.info("received %s", signal.Signals(sig[0]).name)
@@ -288,8 +300,10 @@ class Supervisor:
                 self.egress.check()
             self.publish_routes()
             self.prune_audit()
-            if self.web_enabled and (self.web is None or self.web.poll() is not None):
-                self._web_died()
+            for app in self.listeners:
+                tier = self.tiers.get(app)
+                if tier is None or tier.poll() is not None:
+                    self._web_died(app)
 
     def reap_orphans(self) -> int:
         """Kill and reap the processes we adopted as subreaper: they are leftovers of a plugin (or web tier)
@@ -318,59 +332,75 @@ class Supervisor:
 
     # -- web tier ---------------------------------------------------------------------------------------
 
+    def _tier_pid(self, app: str) -> int | None:
+        tier = self.tiers.get(app)
+        return tier.pid if tier is not None and tier.poll() is None else None
+
     def _open_web_listener(self) -> None:
-        self.listener = bind_listener(self.settings.bind)
+        self.listeners["public"] = bind_listener(self.settings.bind)
+        if self.settings.admin_bind:
+            try:
+                self.listeners["admin"] = bind_listener(self.settings.admin_bind)
+            except HostError as exc:
+                self._close_web_listener()
+                raise HostError(f"admin listener (--admin-bind, HOST_ADMIN_BIND; \"\" = none): {exc}") from exc
         # O_PATH: the web tier can walk from it into run/ even when a directory above the home is closed to
         # its uid (a home under /root, a 0700 temp dir); it grants nothing the home's own modes do not.
         self._home_fd = os.open(self.layout.home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def _close_web_listener(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        for listener in self.listeners.values():
+            listener.close()
+        self.listeners.clear()
         if self._home_fd is not None:
             os.close(self._home_fd)
             self._home_fd = None
 
-    def _start_web(self) -> None:
-        assert self.listener is not None and self._home_fd is not None
-        fds = (self.listener.fileno(), self._home_fd)
-        argv = [sys.executable, "-m", "host.webtier", "--listen-fd", str(fds[0]), "--home-fd", str(fds[1])]
+    def _start_web(self, app: str = "public") -> None:
+        assert self._home_fd is not None
+        fds = (self.listeners[app].fileno(), self._home_fd)
+        argv = [sys.executable, "-m", "host.webtier", "--app", app, "--listen-fd", str(fds[0]),
+                "--home-fd", str(fds[1])]
         if self.web_user is not None:
             argv += ["--user", f"{self.web_user.uid}:{self.web_user.gid}"]
         with self.children.lock:
             # Its own session: a terminal's Ctrl-C reaches only the supervisor, which then stops the web
             # tier and the plugins in order (instead of the web tier dying first and being restarted).
             # It starts as root only to load Python and drop (host.webtier): before gunicorn starts.
-            self.web = subprocess.Popen(argv, env=web_env(self.settings), pass_fds=fds,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-            self.children.pids.add(self.web.pid)
-        self._web_started = time.monotonic()
-        log.info("web tier %s on http://%s as uid %d", self.web.pid, self.settings.bind,
+            tier = subprocess.Popen(argv, env=web_env(self.settings), pass_fds=fds,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            self.tiers[app] = tier
+            self.children.pids.add(tier.pid)
+        self._web_started[app] = time.monotonic()
+        bind = self.settings.admin_bind if app == "admin" else self.settings.bind
+        log.info("%s web tier %s on http://%s as uid %d", app, tier.pid, bind,
                  self.web_user.uid if self.web_user else os.geteuid())
 
-    def _web_died(self) -> None:
-        rc = self.web.returncode if self.web else None
-        if self.web is not None and time.monotonic() - self._web_started > 30:
-            self._web_delay = WEB_RESTART_DELAY[0]  # it had been up a while: restart promptly
-        if self.web is not None:
+    def _web_died(self, app: str = "public") -> None:
+        tier = self.tiers.get(app)
+        rc = tier.returncode if tier else None
+        delay = self._web_delay.get(app, WEB_RESTART_DELAY[0])
+        if tier is not None and time.monotonic() - self._web_started.get(app, 0.0) > 30:
+            delay = WEB_RESTART_DELAY[0]  # it had been up a while: restart promptly
+        if tier is not None:
             with self.children.lock:
-                self.children.pids.discard(self.web.pid)
-        log.error("web tier exited (%s); restarting it in %.1fs (plugins keep running)", rc, self._web_delay)
-        self.registry.record(None, "web_restarted", returncode=rc)
-        time.sleep(self._web_delay)
-        self._web_delay = min(self._web_delay * 2, WEB_RESTART_DELAY[1])
-        self._start_web()
+                self.children.pids.discard(tier.pid)
+        log.error("%s web tier exited (%s); restarting it in %.1fs (plugins keep running)", app, rc, delay)
+        self.registry.record(None, "web_restarted", returncode=rc, app=app)
+        time.sleep(delay)
+        self._web_delay[app] = min(delay * 2, WEB_RESTART_DELAY[1])
+        self._start_web(app)
 
     def _stop_web(self) -> None:
-        if self.web is None or self.web.poll() is not None:
-            return
-        self.web.terminate()
-        try:
-            self.web.wait(self.settings.stop_grace + 5)
-        except subprocess.TimeoutExpired:
-            self.web.kill()
-            self.web.wait()
+        tiers = [t for t in self.tiers.values() if t.poll() is None]
+        for tier in tiers:
+            tier.terminate()
+        for tier in tiers:
+            try:
+                tier.wait(self.settings.stop_grace + 5)
+            except subprocess.TimeoutExpired:
+                tier.kill()
+                tier.wait()
 
     def _shutdown_workers(self) -> None:
         with self._lock:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.browser import browser, browser_context  # noqa: F401  (shared browser fixtures)
 from tests.integration.harness import BUNDLED, FIXTURES, ServedHost, served_plugins
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A `host serve` started by a test binds no admin listener unless it asks for one (ServedHost picks a free
+    # port): the default 127.0.0.1:8001 would be taken by whichever of the tests running side by side came first.
+    os.environ.setdefault("HOST_ADMIN_BIND", "")
 
 
 @pytest.fixture(scope="session")

@@ -92,6 +92,7 @@ class ServedHost:
     home: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    admin_port: int = 0  # the admin listener's (HOST_ADMIN_BIND), a free port of its own unless env sets it
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
@@ -99,9 +100,19 @@ class ServedHost:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
     def start(self, wait_plugins: tuple[str, ...] = (), timeout: float = 60, port: int | None = None) -> ServedHost:
         self.port = port or free_port()
         self.log = self.home.parent / f"serve-{self.port}.log"
+        # Never the default 127.0.0.1:8001: tests (and hosts) run side by side. Kept across restarts.
+        if "HOST_ADMIN_BIND" not in self.env:
+            self.admin_port = self.admin_port or free_port()
+            self.env["HOST_ADMIN_BIND"] = f"127.0.0.1:{self.admin_port}"
+        elif self.env["HOST_ADMIN_BIND"]:
+            self.admin_port = int(self.env["HOST_ADMIN_BIND"].rpartition(":")[2])
         env = {**os.environ, "HOST_WEB_WORKERS": "1", "HOST_WEB_THREADS": "32", **self.env}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([*HOST, "--home", str(self.home), "serve", "--create", "--bind",
