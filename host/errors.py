@@ -3,7 +3,9 @@
 HostError                       exit code 1 unless stated
  ├── UsageError                 bad input from the user (exit 2)
  │    ├── PluginNotFound        no such installed plugin
- │    └── SettingsError         a value for a plugin's [settings] is invalid or undeclared; ``key`` names it
+ │    ├── SettingsError         a value for a plugin's [settings] is invalid or undeclared; ``key`` names it
+ │    ├── ArchiveError          a plugin archive is refused (unsafe, too big, unreadable); ``member`` names it
+ │    └── NotGranted            the manifest asks for permissions the operator's --grant does not give; ``lines``
  ├── MissingSettings            a required setting has no value: the plugin cannot start; ``keys`` names them
  ├── InstallError               an install step failed; ``step`` names it, ``log`` points at the kept log
  ├── RegistryError              the registry could not be read or written
@@ -41,6 +43,26 @@ class SettingsError(UsageError):
     def __init__(self, plugin: str, key: str | None, message: str) -> None:
         self.key = key
         super().__init__(f"{key}: {message}" if key else message, plugin=plugin)
+
+
+class ArchiveError(UsageError):
+    """One line: ``<archive>: <member>: <reason>`` (member and archive names made printable)."""
+
+    def __init__(self, archive: str | None, member: str | None, reason: str) -> None:
+        from host.terminal import printable
+
+        self.archive = archive
+        self.member = member
+        self.reason = reason
+        super().__init__(": ".join(printable(p) for p in (archive, member, reason) if p is not None))
+
+
+class NotGranted(UsageError):
+    """``lines``: one per permission asked beyond the grant (host.consent.excess); printed one per line."""
+
+    def __init__(self, plugin: str, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("; ".join(lines), plugin=plugin)
 
 
 class MissingSettings(HostError):
