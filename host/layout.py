@@ -43,8 +43,9 @@ class Layout:
 
     @property
     def uploads(self) -> Path:
-        """Where the admin web tier leaves an uploaded plugin archive for the supervisor (root:<web gid> 1770)."""
-        return self.run / "uploads"
+        """Where the admin web tier leaves an uploaded plugin archive for the supervisor (root:<web gid> 1770).
+        Not a name a plugin can have: run/<name>/ is plugin <name>'s."""
+        return self.run / "_uploads"
 
     @property
     def routes(self) -> Path:

@@ -191,7 +191,7 @@ def register(app: Flask, backend: AdminClient) -> None:
     from host.admin import openapi
 
     bp = Blueprint("admin_api", __name__, url_prefix=PREFIX)
-    uploads = Uploads(Path(app.config.get("ADMIN_UPLOADS") or _uploads_dir(backend)))
+    uploads = Uploads(backend.layout.uploads)
 
     def view_for(route: Route) -> Callable[..., Response]:
         def view(**path: str) -> Response:
@@ -232,10 +232,6 @@ def register(app: Flask, backend: AdminClient) -> None:
         return jsonify(openapi.document(ROUTES, PREFIX))
 
     app.register_blueprint(bp)
-
-
-def _uploads_dir(backend: AdminClient) -> Path:
-    return backend.path.parent / "uploads"
 
 
 def _install_args(uploads: Uploads) -> dict[str, Any]:

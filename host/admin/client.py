@@ -19,6 +19,7 @@ class AdminClient:
     """``call(op, credential, **args)``: what the UI and metrics blueprints use too (``register(app, backend)``)."""
 
     def __init__(self, layout: Layout) -> None:
+        self.layout = layout
         self.path: Path = layout.admin_socket
 
     def call(self, op: str, credential: str | None, *, timeout: float = DEFAULT_TIMEOUT, **args: Any

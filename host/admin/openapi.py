@@ -82,7 +82,9 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Lines": {"type": "object", "required": ["plugin", "lines"],
-              "properties": {"plugin": {"type": "string"}, "lines": {"type": "array", "items": {"type": "string"}}}},
+              "properties": {"plugin": {"type": "string"}, "lines": {"type": "array", "items": {"type": "string"}},
+                             "entries": {"type": "array", "items": {"type": "object"},
+                                         "description": "Access log only: each request's fields."}}},
     "Audit": {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": {
         "type": "object", "required": ["id", "ts", "plugin", "kind", "who", "detail"],
         "properties": {"id": {"type": "integer"}, "ts": {"type": "number"}, "plugin": _nullable("string"),

@@ -188,6 +188,9 @@ class AdminOps:
     def view(self, rec: PluginRecord) -> dict[str, Any]:
         return self._view(rec, self._live().get(rec.name))
 
+    def view(self, rec: PluginRecord) -> dict[str, Any]:
+        return self._view(rec, self._live().get(rec.name))
+
     def plugins(self, token: TokenRecord, req: dict[str, Any]) -> dict[str, Any]:
         live = self._live()
         return {"plugins": [self._view(r, live.get(r.name)) for r in self.registry.all()]}
@@ -213,9 +216,12 @@ class AdminOps:
         return {"plugin": name, "lines": _tail(self.layout.logs(name) / which, _count(req))}
 
     def access(self, token: TokenRecord, req: dict[str, Any]) -> dict[str, Any]:
+        from host.access_log import format_entry, read_access
+
         name = _name(req)
         self.registry.require(name)
-        return {"plugin": name, "lines": _tail(self.layout.run / "access" / f"{name}.log", _count(req))}
+        entries = read_access(self.layout, name, _count(req))
+        return {"plugin": name, "lines": [format_entry(e) for e in entries], "entries": entries}
 
     def audit(self, token: TokenRecord, req: dict[str, Any]) -> dict[str, Any]:
         plugin = req.get("plugin") or None
@@ -260,7 +266,9 @@ class AdminOps:
         return {**self.get_settings(token, req), "changed": changed}
 
     def install(self, token: TokenRecord, req: dict[str, Any]) -> dict[str, Any]:
-        raise AdminError(409, "Not available", "install by upload needs host.archive, which has not landed yet")
+        from host.supervisor.admin_install import install_upload
+
+        return install_upload(self, _who(token), req)
 
 
 def _who(token: TokenRecord) -> str:

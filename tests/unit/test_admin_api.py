@@ -104,12 +104,12 @@ def test_bad_inputs_are_422_before_the_supervisor(app: tuple[Flask, FakeBackend]
 
 def test_an_upload_without_a_token_writes_nothing(app: tuple[Flask, FakeBackend], tmp_path: Path) -> None:
     flask_app, backend = app
-    (tmp_path / "run" / "uploads").mkdir(parents=True)
+    (tmp_path / "run" / "_uploads").mkdir(parents=True)
     r = flask_app.test_client().post(f"{api.PREFIX}/plugins?grant={{}}&filename=p.zip", data=b"PK\x03\x04junk",
                                      headers={"Host": ADMIN}, content_type="application/octet-stream")
     assert r.status_code == 401
     assert [c[0] for c in backend.calls] == ["whoami"]
-    assert list((tmp_path / "run" / "uploads").iterdir()) == []
+    assert list((tmp_path / "run" / "_uploads").iterdir()) == []
 
 
 @pytest.mark.parametrize(("bind", "origin", "hosts"), [
