@@ -1,4 +1,4 @@
-"""Per-plugin access log: one JSON line per proxied request in <home>/run/access/<name>.log, size-rotated.
+"""Per-plugin access log: one JSON line per proxied request in <home>/run/access_log/<name>.log, size-rotated.
 
 Written by every public web worker (several processes, many threads) and read by `host logs NAME --access`
 and the admin API. Each line is one ``write()`` on an ``O_APPEND`` descriptor opened for that line, so lines

@@ -352,6 +352,8 @@ class Installer:
             rootfs.remove_tree(self.layout.plugin_root(name))
             rootfs.remove_tree(self.layout.run_dir(name))
             rootfs.remove_tree(self.layout.logs(name))
+            for access in self.layout.access_logs.glob(f"{name}.log*"):  # host.access_log: .log and .log.1
+                access.unlink(missing_ok=True)
             # its policy, sandbox and exit reports, passwd/group/hosts files: root's, in the root-only run/
             for leftover in self.layout.run.glob(f".{name}.*"):
                 leftover.unlink(missing_ok=True)

@@ -91,15 +91,17 @@ class Layout:
     def logs(self, name: str) -> Path:
         return self.home / "logs" / name
 
+    # The host's own directories in run/ have names no plugin can have (an underscore): run/<name>/ is a
+    # plugin's, and `host serve` removes those of plugins no longer installed (host.supervisor.leftovers).
     @property
     def access_logs(self) -> Path:
         """Per-plugin access logs (host.access_log), written by the public web tier: owned by the web user."""
-        return self.run / "access"
+        return self.run / "access_log"
 
     @property
     def metrics(self) -> Path:
         """prometheus_client's multiprocess files of the public web workers (web user, wiped at every start)."""
-        return self.run / "metrics"
+        return self.run / "web_metrics"
 
     def ensure(self) -> None:
         """Create the top-level directories with owner-only permissions."""

@@ -1,7 +1,7 @@
 """The public web tier's request series (prometheus_client), and the names every /metrics series uses.
 
 Several gunicorn workers serve the public listener, so these series are kept in prometheus_client's
-multiprocess mode: every worker writes its own memory-mapped files into <home>/run/metrics (the supervisor
+multiprocess mode: every worker writes its own memory-mapped files into <home>/run/web_metrics (the supervisor
 points PROMETHEUS_MULTIPROC_DIR there before the web tier starts and wipes the directory when it starts),
 and the admin app adds them up (host.admin.metrics). Without that variable (tests, a web tier run by hand)
 they are ordinary in-process series.

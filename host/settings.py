@@ -57,7 +57,7 @@ class HostSettings(BaseSettings):
     stop_grace: float = Field(5.0, ge=0)
     # A request that finds its plugin starting or restarting waits up to this long before getting a 503.
     request_wait: float = Field(10.0, ge=0)
-    # One line per request to a plugin in <home>/run/access/<name>.log (`host logs NAME --access`), rotated
+    # One line per request to a plugin in <home>/run/access_log/<name>.log (`host logs NAME --access`), rotated
     # at log_max_bytes like plugin output; no query strings (they carry secrets).
     access_log: bool = True
     # The public web tier's request series for /metrics (requests, durations, bytes, in flight).

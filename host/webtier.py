@@ -33,6 +33,7 @@ from host.app import create_app
 from host.errors import HostError
 from host.layout import Layout
 from host.quota import drop_copies
+from host.request_metrics import MULTIPROC_ENV, forget_live, forget_worker
 from host.settings import HostSettings
 from host.ws_relay import Gate
 
@@ -137,6 +138,11 @@ class WebTier(BaseApplication):  # type: ignore[misc]
             "secure_scheme_headers": {"X-FORWARDED-PROTO": "https"} if s.forwarded_allow_ips else {},
             "forwarder_headers": "",
         }
+        metrics = os.environ.get(MULTIPROC_ENV)  # set by main() for the public app only
+        if metrics:
+            # prometheus_client multiprocess mode (host.request_metrics): stale in-flight gauges go.
+            opts["on_starting"] = lambda server: forget_live(Path(metrics))
+            opts["child_exit"] = lambda server, worker: forget_worker(Path(metrics), worker.pid)
         for key, value in opts.items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
@@ -174,6 +180,10 @@ def main() -> None:
     die_with_parent(parent)
     settings = HostSettings()
     layout = Layout(Path(f"/proc/self/fd/{args.home_fd}")) if args.home_fd is not None else None
+    if args.app == "public" and layout is not None and settings.request_metrics:
+        # Before prometheus_client is imported (host.request_metrics imports it when the app is built): the
+        # workers' request series go to files the admin app adds up. /proc/self: each worker's own fd.
+        os.environ[MULTIPROC_ENV] = str(layout.metrics)
     sys.argv = sys.argv[:1]  # gunicorn must not parse our arguments
     WebTier(settings, args.listen_fd, layout, args.app).run()
 

@@ -1,5 +1,5 @@
 """GET /metrics on the admin listener: Prometheus text of the public web tier's request series (added up
-from every worker's multiprocess files in run/metrics) and of the supervisor's own (op ``metrics``).
+from every worker's multiprocess files in run/web_metrics) and of the supervisor's own (op ``metrics``).
 
 Who may read it: a ``read`` (or ``admin``) token, ``Authorization: Bearer phk_...``, checked by the
 supervisor like every admin op (Prometheus: ``authorization: {credentials_file: /etc/prometheus/phk}``).

@@ -10,7 +10,8 @@ no admin power of its own: without a valid token it can read and change nothing.
 Ops and the scope they need (``read`` tokens may only read):
 
 - no credential: ``login`` (a token → a session; failures rate-limited per client and audited);
-- read: ``whoami``, ``logout``, ``plugins``, ``plugin``, ``settings``, ``logs``, ``access``, ``audit``;
+- read: ``whoami``, ``logout``, ``plugins``, ``plugin``, ``settings``, ``logs``, ``access``, ``audit``, ``metrics``
+  (without a credential too when HOST_METRICS_PUBLIC=true);
 - admin: ``enable``, ``disable``, ``restart``, ``uninstall``, ``put_settings``, ``install``.
 
 Changes go through host.operations, audited as ``token:<name>``.
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from host import configure, operations, origins
 from host.errors import AdminError, HostError, PluginNotFound, SettingsError, SupervisorUnavailable, UsageError
 from host.registry import PluginRecord, TokenRecord
+from host.supervisor import metrics as supervisor_metrics
 from host.webuser import WebUser
 from manifests import ManifestError, parse_manifest
 
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from host.supervisor.core import Supervisor
 
 log = logging.getLogger(__name__)
-READ_OPS = frozenset({"whoami", "logout", "plugins", "plugin", "settings", "logs", "access", "audit"})
+READ_OPS = frozenset({"whoami", "logout", "plugins", "plugin", "settings", "logs", "access", "audit", "metrics"})
 ADMIN_OPS = frozenset({"enable", "disable", "restart", "uninstall", "put_settings", "install"})
 SESSION_TTL = 8 * 3600.0
 LOGIN_FAILURES = 5  # per client address and minute; the next attempt gets 429
@@ -70,6 +72,7 @@ class AdminOps:
             "settings": self.get_settings, "logs": self.logs, "access": self.access, "audit": self.audit,
             "enable": self.enable, "disable": self.disable, "restart": self.restart,
             "uninstall": self.uninstall, "put_settings": self.put_settings, "install": self.install,
+            "metrics": lambda token, req: supervisor_metrics.snapshot(self.sup),
         }
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +96,8 @@ class AdminOps:
         op = str(req.get("op"))
         if op == "login":
             return self.login(req)
+        if op == "metrics" and self.settings.metrics_public and not req.get("credential"):
+            return supervisor_metrics.snapshot(self.sup)  # HOST_METRICS_PUBLIC: /metrics without a token
         fn = self.ops.get(op)
         if fn is None:
             raise AdminError(404, "Not Found", f"no admin op {op!r}")

@@ -1,5 +1,5 @@
 """The supervisor's side of /metrics: the numbers only it knows (op ``metrics`` on the admin socket), and the
-directories the public web tier records requests in (run/metrics, run/access).
+directories the public web tier records requests in (run/web_metrics, run/access_log).
 
 The admin app turns :func:`snapshot` into Prometheus series (host.admin.metrics); this module only counts.
 """
@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def prepare(layout: Layout, user: WebUser | None) -> None:
-    """At supervisor start: an empty run/metrics (series are counted from this start: a file a killed web
-    tier left would be added to the next one's) and run/access (kept: it is the plugins' history), both
+    """At supervisor start: an empty run/web_metrics (series are counted from this start: a file a killed web
+    tier left would be added to the next one's) and run/access_log (kept: it is the plugins' history), both
     the web user's own, 0700."""
     shutil.rmtree(layout.metrics, ignore_errors=True)
     for directory in (layout.metrics, layout.access_logs):
