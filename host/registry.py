@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # Schema changes after the tables above, in order: entry i takes a registry from `PRAGMA user_version` i to
 # i + 1 (a home created before versioning is at 0 with exactly the tables above). Each runs once, in one
 # transaction with its version bump, by whichever process opens the registry first; append, never edit.
+# Why not a migration library (Alembic, yoyo): one SQLite file, stdlib sqlite3 and no ORM; a tuple of SQL
+# steps is all the bookkeeping needed, and tests/unit/test_registry_admin.py opens every older version.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: the operator's values for a manifest's [settings] (issue 9), as JSON; secrets too (the file is 0600).
     ("""CREATE TABLE IF NOT EXISTS plugin_settings (
