@@ -16,6 +16,7 @@ from host import apply_cli, control, origins
 from host.errors import HostError, SupervisorUnavailable, UsageError
 from host.installer import Installer
 from host.layout import Layout
+from host.operations import local_who
 from host.quota import disk_usage, usage_cell
 from host.registry import Registry
 from host.settings import HostSettings
@@ -103,8 +104,8 @@ def install(obj: Ctx, path: Path, yes: bool, no_enable: bool, force: bool, value
     layout = obj.layout(create=True)
     registry = Registry(layout.registry)
     t0 = time.monotonic()
-    result = Installer(settings, registry, progress).install(path, enable=not no_enable, force=force,
-                                                             confirm=confirm, settings=values)
+    result = Installer(settings, registry, progress, who=local_who()).install(
+        path, enable=not no_enable, force=force, confirm=confirm, settings=values)
     if not result.changed:
         return
     name = result.manifest.name
@@ -147,10 +148,10 @@ def uninstall(obj: Ctx, name: str, keep_data: bool) -> None:
     layout = obj.layout()
     registry = Registry(layout.registry)
     registry.require(name)
-    if registry.set_enabled(name, False):
+    if registry.set_enabled(name, False, who=local_who()):
         _supervisor(layout, "reload")
     _stopped(obj, name, "uninstalled")
-    kept = Installer(obj.settings(), registry, progress).uninstall(name, keep_data=keep_data)
+    kept = Installer(obj.settings(), registry, progress, who=local_who()).uninstall(name, keep_data=keep_data)
     _supervisor(layout, "reload")
     progress(f"uninstalled {name}: " + (f"kept {', '.join(kept)} (--keep-data)" if kept else
                                         "nothing of it is left but its events in the audit log"))
@@ -219,7 +220,7 @@ def status(obj: Ctx, name: str, lines: int, as_json: bool) -> None:
 
 def _set_enabled(obj: Ctx, name: str, enabled: bool) -> None:
     layout = obj.layout()
-    changed = Registry(layout.registry).set_enabled(name, enabled)
+    changed = Registry(layout.registry).set_enabled(name, enabled, who=local_who())
     reply = _supervisor(layout, "reload")
     verb = "enabled" if enabled else "disabled"
     progress(f"{name} {verb}" + ("" if changed else " (already)") + ("" if reply else "; takes effect at `host serve`"))
@@ -257,7 +258,9 @@ def restart(obj: Ctx, name: str) -> None:
     """Restart plugin NAME with no downtime (clears quarantine)."""
     settings = obj.settings()
     layout = obj.layout()
-    Registry(layout.registry).require(name)
+    registry = Registry(layout.registry)
+    registry.require(name)
+    registry.record(name, "restart_requested", who=local_who())
     reply = control.call(layout.control_socket, "restart", name=name, wait=settings.start_timeout + 5,
                          timeout=settings.start_timeout + 10)
     st = reply["plugin"]
@@ -299,10 +302,10 @@ def config(obj: Ctx, name: str, assignments: tuple[str, ...], from_file: Path | 
         return
     key = f"idle_timeout:{name}"
     if reset:
-        registry.set_setting(key, None, plugin=name)
+        registry.set_setting(key, None, plugin=name, who=local_who())
     elif idle_timeout is not None:
-        registry.set_setting(key, repr(idle_timeout), plugin=name)
-    configure.change(settings, registry, name, assignments, from_file, unset, progress)
+        registry.set_setting(key, repr(idle_timeout), plugin=name, who=local_who())
+    configure.change(settings, registry, name, assignments, from_file, unset, progress, who=local_who())
     shown = configure.view(settings, registry, name)
     if as_json:
         click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
@@ -494,6 +497,88 @@ def origin_report(settings: HostSettings) -> dict[str, Any]:
 def schema() -> None:
     """Print the JSON Schema of plugin.toml."""
     click.echo(json_schema())
+
+
+# -- admin tokens and the audit log (issue 11) -----------------------------------------------------------------
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@cli.group()
+def token() -> None:
+    """Tokens for the admin API and UI (stored hashed; a token is shown once, when it is created)."""
+
+
+@token.command(name="create")
+@click.argument("name")
+@click.option("--scope", type=click.Choice(["admin", "read"]), required=True,
+              help="admin: every operation; read: look only.")
+@click.pass_obj
+def token_create(obj: Ctx, name: str, scope: str) -> None:
+    """Create token NAME and print it as the last line of standard output. It cannot be shown again."""
+    registry = Registry(obj.layout().registry)
+    try:
+        secret = registry.create_token(name, scope, who=local_who())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    progress(f"token {name} ({scope}) created; store it now, it cannot be shown again (only its hash is kept)")
+    click.echo(secret)
+
+
+@token.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def token_list(obj: Ctx, as_json: bool) -> None:
+    """Tokens: name, scope, created, last used (to the minute), revoked. Never a secret (none is stored)."""
+    rows = [{"name": t.name, "scope": t.scope, "created": _when(t.created),
+             "last_used": None if t.last_used is None else _when(t.last_used),
+             "revoked": None if t.revoked is None else _when(t.revoked)}
+            for t in Registry(obj.layout().registry).tokens()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no tokens (host token create NAME --scope admin|read)")
+        return
+    click.echo(f"{'NAME':<24} {'SCOPE':<6} {'CREATED':<21} {'LAST USED':<21} REVOKED")
+    for r in rows:
+        click.echo(printable(f"{r['name']:<24} {r['scope']:<6} {r['created']:<21} {r['last_used'] or '-':<21} "
+                             f"{r['revoked'] or '-'}"))
+
+
+@token.command(name="revoke")
+@click.argument("name")
+@click.pass_obj
+def token_revoke(obj: Ctx, name: str) -> None:
+    """Revoke token NAME at once; its UI sessions end too."""
+    if not Registry(obj.layout().registry).revoke_token(name, who=local_who()):
+        raise UsageError(f"no active token {printable(name)!r} (see `host token list`)")
+    progress(f"token {name} revoked")
+
+
+@cli.command()
+@click.option("--plugin", metavar="NAME", help="Only this plugin's events (also of one since uninstalled).")
+@click.option("-n", "lines", type=click.IntRange(min=1), default=50, show_default=True, help="Events to show.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def audit(obj: Ctx, plugin: str | None, lines: int, as_json: bool) -> None:
+    """The audit log, newest first: time, who (local:<user>, token:<name>, or the host itself), plugin, kind and
+    detail. Kept HOST_AUDIT_RETENTION_DAYS days (default 90; 0 = forever)."""
+    events = Registry(obj.layout().registry).events(plugin, limit=lines)
+    if as_json:
+        click.echo(json.dumps([{"id": e.id, "time": _when(e.ts), "who": e.who, "plugin": e.plugin, "kind": e.kind,
+                                "detail": e.detail} for e in events], indent=2))
+        return
+    if not events:
+        click.echo("no events")
+        return
+    click.echo(f"{'TIME':<21} {'WHO':<20} {'PLUGIN':<20} {'KIND':<18} DETAIL")
+    for e in events:
+        detail = " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in e.detail.items())
+        line = f"{_when(e.ts):<21} {e.who or 'host':<20} {e.plugin or '-':<20} {e.kind:<18} {detail}"
+        click.echo(printable(line.rstrip()))
 
 
 cli.add_command(apply_cli.apply)
