@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from host import apply_cli, control, origins
-from host.errors import HostError, SupervisorUnavailable, UsageError
+from host.errors import HostError, NotGranted, SupervisorUnavailable, UsageError
 from host.installer import Installer
 from host.layout import Layout
 from host.operations import local_who
@@ -83,29 +83,49 @@ def permission_summary(m: Manifest) -> list[str]:
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
+@click.option("--grant", metavar="FILE", type=click.Path(allow_dash=True),
+              help="Consent without a terminal: the permissions you grant, shaped like the manifest's "
+                   "[permissions] (FILE.json, FILE.toml, or '-' for standard input). A plugin asking for more is "
+                   "refused, one line per permission, and nothing is installed. Use instead of --yes.")
 @click.option("--yes", "-y", is_flag=True, help="Grant the requested permissions without asking.")
 @click.option("--no-enable", is_flag=True, help="Install but leave disabled.")
 @click.option("--force", is_flag=True, help="Reinstall even if this version is already installed.")
 @click.option("--set", "values", multiple=True, metavar="KEY=VALUE",
               help="A value for one of the plugin's [settings] (repeatable); see `host config`.")
 @click.pass_obj
-def install(obj: Ctx, path: Path, yes: bool, no_enable: bool, force: bool, values: tuple[str, ...]) -> None:
-    """Install the plugin in directory PATH into its own virtualenv."""
+def install(obj: Ctx, path: Path, grant: str | None, yes: bool, no_enable: bool, force: bool,
+            values: tuple[str, ...]) -> None:
+    """Install the plugin in PATH (a directory, or a .zip, .tar.gz/.tgz or .tar archive of one) into its own
+    virtualenv."""
+    from host import archive, consent
+
+    if grant is not None and yes:
+        raise UsageError("--grant replaces --yes: pass one of them")
+    granted = consent.load_grant(grant) if grant is not None else None
+    if granted is not None:
+        consent.parse_grant(granted)  # a bad grant is bad input before anything happens
+
     def confirm(m: Manifest) -> bool:
         for line in permission_summary(m):
             click.echo(f"    {line}", err=True)
+        if granted is not None:
+            beyond = consent.excess(m, granted)
+            if beyond:
+                raise NotGranted(m.name, beyond)
+            return True
         if yes:
             return True
         if not sys.stdin.isatty():
-            raise click.UsageError("grant these permissions interactively or pass --yes")
+            raise click.UsageError("grant these permissions interactively, or pass --grant FILE (or --yes)")
         return click.confirm("Install with these permissions?", default=False, err=True)
 
     settings = obj.settings()
     layout = obj.layout(create=True)
     registry = Registry(layout.registry)
     t0 = time.monotonic()
-    result = Installer(settings, registry, progress, who=local_who()).install(
-        path, enable=not no_enable, force=force, confirm=confirm, settings=values)
+    with archive.unpacked(path, layout, progress=progress) as bundle:
+        result = Installer(settings, registry, progress, who=local_who()).install(
+            bundle, enable=not no_enable, force=force, confirm=confirm, settings=values)
     if not result.changed:
         return
     name = result.manifest.name
@@ -597,6 +617,10 @@ def main() -> None:
     except ManifestError as exc:
         click.echo(f"error: {printable(exc)}", err=True)
         sys.exit(2)
+    except NotGranted as exc:  # one line per permission beyond the grant
+        for line in exc.lines:
+            click.echo(f"error: {printable(exc.plugin)}: {printable(line)}", err=True)
+        sys.exit(exc.exit_code)
     except HostError as exc:
         click.echo(f"error: {printable(exc)}", err=True)
         sys.exit(exc.exit_code)

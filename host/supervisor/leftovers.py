@@ -1,5 +1,6 @@
 """What a killed host or sandbox runner leaves behind, removed when the next supervisor starts for the home:
-cgroups (and any process still in them), exit reports, and the run files of plugins no longer installed.
+cgroups (and any process still in them), exit reports, the run files of plugins no longer installed, and the
+scratch directories of archive extractions that were killed (host.archive.sweep; those in use are locked).
 
 Sockets are swept per plugin by its worker, disk images adopted or unmounted by host.quota.release_all; the
 processes themselves die with their parents (parent-death signals, pid namespaces), and what escaped that
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 
-from host import launch, rootfs
+from host import archive, launch, rootfs
 from host.layout import Layout
 from host.settings import HostSettings
 from sandbox_runner.layers import cgroup
@@ -48,6 +49,7 @@ def clean(settings: HostSettings, installed: frozenset[str]) -> list[str]:
         else:
             path.unlink(missing_ok=True)
         removed.append(str(path))
+    removed += archive.sweep(layout)
     return removed
 
 

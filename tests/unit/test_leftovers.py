@@ -30,3 +30,13 @@ def test_exit_reports_and_the_run_files_of_uninstalled_plugins_go(tmp_path: Path
     removed = leftovers.clean(HostSettings(home=layout.home), frozenset({"steady"}))
     assert sorted(removed) == sorted(str(p) for p in gone)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
+
+
+def test_the_scratch_dir_of_a_killed_archive_extraction_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leftovers.cgroup, "leftovers", lambda prefix: [])
+    layout = Layout(tmp_path / "h")
+    layout.ensure()
+    killed = layout.cache / "unpack" / "0123456789abcdef"
+    (killed / "unpacked" / "plugin").mkdir(parents=True)  # nobody holds its lock: its unpacker died
+    assert leftovers.clean(HostSettings(home=layout.home), frozenset()) == [str(killed)]
+    assert list((layout.cache / "unpack").iterdir()) == []
