@@ -339,7 +339,7 @@ class Registry:
             where.append("plugin = ?")
             args.append(plugin)
         if kinds is not None:
-            wanted = list(kinds)
+            wanted = [kinds] if isinstance(kinds, str) else list(kinds)  # "enabled" is one kind, not 7 letters
             if not wanted:
                 return []
             where.append(f"kind IN ({', '.join('?' * len(wanted))})")

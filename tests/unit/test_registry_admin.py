@@ -219,6 +219,7 @@ def test_events_filter_by_plugin_and_kinds_newest_first(tmp_path: Path) -> None:
     assert [e.who for e in reg.events("a", kinds=["enabled", "disabled"])] == ["local:root"]
     assert reg.events(kinds=[]) == []
     assert [e.detail for e in reg.events(kinds=("crashed",))] == [{"code": 1}]
+    assert [e.plugin for e in reg.events(kinds="enabled")] == ["a", "b"]
     assert len(reg.events(limit=2)) == 2
 
 
