@@ -237,3 +237,32 @@ def test_retention_drops_only_events_older_than_the_setting(tmp_path: Path) -> N
     assert reg.prune_events(90, now=now) == 2
     assert [e.detail["age"] for e in reg.events()] == [1, 89]
     assert reg.prune_events(90, now=now) == 0
+
+
+def test_the_supervisor_prunes_at_start_then_once_a_day(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from host.settings import HostSettings
+    from host.supervisor.core import Supervisor
+
+    reg = Registry(tmp_path / "registry.db")
+    sup = SimpleNamespace(registry=reg, settings=HostSettings(home=tmp_path, audit_retention_days=1),
+                          _audit_pruned=None)
+    clock = [5000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    def aged_event() -> None:
+        reg.record(None, "old")
+        with reg._tx() as db:
+            db.execute("UPDATE events SET ts = ts - 2 * 86400 WHERE kind = 'old'")
+
+    aged_event()
+    Supervisor.prune_audit(sup)  # type: ignore[arg-type]  # at start
+    assert reg.events(kinds=["old"]) == []
+    aged_event()
+    clock[0] += 86399
+    Supervisor.prune_audit(sup)  # type: ignore[arg-type]  # not yet a day later
+    assert len(reg.events(kinds=["old"])) == 1
+    clock[0] += 2
+    Supervisor.prune_audit(sup)  # type: ignore[arg-type]
+    assert reg.events(kinds=["old"]) == []
