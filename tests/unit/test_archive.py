@@ -361,3 +361,17 @@ def test_sweep_removes_what_a_killed_unpacker_left_and_nothing_in_use(tmp_path: 
         assert sorted(p.name for p in top.iterdir()) == [".claiming", "live"]
     finally:
         os.close(fd)
+
+
+def test_cant_unpack_a_sparse_file(tmp_path: Path, dest: Path) -> None:
+    """A sparse member could claim a huge file from a few bytes of data; none belongs in a plugin."""
+    tgz = make_tar(tmp_path / "sparse.tgz", [(tinfo("p/holes", tarfile.GNUTYPE_SPARSE), b"x" * 10)])
+    assert refused(tgz, dest) == ("sparse.tgz: p/holes: a sparse file; archives may hold only regular files and "
+                                  "directories")
+
+
+def test_the_default_limits_are_the_documented_ones() -> None:
+    """README and CHANGELOG quote them: 20000 members, 100 MiB a file, 200 MiB in all, depth 32, 1024 bytes."""
+    assert Limits(max_members=20000, max_member_bytes=100 * MiB, max_total_bytes=200 * MiB,
+                                    max_archive_bytes=200 * MiB, max_depth=32, max_path_bytes=1024,
+                                    max_name_bytes=255) == archive.LIMITS
