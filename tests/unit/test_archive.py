@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from host import archive, rootfs
+from host import archive, archive_formats, rootfs
 from host.archive import Limits, extract, extract_counted
 from host.errors import ArchiveError, UsageError
 from host.layout import Layout
@@ -48,26 +48,26 @@ def refused(archive_path: Path, dest: Path, limits: Limits = archive.LIMITS) -> 
 def written(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """Bytes actually written to disk by the extraction, per write."""
     log: list[int] = []
-    real = archive._write_all
+    real = archive_formats._write_all
 
     def counting(fd: int, data: bytes) -> None:
         log.append(len(data))
         real(fd, data)
 
-    monkeypatch.setattr(archive, "_write_all", counting)
+    monkeypatch.setattr(archive_formats, "_write_all", counting)
     yield log
 
 
 def decompressed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     log: list[int] = []
-    real: Callable[..., bytes] = archive._Capped.read
+    real: Callable[..., bytes] = archive_formats._Capped.read
 
-    def counting(self: archive._Capped, n: int = -1) -> bytes:
+    def counting(self: archive_formats._Capped, n: int = -1) -> bytes:
         data = real(self, n)
         log.append(len(data))
         return data
 
-    monkeypatch.setattr(archive._Capped, "read", counting)
+    monkeypatch.setattr(archive_formats._Capped, "read", counting)
     return log
 
 
@@ -329,6 +329,15 @@ def test_scratch_is_removed_after_use_and_after_a_failure(tmp_path: Path) -> Non
         pass
     with pytest.raises(RuntimeError), archive.unpacked(tgz, layout):
         raise RuntimeError("the install failed")
+    assert list(archive.scratch_root(layout).iterdir()) == []
+
+
+def test_an_archive_without_a_manifest_is_refused_naming_the_archive(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "home")
+    two = make_tar(tmp_path / "two.tgz", [(tinfo("a/plugin.toml"), MANIFEST), (tinfo("b/x"), b"x")])
+    with pytest.raises(ArchiveError) as info, archive.unpacked(two, layout):
+        pass
+    assert str(info.value) == "two.tgz: no plugin.toml at its root or in its single top-level directory"
     assert list(archive.scratch_root(layout).iterdir()) == []
 
 
