@@ -17,6 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from host.registry import Registry
 from tests.integration import ws_client
 from tests.integration.harness import FIXTURES, ServedHost, run_host, short_home, wait_for
 
@@ -39,9 +40,7 @@ def host() -> Iterator[ServedHost]:
 
 @pytest.fixture(scope="module")
 def token(host: ServedHost) -> str:
-    out = host.cli("token", "create", "prometheus", "--scope", "read")
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+    return Registry(host.home / "registry.db").create_token("prometheus", "read")
 
 
 def scrape(host: ServedHost, token: str | None) -> httpx.Response:
