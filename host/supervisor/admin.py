@@ -12,7 +12,8 @@ Ops and the scope they need (``read`` tokens may only read):
 - no credential: ``login`` (a token → a session; failures rate-limited per client and audited);
 - read: ``whoami``, ``logout``, ``plugins``, ``plugin``, ``settings``, ``logs``, ``access``, ``audit``, ``metrics``
   (without a credential too when HOST_METRICS_PUBLIC=true);
-- admin: ``enable``, ``disable``, ``restart``, ``uninstall``, ``put_settings``, ``install``.
+- admin: ``enable``, ``disable``, ``restart``, ``uninstall``, ``put_settings``, ``install``, ``preview`` (what an
+  upload asks for, for the UI's consent page).
 
 Changes go through host.operations, audited as ``token:<name>``.
 """
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 READ_OPS = frozenset({"whoami", "logout", "plugins", "plugin", "settings", "logs", "access", "audit", "metrics"})
-ADMIN_OPS = frozenset({"enable", "disable", "restart", "uninstall", "put_settings", "install"})
+ADMIN_OPS = frozenset({"enable", "disable", "restart", "uninstall", "put_settings", "install", "preview"})
 SESSION_TTL = 8 * 3600.0
 LOGIN_FAILURES = 5  # per client address and minute; the next attempt gets 429
 MAX_LINES = 1000  # logs and audit: the most lines one request returns
@@ -72,7 +73,7 @@ class AdminOps:
             "settings": self.get_settings, "logs": self.logs, "access": self.access, "audit": self.audit,
             "enable": self.enable, "disable": self.disable, "restart": self.restart,
             "uninstall": self.uninstall, "put_settings": self.put_settings, "install": self.install,
-            "metrics": lambda token, req: supervisor_metrics.snapshot(self.sup),
+            "preview": self.preview, "metrics": lambda token, req: supervisor_metrics.snapshot(self.sup),
         }
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -274,6 +275,12 @@ class AdminOps:
         from host.supervisor.admin_install import install_upload
 
         return install_upload(self, _who(token), req)
+
+    def preview(self, token: TokenRecord, req: dict[str, Any]) -> dict[str, Any]:
+        """What an upload asks for (the UI's consent page); the upload stays for the ``install`` that follows."""
+        from host.supervisor.admin_preview import preview_upload
+
+        return preview_upload(self, req)
 
 
 def _who(token: TokenRecord) -> str:

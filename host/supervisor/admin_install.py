@@ -11,12 +11,14 @@ process, so pip's helpers never become the supervisor's children), audited as th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,7 @@ from host import archive
 from host.errors import AdminError
 from host.operations import AUDIT_WHO_ENV
 from host.terminal import printable
-from manifests import ManifestError, load_manifest
+from manifests import Manifest, ManifestError, load_manifest
 
 if TYPE_CHECKING:
     from host.supervisor.admin import AdminOps
@@ -71,28 +73,36 @@ def _excess(manifest: Any, grant: dict[str, Any]) -> list[str]:
     return list(excess(manifest, grant))
 
 
-def install_upload(ops: AdminOps, who: str, req: dict[str, Any]) -> dict[str, Any]:
-    grant = req.get("grant")
-    if not isinstance(grant, dict):
-        raise AdminError(422, "Unprocessable Content", "grant must be a JSON object (the manifest's [permissions])")
-    upload = str(req.get("upload") or "")
+@contextlib.contextmanager
+def unpacked_upload(ops: AdminOps, upload: str, progress: Callable[[str], None] | None = None
+                    ) -> Iterator[tuple[Path, Manifest]]:
+    """The upload copied into root's scratch space, unpacked, and its manifest loaded: (plugin dir, manifest),
+    all removed on exit. For ``install`` and ``preview`` (host.supervisor.admin_preview)."""
     suffix = upload.split(".", 1)[-1]
     with archive.scratch(ops.layout) as scratch:
         scratch.mkdir(mode=0o700)
         copy = scratch / f"upload.{suffix}"
         _copy_upload(ops, upload, copy)
-        output: list[str] = []
-        with archive.unpacked(copy, ops.layout, progress=output.append) as root:
+        with archive.unpacked(copy, ops.layout, progress=progress) as root:
             try:
                 manifest = load_manifest(root)
             except ManifestError as exc:  # named by its place in the archive, not in root's scratch space
                 raise AdminError(422, "Invalid manifest", str(exc).replace(f"{root}/", "")) from None
-            asked = _excess(manifest, grant)
-            if asked:
-                raise AdminError(409, "Permissions not granted",
-                                 f"{manifest.name} asks for more than the request grants; nothing was installed",
-                                 plugin=manifest.name, excess=asked)
-            output += _run_install(ops, who, root, enable=bool(req.get("enable", True)))
+            yield root, manifest
+
+
+def install_upload(ops: AdminOps, who: str, req: dict[str, Any]) -> dict[str, Any]:
+    grant = req.get("grant")
+    if not isinstance(grant, dict):
+        raise AdminError(422, "Unprocessable Content", "grant must be a JSON object (the manifest's [permissions])")
+    output: list[str] = []
+    with unpacked_upload(ops, str(req.get("upload") or ""), output.append) as (root, manifest):
+        asked = _excess(manifest, grant)
+        if asked:
+            raise AdminError(409, "Permissions not granted",
+                             f"{manifest.name} asks for more than the request grants; nothing was installed",
+                             plugin=manifest.name, excess=asked)
+        output += _run_install(ops, who, root, enable=bool(req.get("enable", True)))
     rec = ops.registry.require(manifest.name)
     changed = not any("is already installed" in line for line in output)
     return {"plugin": ops.view(rec), "changed": changed, "output": output}
