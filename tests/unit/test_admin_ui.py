@@ -19,6 +19,7 @@ from host.admin.guard import LoginLimiter, cookie_value, cross_origin, parse_coo
 from host.admin.ui import CSP, register
 from host.errors import AdminError
 from host.headers import HOST_COOKIE
+from host.layout import Layout
 
 ADMIN = "phk_" + "a" * 43
 READER = "phk_" + "r" * 43
@@ -30,7 +31,7 @@ GRANTS = [{"permission": "network", "value": "none", "enforced_by": "network nam
 class FakeHost:
     """The supervisor's admin ops as host.supervisor.admin answers them; every call is kept in ``calls``."""
 
-    path = Path("/nonexistent/run/admin.sock")
+    layout = Layout(Path("/nonexistent-home"))  # only for its paths; tests point ADMIN_UPLOADS elsewhere
 
     def __init__(self) -> None:
         self.tokens = {ADMIN: ("ops", "admin"), READER: ("viewer", "read")}
@@ -73,6 +74,9 @@ class FakeHost:
             return {"changed": True, "plugin": self.plugin(args["name"])}
         if op == "restart":
             return {"plugin": self.plugin(args["name"])}
+        if op == "uninstall":
+            del self.enabled[args["name"]]
+            return {"uninstalled": args["name"], "kept": None}
         if op == "settings":
             row = {"secret": False, "required": False, "choices": None, "description": "", "default": None}
             return {"plugin": "notes", "settings": [
@@ -253,6 +257,19 @@ def test_disable_and_enable_with_the_token_from_the_page(client: FlaskClient, ho
     assert host.calls[-1] == ("enable", sid, {"name": "notes", "csrf": token})
 
 
+def test_restart_and_uninstall(client: FlaskClient, host: FakeHost) -> None:
+    login(client)
+    token = csrf_of(client)
+    r = client.post("/admin/plugins/notes/restart", data={"csrf": token}, headers={"Origin": ORIGIN})
+    assert r.headers["Location"] == "/admin/?done=restart&plugin=notes" and host.ops()[-1] == "restart"
+    page = client.get("/admin/plugins/notes").text
+    assert 'data-confirm="Uninstall notes? Its code and virtualenv are removed."' in page
+    r = client.post("/admin/plugins/notes/uninstall", data={"csrf": token}, headers={"Origin": ORIGIN})
+    assert r.headers["Location"] == "/admin/?done=uninstall&plugin=notes" and "notes" not in host.enabled
+    assert client.post("/admin/plugins/notes/explode", data={"csrf": token},
+                       headers={"Origin": ORIGIN}).status_code == 404
+
+
 def test_a_read_token_sees_but_cannot_change(client: FlaskClient, host: FakeHost) -> None:
     login(client, READER)
     page = client.get("/admin/")
@@ -404,3 +421,21 @@ def test_upload_dir_stages_under_a_random_name_and_sweeps_abandoned_ones(tmp_pat
     assert (tmp_path / name).exists()
     up.sweep(now=(tmp_path / name).stat().st_mtime + 7200)
     assert not (tmp_path / name).exists()
+
+
+def test_mounted_on_the_admin_app(host: FakeHost, tmp_path: Path) -> None:
+    """create_admin_app mounts the UI: its pages, static files and CSP, behind the app's own origin check."""
+    from host.admin.app import create_admin_app
+    from host.settings import HostSettings
+
+    app = create_admin_app(HostSettings(home=tmp_path, admin_bind="127.0.0.1:8001"), backend=host)  # type: ignore[arg-type]
+    with app.test_client() as c:
+        page = c.get("/admin/login", base_url="http://127.0.0.1:8001")
+        assert page.status_code == 200 and page.headers["Content-Security-Policy"] == CSP and 'id="token"' in page.text
+        css = page.text.split('rel="stylesheet" href="')[1].split('"')[0]
+        with c.get(css, base_url="http://127.0.0.1:8001") as r:
+            assert r.status_code == 200 and b".badge" in r.data
+        assert c.get("/admin/login", base_url="http://plugin.localhost:8001").status_code == 421
+        r = c.post("/admin/login", base_url="http://127.0.0.1:8001", data={"token": ADMIN},
+                   headers={"Origin": "http://127.0.0.1:8000"})
+        assert r.status_code == 403 and "login" not in host.ops()
