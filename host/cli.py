@@ -97,7 +97,7 @@ def install(obj: Ctx, path: Path, grant: str | None, yes: bool, no_enable: bool,
             values: tuple[str, ...]) -> None:
     """Install the plugin in PATH (a directory, or a .zip, .tar.gz/.tgz or .tar archive of one) into its own
     virtualenv."""
-    from host import archive, consent
+    from host import archive, consent, declarative
 
     if grant is not None and yes:
         raise UsageError("--grant replaces --yes: pass one of them")
@@ -129,6 +129,9 @@ def install(obj: Ctx, path: Path, grant: str | None, yes: bool, no_enable: bool,
     if not result.changed:
         return
     name = result.manifest.name
+    # for `host export`: where it came from, and what was granted (--grant, else what it asked and was accepted)
+    declarative.remember(registry, name, path.absolute(), result.manifest.permissions if granted is None else
+                         consent.parse_grant(granted), local_who(), result.install_id)
     progress(f"installed {name} {result.manifest.version} in {time.monotonic() - t0:.1f}s")
     if result.missing_settings:
         keys = result.missing_settings

@@ -26,7 +26,7 @@ from host.config_file import SECRETS_NOTE, DesiredState, PluginSpec
 from host.errors import HostError, SettingsError, UsageError
 from host.installer import Installer
 from host.layout import Layout
-from host.registry import Registry
+from host.registry import PluginRecord, Registry
 from host.settings import HostSettings
 from host.terminal import printable
 from manifests import Manifest, ManifestError, Permissions, load_manifest, parse_manifest
@@ -65,8 +65,8 @@ class Current:
     enabled: bool
     settings: dict[str, Value]
     digest: str | None
-    source: str | None  # None: not installed by `host apply` (or before sources were recorded)
-    grant: Permissions | None
+    source: str  # as recorded, or the installed copy (see provenance)
+    grant: Permissions
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def current(settings: HostSettings, registry: Registry) -> dict[str, Current]:
     for rec in registry.all():
         manifest = parse_manifest(rec.manifest, f"registry:{rec.name}")
         bundle = layout.install_dir(rec.name, rec.install_id) / "bundle"
-        source, grant = recorded(registry, rec.name, rec.install_id)
+        source, grant, _ = provenance(registry, layout, rec, manifest)
         out[rec.name] = Current(rec.version, rec.enabled,
                                 plugin_settings.stored_values(manifest, registry.plugin_settings(rec.name)),
                                 tree_digest(bundle) if bundle.is_dir() else None, source, grant)
@@ -242,7 +242,7 @@ def execute(settings: HostSettings, registry: Registry, wanted: list[Resolved], 
             operations.change_settings(settings, registry, layout, ch.name, {k: r.values[k] for k in ch.keys},
                                        (), who, progress)
         elif ch.kind == "record" and r is not None:
-            remember(registry, ch.name, r, who)
+            remember(registry, ch.name, r.source, r.spec.grant, who)
         elif ch.kind == "uninstall":
             operations.uninstall(settings, registry, layout, ch.name, who, progress)
             registry.set_setting(RECORD_KEY.format(name=ch.name), None, plugin=ch.name, who=who)
@@ -256,7 +256,7 @@ def _install(settings: HostSettings, registry: Registry, r: Resolved, who: str, 
     words = [f"{k}={_text(v)}" for k, v in r.values.items()]
     result = Installer(settings, registry, progress, who=who).install(
         r.tree, enable=r.spec.enabled if existing is None else existing.enabled, force=True, settings=words)
-    remember(registry, r.spec.name, r, who, result.install_id)
+    remember(registry, r.spec.name, r.source, r.spec.grant, who, result.install_id)
 
 
 def _text(value: Value) -> str:
@@ -285,23 +285,35 @@ def _serve(settings: HostSettings, layout: Layout, names: list[str], progress: P
 # -- what was installed from, and with ----------------------------------------------------------------------
 
 
-def remember(registry: Registry, name: str, r: Resolved, who: str, install_id: str | None = None) -> None:
-    """Record the source and grant of plugin ``name``'s live install (for `host export`)."""
+def remember(registry: Registry, name: str, source: Path, grant: Permissions, who: str,
+             install_id: str | None = None) -> None:
+    """Record what plugin ``name``'s live install came from and what it was granted (for `host export`)."""
     live = install_id or registry.require(name).install_id
-    body = {"install_id": live, "source": str(r.source), "grant": r.spec.grant.model_dump(mode="json")}
+    body = {"install_id": live, "source": str(source), "grant": grant.model_dump(mode="json")}
     registry.set_setting(RECORD_KEY.format(name=name), json.dumps(body, sort_keys=True), plugin=name, who=who)
 
 
-def recorded(registry: Registry, name: str, install_id: str) -> tuple[str | None, Permissions | None]:
-    """(source, grant) recorded for this very install; (None, None) for one `host apply` did not make."""
+def recorded(registry: Registry, name: str, install_id: str) -> tuple[str, Permissions] | None:
+    """(source, grant) recorded for this very install; None for one made before installs were recorded."""
     raw = registry.get_setting(RECORD_KEY.format(name=name))
     try:
         body = json.loads(raw) if raw else {}
         if body.get("install_id") != install_id:
-            return None, None
+            return None
         return str(body["source"]), Permissions.model_validate(body["grant"])
     except (ValueError, KeyError, TypeError, AttributeError):
-        return None, None
+        return None
+
+
+def provenance(registry: Registry, layout: Layout, rec: PluginRecord, manifest: Manifest
+               ) -> tuple[str, Permissions, bool]:
+    """(source, grant, whether they were recorded). An install older than the record (`host apply` and `host install`
+    make one) has its installed copy as source and, as grant, what its manifest asked for: what the operator
+    accepted when installing it."""
+    known = recorded(registry, rec.name, rec.install_id)
+    if known is not None:
+        return known[0], known[1], True
+    return str(layout.install_dir(rec.name, rec.install_id) / "bundle"), manifest.permissions, False
 
 
 # -- export -------------------------------------------------------------------------------------------------
@@ -316,18 +328,17 @@ def export(settings: HostSettings, registry: Registry) -> tuple[list[dict[str, A
         manifest = parse_manifest(rec.manifest, f"registry:{rec.name}")
         stored = plugin_settings.stored_values(manifest, registry.plugin_settings(rec.name))
         secrets = [k for k in stored if manifest.settings[k].secret]
-        source, grant = recorded(registry, rec.name, rec.install_id)
+        source, grant, known = provenance(registry, layout, rec, manifest)
         said: list[str] = []
-        if source is None:
-            source = str(layout.install_dir(rec.name, rec.install_id) / "bundle")
-            said.append("installed by `host install`: its source was not recorded, so this is the installed copy; "
-                        "the grant is what it asked for and the operator accepted")
+        if not known:
+            said.append("installed before sources were recorded: the source is its installed copy, the grant what "
+                        "it asked for and the operator accepted")
         entry: dict[str, Any] = {"name": rec.name, "source": source, "enabled": rec.enabled}
         if secrets:
             entry["secrets_omitted"] = secrets
             said.append(f"{SECRETS_NOTE}: {', '.join(secrets)}")
         entry["settings"] = {k: v for k, v in stored.items() if k not in secrets}
-        entry["grant"] = (grant or manifest.permissions).model_dump(mode="json", exclude_defaults=True)
+        entry["grant"] = grant.model_dump(mode="json", exclude_defaults=True)
         entries.append(entry)
         if said:
             notes[rec.name] = said

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from host.registry import Registry
 from tests.integration.harness import FIXTURES, ServedHost, short_home, wait_for
 
 SECRET = "s3cr3t-Ap9Lx-never-printed"
@@ -52,8 +53,9 @@ class Applied:
         r = self.host.get(f"/plugins/{name}/")
         return r.status_code, r.text
 
-    def listed(self) -> list[tuple[str, str, bool]]:
-        return [(p["name"], p["version"], p["enabled"]) for p in json.loads(self.run("list", "--json").stdout)]
+    def listed(self) -> list[tuple[str, str, str, bool]]:
+        """Every installed plugin's name, version, install and enabled flag (from the registry: no CLI start-up)."""
+        return [(r.name, r.version, r.install_id, r.enabled) for r in Registry(self.host.home / "registry.db").all()]
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +123,15 @@ def test_export_then_apply_is_no_changes_and_holds_no_secret(applied: Applied, f
     assert (proc.returncode, proc.stdout) == (0, "no changes\n"), proc.stderr
 
 
+def test_new_content_under_the_same_version_is_reinstalled(applied: Applied) -> None:
+    app = applied.dir / "src" / "steady" / "app.py"
+    app.write_text(app.read_text().replace('return "steady"', 'return "steady, edited"'))
+    proc = applied.apply(config())
+    assert proc.stdout.splitlines() == ["~ steady 1.0.0 reinstalled: its content changed"], proc.stderr
+    assert applied.text("steady") == (200, "steady, edited")
+    assert applied.apply(config()).stdout == "no changes\n"
+
+
 def test_a_plugin_asking_more_than_its_grant_is_refused_and_nothing_changes(applied: Applied) -> None:
     before = applied.listed()
     extra = '\n[[plugin]]\nname = "egress-probe"\nsource = "src/egress_probe"\n'
@@ -158,7 +169,7 @@ def test_a_broken_file_changes_nothing(applied: Applied) -> None:
     unparsable = applied.apply("[[plugin]\n")
     assert unparsable.returncode == 2 and "not valid TOML" in unparsable.stderr
     assert applied.listed() == before
-    assert applied.text("steady") == (200, "steady") and applied.text("configured") == (200, "hi")
+    assert applied.text("steady") == (200, "steady, edited") and applied.text("configured") == (200, "hi")
 
 
 def test_prune_uninstalls_what_the_file_does_not_list(applied: Applied) -> None:
@@ -168,6 +179,19 @@ def test_prune_uninstalls_what_the_file_does_not_list(applied: Applied) -> None:
     assert proc.stdout.splitlines() == ["- steady uninstalled"], proc.stderr
     assert [p[0] for p in applied.listed()] == ["configured"]
     assert applied.text("steady")[0] == 404
+
+
+def test_host_install_records_its_source_and_grant_for_export(applied: Applied) -> None:
+    grant = applied.dir / "grant.json"
+    grant.write_text('{"resources": {"memory_mb": 512}}')
+    proc = applied.run("install", str(applied.dir / "src" / "steady"), "--grant", str(grant))
+    assert proc.returncode == 0, proc.stderr
+    entries = {p["name"]: p for p in json.loads(applied.run("export", "--json").stdout)["plugin"]}
+    assert entries["steady"]["source"] == str(applied.dir / "src" / "steady")
+    assert entries["steady"]["grant"] == {"resources": {"memory_mb": 512}}
+    # the file that says so is what the host has
+    same = config().replace("enabled = true\n", "enabled = true\ngrant = { resources = { memory_mb = 512 } }\n", 1)
+    assert applied.apply(same).stdout == "no changes\n"
 
 
 def test_no_secret_in_anything_apply_or_export_printed(applied: Applied) -> None:

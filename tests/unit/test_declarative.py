@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -16,8 +17,10 @@ from host import config_file, declarative
 from host.bundle import copy_bundle
 from host.config_file import DesiredState, PluginSpec
 from host.declarative import Current, Resolved, plan, tree_digest
+from host.errors import HostError
 from host.layout import Layout
 from host.registry import Registry
+from host.settings import HostSettings
 from manifests import Permissions, load_manifest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "plugins"
@@ -144,8 +147,8 @@ def resolved(name: str = "configured", digest: str = "d1", **spec: Any) -> Resol
     return Resolved(s, Path(f"/src/{name}"), FIXTURES / name, manifest, values, digest)
 
 
-def have(version: str = "1.0.0", enabled: bool = True, digest: str = "d1", source: str | None = "/src/configured",
-         grant: Permissions | None = Permissions(), **settings: Any) -> Current:  # noqa: B008 - frozen
+def have(version: str = "1.0.0", enabled: bool = True, digest: str = "d1", source: str = "/src/configured",
+         grant: Permissions = Permissions(), **settings: Any) -> Current:  # noqa: B008 - frozen
     return Current(version, enabled, settings, digest, source, grant)
 
 
@@ -178,7 +181,8 @@ def test_plan_upgrades_on_a_new_version_or_new_content() -> None:
 
 
 def test_plan_records_a_new_source_or_grant_without_reinstalling() -> None:
-    assert lines([resolved()], {"configured": have(source=None, grant=None)}) == [
+    wide = Permissions.model_validate({"network": {"outbound": True}})
+    assert lines([resolved()], {"configured": have(source="/elsewhere", grant=wide)}) == [
         "~ configured source and grant recorded"]
     wider = Permissions.model_validate({"resources": {"memory_mb": 512}})
     assert lines([resolved(grant=wider)], {"configured": have()}) == ["~ configured grant recorded"]
@@ -274,3 +278,83 @@ def test_a_plugin_asking_more_than_its_grant_is_refused_with_the_difference(tmp_
     assert "network" in problems[0]
     _, problems = check(tmp_path, text + "[plugin.grant.network]\noutbound = true\n")
     assert problems == []
+
+
+# -- export -------------------------------------------------------------------------------------------------
+
+
+def installed(tmp_path: Path, name: str, values: dict[str, Any]) -> tuple[HostSettings, Registry]:
+    """A home where `host install` put plugin ``name`` (registry row and bundle; no venv, nothing runs)."""
+    settings = HostSettings(home=tmp_path / "home")
+    layout = Layout(settings.home_dir)
+    layout.ensure()
+    registry = Registry(layout.registry)
+    manifest = load_manifest(FIXTURES / name)
+    copy_bundle(FIXTURES / name, layout.install_dir(manifest.name, "1.0.0-abc") / "bundle")
+    registry.put(manifest.name, manifest.version, "1.0.0-abc", manifest.model_dump(mode="json"), enabled=True,
+                 plugin_settings=values)
+    return settings, registry
+
+
+@pytest.mark.parametrize("fmt", ["toml", "json"])
+def test_export_applies_back_as_no_changes_and_leaves_secrets_out(tmp_path: Path, fmt: str) -> None:
+    settings, registry = installed(tmp_path, "configured", {"secret_key": "SECRET-x", "greeting": "hi", "ratio": 2.0})
+    entries, notes = declarative.export(settings, registry)
+    text = config_file.to_json(entries) if fmt == "json" else config_file.to_toml(entries, notes)
+    assert "SECRET-x" not in text
+    assert entries[0]["settings"] == {"greeting": "hi", "ratio": 2.0}
+    assert entries[0]["secrets_omitted"] == ["secret_key"]
+    # installed before installs were recorded: the installed copy is the source, the grant what it asked for
+    assert entries[0]["source"] == str(Layout(settings.home_dir).install_dir("configured", "1.0.0-abc") / "bundle")
+    if fmt == "toml":
+        assert "# installed before sources were recorded: the source is its installed copy" in text
+        assert f"# {config_file.SECRETS_NOTE}: secret_key" in text
+    path = write(tmp_path, f"exported.{fmt}", text)
+    with ExitStack() as stack:
+        wanted, problems = declarative.load(path, registry, Layout(settings.home_dir), stack)
+        assert problems == []
+        assert plan(wanted, declarative.current(settings, registry)) == []
+
+
+def test_export_writes_the_source_and_grant_apply_recorded(tmp_path: Path) -> None:
+    settings, registry = installed(tmp_path, "steady", {})
+    grant = {"resources": {"memory_mb": 1024}, "network": {"outbound": ["api.example.com:443"]}}
+    path = write(tmp_path, "host.json", json.dumps({"plugin": [
+        {"name": "steady", "source": str(FIXTURES / "steady"), "grant": grant}]}))
+    with ExitStack() as stack:
+        wanted, _ = declarative.load(path, registry, Layout(settings.home_dir), stack)
+        changes = plan(wanted, declarative.current(settings, registry))
+        assert [c.line for c in changes] == ["~ steady source and grant recorded"]
+        declarative.execute(settings, registry, wanted, changes, "local:test", lambda _: None, lambda _: None)
+        assert plan(wanted, declarative.current(settings, registry)) == []
+    entries, notes = declarative.export(settings, registry)
+    assert entries == [{"name": "steady", "source": str(FIXTURES / "steady"), "enabled": True, "settings": {},
+                        "grant": grant}]
+    assert notes == {}
+    assert registry.events("steady", limit=1)[0].who == "local:test"
+
+
+def test_a_failed_change_stops_there_and_what_was_printed_is_done(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, registry = installed(tmp_path, "steady", {})
+    wanted = [resolved("steady"), resolved("echo"), resolved("configured")]
+    changes = [declarative.Change("record", "steady", "~ steady source and grant recorded"),
+               declarative.Change("install", "echo", "+ echo 1.0.0 installed"),
+               declarative.Change("install", "configured", "+ configured 1.0.0 installed")]
+
+    def fail(*args: Any) -> None:
+        raise HostError("install failed while installing packages: no network", plugin="echo")
+
+    monkeypatch.setattr(declarative, "_install", fail)
+    printed: list[str] = []
+    with pytest.raises(HostError, match="echo: install failed"):
+        declarative.execute(settings, registry, wanted, changes, "local:test", lambda _: None, printed.append)
+    assert printed == ["~ steady source and grant recorded"]
+    assert [r.name for r in registry.all()] == ["steady"]
+
+
+def test_standard_input_is_read_as_json_or_toml(monkeypatch: pytest.MonkeyPatch) -> None:
+    for text in ('{"plugin": [{"name": "steady", "source": "s"}]}', GOOD):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+        state, problems = config_file.read(Path("-"))
+        assert problems == [] and state is not None and state.plugin[0].name == "steady"
