@@ -5,7 +5,8 @@ WebSockets are open.
     .venv/bin/python bench/proxy.py [--requests 500] [--gib 1] [--websockets 100]
 
 Prints medians and ratios against a baseline measured in the same run (the plugin's own Unix socket,
-no proxy). Talks only to 127.0.0.1 and Unix sockets; every loop is bounded in count and time.
+no proxy), and what the access log and request metrics add to each request (host.observe, in process).
+Talks only to 127.0.0.1 and Unix sockets; every loop is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -66,6 +68,42 @@ def timed(fn: Callable[[], object], n: int, budget: float) -> list[float]:
         if time.monotonic() > deadline:
             break
     return samples
+
+
+OBSERVE = """
+import os, statistics, sys, tempfile, time
+from pathlib import Path
+d = Path(tempfile.mkdtemp(prefix="ph-observe-"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(d / "m")  # as in the web tier: before prometheus_client loads
+(d / "m").mkdir(); (d / "a").mkdir()
+from host.access_log import AccessLog
+from host.observe import Observer
+from host.request_metrics import RequestMetrics, multiprocess_active
+assert multiprocess_active()
+class R:
+    def __init__(self): self.response, self.status_code = [b"x" * 200], 200
+n = int(sys.argv[1])
+for label, obs in (("neither", Observer(None, None)), ("access log", Observer(AccessLog(d / "a", 5 << 20), None)),
+                   ("metrics", Observer(None, RequestMetrics())),
+                   ("both", Observer(AccessLog(d / "a", 5 << 20), RequestMetrics()))):
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = obs.begin("bench", "GET", "/plugins/bench/ping", "127.0.0.1").watch(R())
+        for _chunk in r.response: pass
+        r.response.close()
+        times.append(time.perf_counter() - t0)
+    print(label, statistics.median(times))
+"""
+
+
+def observe_cost(n: int) -> dict[str, float]:
+    """Median seconds host.observe spends on one request (its access log line and request series, in
+    multiprocess mode as in the web tier), measured in a child process: the proxy's added work per request,
+    free of the noise of the network round trips around it."""
+    out = subprocess.run([sys.executable, "-c", OBSERVE, str(n)], capture_output=True, text=True, check=True,
+                         cwd=BENCH.parent, timeout=120).stdout
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in out.splitlines()}
 
 
 def body(total: int) -> Iterator[bytes]:
@@ -146,6 +184,12 @@ def main() -> None:
         md, mp = statistics.median(d), statistics.median(p)
         print(f"direct to plugin socket: {md * 1e3:7.2f} ms   through host: {mp * 1e3:7.2f} ms   "
               f"ratio {mp / md:5.2f}x   (proxy overhead {1e3 * (mp - md):.2f} ms)")
+        cost = observe_cost(args.requests)
+        added = cost["both"] - cost["neither"]
+        print(f"== access log + request metrics, per request (median of {args.requests}, in process)")
+        print("   ".join(f"{k}: {v * 1e6:6.1f} us" for k, v in cost.items())
+              + f"   added {added * 1e6:.1f} us = {100 * added / mp:.2f}% of the proxied GET above "
+              "(HOST_ACCESS_LOG=false HOST_REQUEST_METRICS=false turn them off)")
 
         size = int(args.gib * 1024 * MiB)
         print(f"== streaming {size // MiB} MiB each way")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,9 @@ WEB_UP = PREFIX + "web_tier_up"  # gauge {app}: 1 while that web tier runs
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+
+
 def status_class(status: int) -> str:
     """``"2xx"`` for 200..299 and so on; anything outside 100..599 is ``"other"``."""
     return f"{status // 100}xx" if 100 <= status <= 599 else "other"
@@ -75,20 +79,42 @@ class RequestMetrics:
         self.aborted = Counter(ABORTED, "Responses that did not reach their end (client gone, plugin failed)",
                                ["plugin"], registry=reg)
 
+        self._children: dict[str, _Children] = {}  # per plugin: labels() looked up once, not per request
+
+    def _of(self, plugin: str) -> _Children:
+        kids = self._children.get(plugin)
+        if kids is None:
+            kids = self._children[plugin] = _Children(
+                self.in_flight.labels(plugin), self.duration.labels(plugin), self.bytes_in.labels(plugin),
+                self.bytes_out.labels(plugin), self.aborted.labels(plugin),
+                {c: self.requests.labels(plugin, c) for c in STATUS_CLASSES})
+        return kids
+
     def begin(self, plugin: str) -> None:
-        self.in_flight.labels(plugin).inc()
+        self._of(plugin).in_flight.inc()
 
     def end(self, plugin: str, status: int, duration: float, bytes_in: int, bytes_out: int, aborted: bool) -> None:
-        self.in_flight.labels(plugin).dec()
-        self.requests.labels(plugin, status_class(status)).inc()
+        kids = self._of(plugin)
+        kids.in_flight.dec()
+        kids.requests[status_class(status)].inc()
         if status != 101:  # a WebSocket's lifetime is no request duration
-            self.duration.labels(plugin).observe(duration)
+            kids.duration.observe(duration)
         if bytes_in:
-            self.bytes_in.labels(plugin).inc(bytes_in)
+            kids.bytes_in.inc(bytes_in)
         if bytes_out:
-            self.bytes_out.labels(plugin).inc(bytes_out)
+            kids.bytes_out.inc(bytes_out)
         if aborted:
-            self.aborted.labels(plugin).inc()
+            kids.aborted.inc()
+
+
+@dataclass(frozen=True)
+class _Children:
+    in_flight: Any
+    duration: Any
+    bytes_in: Any
+    bytes_out: Any
+    aborted: Any
+    requests: dict[str, Any]
 
 
 def multiprocess_active() -> bool:

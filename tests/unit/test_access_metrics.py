@@ -45,6 +45,8 @@ def test_rotation_keeps_one_previous_file_and_reading_spans_both(tmp_path: Path)
     size = len(entry().line())
     # two writers (two web workers) on the same files, alternating
     logs = [AccessLog(layout.access_logs, 10 * size), AccessLog(layout.access_logs, 10 * size)]
+    for log in logs:
+        log.REOPEN = 0  # look for the other's rotation before every line (a second apart in the web tier)
     for i in range(25):
         logs[i % 2].write(entry(i))
     current, previous = layout.access_logs / "notes.log", layout.access_logs / "notes.log.1"
@@ -56,6 +58,21 @@ def test_rotation_keeps_one_previous_file_and_reading_spans_both(tmp_path: Path)
     got = read_access(layout, "notes", 12)  # reaches into notes.log.1
     assert [r["path"] for r in got] == paths[-12:]
     assert read_access(layout, "notes", 0) == [] and read_access(layout, "other", 5) == []
+
+
+def test_a_writer_that_has_not_seen_a_rotation_yet_writes_into_the_previous_file(tmp_path: Path) -> None:
+    size = len(entry().line())
+    early, late = AccessLog(tmp_path, 3 * size), AccessLog(tmp_path, 3 * size)
+    late.write(entry(0))  # opened, and checked, just now
+    for i in range(1, 5):
+        early.write(entry(i))  # rotates after the 4th line
+    late.write(entry(5))
+    previous = [json.loads(ln)["path"] for ln in (tmp_path / "notes.log.1").read_bytes().splitlines()]
+    assert previous == [f"/plugins/notes/{i}" for i in (0, 1, 2, 3, 5)]  # kept, not lost
+    late.REOPEN = 0
+    late.write(entry(6))
+    current = [json.loads(ln)["path"] for ln in (tmp_path / "notes.log").read_bytes().splitlines()]
+    assert current == ["/plugins/notes/4", "/plugins/notes/6"]
 
 
 def test_a_cut_line_is_skipped_when_reading(tmp_path: Path) -> None:
