@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from host import apply_cli, control, origins
+from host import apply_cli, control, operations, origins
 from host.errors import HostError, NotGranted, SupervisorUnavailable, UsageError
 from host.installer import Installer
 from host.layout import Layout
@@ -169,13 +169,8 @@ def install(obj: Ctx, path: Path, grant: str | None, yes: bool, no_enable: bool,
 def uninstall(obj: Ctx, name: str, keep_data: bool) -> None:
     """Stop and remove plugin NAME."""
     layout = obj.layout()
-    registry = Registry(layout.registry)
-    registry.require(name)
-    if registry.set_enabled(name, False, who=local_who()):
-        _supervisor(layout, "reload")
-    _stopped(obj, name, "uninstalled")
-    kept = Installer(obj.settings(), registry, progress, who=local_who()).uninstall(name, keep_data=keep_data)
-    _supervisor(layout, "reload")
+    kept = operations.uninstall(obj.settings(), Registry(layout.registry), layout, name, local_who(), progress,
+                                keep_data=keep_data)
     progress(f"uninstalled {name}: " + (f"kept {', '.join(kept)} (--keep-data)" if kept else
                                         "nothing of it is left but its events in the audit log"))
 
@@ -242,11 +237,12 @@ def status(obj: Ctx, name: str, lines: int, as_json: bool) -> None:
 
 
 def _set_enabled(obj: Ctx, name: str, enabled: bool) -> None:
+    """Enable (and start) or disable (and stop) with host.operations, as the admin API does."""
     layout = obj.layout()
-    changed = Registry(layout.registry).set_enabled(name, enabled, who=local_who())
-    reply = _supervisor(layout, "reload")
+    changed, told = operations.set_enabled(obj.settings(), Registry(layout.registry), layout, name, enabled,
+                                           local_who())
     verb = "enabled" if enabled else "disabled"
-    progress(f"{name} {verb}" + ("" if changed else " (already)") + ("" if reply else "; takes effect at `host serve`"))
+    progress(f"{name} {verb}" + ("" if changed else " (already)") + ("" if told else "; takes effect at `host serve`"))
 
 
 @cli.command()
@@ -255,7 +251,6 @@ def _set_enabled(obj: Ctx, name: str, enabled: bool) -> None:
 def enable(obj: Ctx, name: str) -> None:
     """Enable plugin NAME (starts it if the host is serving; clears quarantine)."""
     _set_enabled(obj, name, True)
-    _supervisor(obj.layout(), "start", name=name)
 
 
 @cli.command()
@@ -265,13 +260,6 @@ def disable(obj: Ctx, name: str) -> None:
     """Disable plugin NAME: requests get 404 at once, and it has stopped (SIGTERM, HOST_STOP_GRACE seconds, then
     SIGKILL of its whole tree) when this returns, whatever the plugin does meanwhile."""
     _set_enabled(obj, name, False)
-    _stopped(obj, name, "disabled")
-
-
-def _stopped(obj: Ctx, name: str, why: str) -> None:
-    """Wait until a running supervisor has stopped the plugin (its stop takes at most the stop grace)."""
-    grace = obj.settings().stop_grace
-    _supervisor(obj.layout(), "stop", name=name, why=why, wait=grace + 5, timeout=grace + 10)
 
 
 @cli.command()
@@ -279,18 +267,8 @@ def _stopped(obj: Ctx, name: str, why: str) -> None:
 @click.pass_obj
 def restart(obj: Ctx, name: str) -> None:
     """Restart plugin NAME with no downtime (clears quarantine)."""
-    settings = obj.settings()
     layout = obj.layout()
-    registry = Registry(layout.registry)
-    registry.require(name)
-    registry.record(name, "restart_requested", who=local_who())
-    reply = control.call(layout.control_socket, "restart", name=name, wait=settings.start_timeout + 5,
-                         timeout=settings.start_timeout + 10)
-    st = reply["plugin"]
-    if st["state"] not in ("running", "degraded"):
-        raise HostError(f"is {st['state']}: {printable(st.get('reason'))}", plugin=name)
-    if str(st.get("reason") or "").startswith("restart failed"):  # the old instance kept serving
-        raise HostError(printable(st["reason"]), plugin=name)
+    st = operations.restart(obj.settings(), Registry(layout.registry), layout, name, local_who())
     progress(f"{name} restarted (pid {st['pid']})")
 
 

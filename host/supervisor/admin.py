@@ -92,6 +92,10 @@ class AdminOps:
         except HostError as exc:
             # the operation was understood and attempted, and failed (a plugin that does not come up ...)
             return {"problem": AdminError(409, "Operation failed", str(exc)).problem()}
+        except Exception:
+            log.exception("admin op %r failed", req.get("op"))
+            return {"problem": AdminError(500, "Internal Server Error", "the supervisor failed to do this; "
+                                          "see the host's log").problem()}
 
     def _dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
         op = str(req.get("op"))
@@ -190,9 +194,6 @@ class AdminOps:
             "installed_at": rec.installed_at,
             "updated_at": rec.updated_at,
         }
-
-    def view(self, rec: PluginRecord) -> dict[str, Any]:
-        return self._view(rec, self._live().get(rec.name))
 
     def view(self, rec: PluginRecord) -> dict[str, Any]:
         return self._view(rec, self._live().get(rec.name))
