@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flask import Blueprint, Flask, Response, abort, current_app, g, redirect, render_template, request, url_for
+from markupsafe import Markup
 from werkzeug.wrappers import Response as BaseResponse
 
 from host.admin.forms import UPLOAD_NAME, UploadDir, form_values
 from host.admin.guard import COOKIE_PATH, LoginLimiter, Session, cookie_value, cross_origin, parse_cookie
 from host.errors import AdminError
 from host.headers import HOST_COOKIE, HOST_TOKEN_PREFIX
+from host.terminal import printable
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +367,11 @@ def create_blueprint(backend: Backend, limiter: LoginLimiter | None = None) -> B
             return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
         return str(ts or "").replace("T", " ")[:19]
 
+    @bp.app_template_filter("shown")
+    def shown(value: Any) -> str:
+        """An audit detail value as text: strings as they are, anything else as JSON (not Python's repr)."""
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
     @bp.app_template_global("state_class")
     def state_class(state: str | None, enabled: bool = True) -> str:
         if not enabled:
@@ -391,6 +398,17 @@ def _uploads_dir(backend: Backend) -> Path:
     return Path(layout.uploads)
 
 
+def defused(value: Any) -> Any:
+    """Every ``{{ value }}`` the pages print: plugin-chosen text (descriptions, log lines, errors, audit details)
+    without control characters or bidirectional overrides, which could reorder what the operator reads (as in
+    the terminal: host.terminal). Markup (a macro's output) was built from values that passed here already."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return printable(value, multiline=True)
+    return value
+
+
 def register(app: Flask, backend: Backend, limiter: LoginLimiter | None = None) -> None:
     """Mount the UI on the admin app: ``create_admin_app`` calls this with its backend (AdminClient)."""
+    if app.jinja_env.finalize is None:  # the admin app renders only the UI's templates
+        app.jinja_env.finalize = defused
     app.register_blueprint(create_blueprint(backend, limiter))

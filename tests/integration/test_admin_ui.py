@@ -101,6 +101,7 @@ def test_log_in_disable_enable_install_configure_log_out(admin_host: tuple[Serve
     assert "Install configured" in page.locator("h1").inner_text()
     permissions = page.locator("#consent-permissions").inner_text()
     assert "network" in permissions and "network namespace" in permissions and "seccomp" in permissions
+    page.screenshot(path=str(ARTIFACTS / "admin-consent.png"), full_page=True)
     page.check("#grant")
     with page.expect_navigation(url="**/admin/plugins/configured?done=install*", timeout=INSTALL_MS):
         page.click("#install", no_wait_after=True)
@@ -121,6 +122,7 @@ def test_log_in_disable_enable_install_configure_log_out(admin_host: tuple[Serve
     page.click("nav >> text=Audit log")
     audit = page.locator("#audit").inner_text()
     assert "token:ui-test" in audit and "disabled" in audit and "installed" in audit
+    page.screenshot(path=str(ARTIFACTS / "admin-audit.png"), full_page=True)
 
     page.click("#logout")
     page.wait_for_url("**/admin/login?done=logout")

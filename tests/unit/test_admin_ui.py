@@ -90,10 +90,13 @@ class FakeHost:
             self.settings.update(args["values"])
             return {}
         if op == "logs":
-            return {"lines": ["<script>alert(1)</script> started"]}
+            return {"lines": ["<script>alert(1)</script> started", "\x1b[2Kevil \u202eesrever"]}
         if op == "audit":
-            return {"events": [{"id": 1, "ts": 1.0e9, "plugin": "notes", "kind": "crashed", "who": None,
-                                "detail": {"returncode": 1}}]}
+            return {"events": [
+                {"id": 2, "ts": 1.0e9 + 5, "plugin": "notes", "kind": "settings_changed", "who": "token:ops",
+                 "detail": {"set": ["title"], "unset": [], "reason": None, "value": "x" * 300}},
+                {"id": 1, "ts": 1.0e9, "plugin": "notes", "kind": "crashed", "who": None,
+                 "detail": {"returncode": 1}}]}
         if op == "preview":
             return {"name": "extra", "version": "1.0", "permissions": GRANT, "grants": GRANTS, "installed": None,
                     "risk": {"score": 1, "reasons": ["+0 nothing beyond its own data dir"]}}
@@ -288,6 +291,7 @@ def test_pages_carry_a_strict_csp_and_are_not_cached(client: FlaskClient) -> Non
     assert r.headers["Cache-Control"] == "no-store"
     assert "frame-ancestors 'none'" in CSP and "script-src 'self';" in CSP and "unsafe" not in CSP
     assert "<script>alert(1)</script>" not in r.text and "&lt;script&gt;alert(1)" in r.text  # logs are escaped
+    assert "?[2Kevil ?esrever" in r.text  # no escape sequence, no bidirectional override from a plugin
     assert re.search(r"<(script|style)>", r.text) is None  # nothing inline that the CSP would block
     assert re.search(r" (style|on[a-z]+)=", r.text) is None
 
@@ -388,6 +392,18 @@ def test_login_redirects_only_within_the_admin_ui(client: FlaskClient) -> None:
         client.delete_cookie(HOST_COOKIE, path="/admin/")
         r = client.post("/admin/login", data={"token": ADMIN, "next": target}, headers={"Origin": ORIGIN})
         assert r.headers["Location"] == expected
+
+
+def test_audit_log_shows_who_and_readable_details(client: FlaskClient, host: FakeHost) -> None:
+    login(client)
+    page = client.get("/admin/audit?plugin=notes&n=5").text
+    assert host.calls[-1][2] == {"n": 5, "plugin": "notes"}
+    assert "2001-09-09 01:46:45" in page and "token:ops" in page and "settings changed" in page
+    assert "[&#34;title&#34;]" in page  # JSON, not Python's repr
+    assert "unset" not in page and "reason" not in page  # empty values left out
+    assert "x" * 157 + "..." in page  # long values cut, whole in the title
+    client.get("/admin/audit?plugin=../etc&n=many")
+    assert host.calls[-1][2] == {"n": 200}
 
 
 def test_notices_are_a_fixed_set(client: FlaskClient) -> None:
