@@ -230,12 +230,11 @@ def execute(settings: HostSettings, registry: Registry, wanted: list[Resolved], 
     installed or enabled. HostError on the first failure (what was emitted is done)."""
     layout = Layout(settings.home_dir)
     by_name = {r.spec.name: r for r in wanted}
-    installed: set[str] = set()
+    installed: dict[str, str] = {}  # name -> the install id it now has
     for ch in changes:
         r = by_name.get(ch.name)
         if ch.kind in ("install", "upgrade", "reinstall") and r is not None:
-            _install(settings, registry, r, who, progress)
-            installed.add(ch.name)
+            installed[ch.name] = _install(settings, registry, r, who, progress)
         elif ch.kind in ("enable", "disable"):
             operations.set_enabled(settings, registry, layout, ch.name, ch.kind == "enable", who)
         elif ch.kind == "settings" and r is not None and ch.name not in installed:  # an install stored them
@@ -248,15 +247,16 @@ def execute(settings: HostSettings, registry: Registry, wanted: list[Resolved], 
             registry.set_setting(RECORD_KEY.format(name=ch.name), None, plugin=ch.name, who=who)
         emit(ch.line)
     if installed:
-        _serve(settings, layout, [n for n in installed if by_name[n].spec.enabled], progress)
+        _serve(settings, layout, {n: i for n, i in installed.items() if by_name[n].spec.enabled}, progress)
 
 
-def _install(settings: HostSettings, registry: Registry, r: Resolved, who: str, progress: Progress) -> None:
+def _install(settings: HostSettings, registry: Registry, r: Resolved, who: str, progress: Progress) -> str:
     existing = registry.get(r.spec.name)
     words = [f"{k}={_text(v)}" for k, v in r.values.items()]
     result = Installer(settings, registry, progress, who=who).install(
         r.tree, enable=r.spec.enabled if existing is None else existing.enabled, force=True, settings=words)
     remember(registry, r.spec.name, r.source, r.spec.grant, who, result.install_id)
+    return result.install_id
 
 
 def _text(value: Value) -> str:
@@ -266,18 +266,22 @@ def _text(value: Value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _serve(settings: HostSettings, layout: Layout, names: list[str], progress: Progress) -> None:
-    """A running host switches to what was installed; HostError naming each one that did not come up."""
+def _serve(settings: HostSettings, layout: Layout, installed: dict[str, str], progress: Progress) -> None:
+    """A running host switches to what was installed; HostError naming each one that did not come up (after a
+    failed upgrade the previous install keeps serving: the supervisor says which one serves)."""
     if operations.tell(layout, "reload") is None:
         progress("run `host serve` to start them")
         return
     failed = []
-    for name in names:
+    for name, install_id in installed.items():
         reply = control.call(layout.control_socket, "start", name=name, wait=settings.start_timeout + 5,
                              timeout=settings.start_timeout + 10)
         st = reply["plugin"]
         if st["state"] not in ("running", "degraded"):
             failed.append(f"{name} is {st['state']}: {printable(st.get('reason'))}")
+        elif st.get("install_id") not in (None, install_id):
+            failed.append(f"{name}: the new install did not start; the previous one keeps serving: "
+                          f"{printable(st.get('reason'))}")
     if failed:
         raise HostError("installed, but not serving: " + "; ".join(failed))
 
