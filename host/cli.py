@@ -58,7 +58,7 @@ def _supervisor(layout: Layout, op: str, **args: Any) -> dict[str, Any] | None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", type=click.Path(path_type=Path, readable=False), envvar="HOST_HOME",
               help="Home directory (registry, plugins, data, sockets, logs). Default: $HOST_HOME or ./var. It "
-                   "must exist, except for `install` and `serve --create`, which create it.")
+                   "must exist, except for `install`, `apply` and `serve --create`, which create it.")
 @click.version_option(package_name="plugin-host")
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None) -> None:

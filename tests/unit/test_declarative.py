@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tomllib
 from contextlib import ExitStack
 from pathlib import Path
@@ -358,3 +359,40 @@ def test_standard_input_is_read_as_json_or_toml(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
         state, problems = config_file.read(Path("-"))
         assert problems == [] and state is not None and state.plugin[0].name == "steady"
+
+
+# -- the commands (in process: nothing is installed or started) ---------------------------------------------
+
+
+def host(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from host import cli
+
+    monkeypatch.setattr(sys, "argv", ["host", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_apply_creates_a_new_home_but_a_dry_run_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    empty = write(tmp_path, "empty.toml", "plugin = []\n")
+    home = tmp_path / "home"
+    code, _, err = host(monkeypatch, capsys, "--home", str(home), "apply", "--dry-run", str(empty))
+    assert code == 2 and err.startswith(f"error: no plugin host at {home}")
+    assert not home.exists()
+    assert host(monkeypatch, capsys, "--home", str(home), "apply", str(empty)) == (0, "no changes\n", "")
+    assert (home / "registry.db").is_file()
+    assert host(monkeypatch, capsys, "--home", str(home), "export", "--json") == (0, '{\n  "plugin": []\n}\n', "")
+
+
+def test_apply_prints_each_problem_and_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write(tmp_path, "bad.json", '{"plugin": [{"name": "steady", "source": "nowhere", "enabled": 1}]}')
+    code, out, err = host(monkeypatch, capsys, "--home", str(tmp_path / "home"), "apply", str(bad))
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [f"error: {bad}: plugin[1] ('steady').enabled: Input should be a valid boolean",
+                                f"error: {bad}: 1 problem; nothing was changed"]
