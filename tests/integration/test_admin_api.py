@@ -26,6 +26,7 @@ from tests.integration.harness import FIXTURES, ServedHost, served_plugins, wait
 
 API = "/admin/api/v1"
 SECRET = "s3cret-value-never-shown"
+MAX_UPLOAD = 16 << 20
 
 
 @dataclass
@@ -56,7 +57,7 @@ def _token(host: ServedHost, name: str, scope: str) -> str:
 def admin() -> Iterator[Admin]:
     # No waiting for a starting plugin: the proxy answers 503 at once, so a test sees when routing changed.
     with served_plugins(FIXTURES / "steady", FIXTURES / "configured", wait=("steady",),
-                        env={"HOST_REQUEST_WAIT": "0"}) as host:
+                        env={"HOST_REQUEST_WAIT": "0", "HOST_ADMIN_MAX_UPLOAD": str(MAX_UPLOAD)}) as host:
         admin = Admin(host, _token(host, "ops", "admin"), _token(host, "viewer", "read"))
         try:
             yield admin
@@ -128,6 +129,10 @@ def test_settings_are_validated_and_secrets_are_write_only(admin: Admin) -> None
     shown = {s["key"]: s for s in api.get("/plugins/configured/settings").json()["settings"]}
     assert shown["secret_key"]["set"] is True and shown["secret_key"]["value"] == "••••"
     assert shown["greeting"]["value"] == "hej"
+    r = api.put("/plugins/configured/settings", json={"greeting": None})  # null: back to the default
+    assert r.status_code == 200 and r.json()["changed"] == ["greeting"]
+    shown = {s["key"]: s for s in r.json()["settings"]}
+    assert shown["greeting"]["set"] is False and shown["greeting"]["value"] == "hello"
     everything = api.get("/plugins/configured/settings").text + api.get("/audit?n=1000").text \
         + api.get("/plugins").text
     assert SECRET not in everything
@@ -246,30 +251,29 @@ def test_a_symlink_to_etc_shadow_is_refused_and_leaves_nothing(admin: Admin) -> 
     _nothing_left(admin, "linky")
 
 
-class _Zeros(io.RawIOBase):
-    def __init__(self, size: int) -> None:
-        self.left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n = min(len(b), self.left)
-        b[:n] = bytes(n)
-        self.left -= n
-        return n
+def _gib_bomb(path: Path) -> None:
+    """A .tar.gz holding a plugin and a 1 GiB file of zeros, in about a MiB: the zeros are one compressed MiB
+    written 1024 times as gzip members (a gzip stream may have many; readers join them)."""
+    head = b""
+    for name, text in _plugin("bomb").items():
+        data = text.encode()
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        head += info.tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % 512)
+    big = tarfile.TarInfo("bomb/zeros.bin")
+    big.size = 1 << 30
+    head += big.tobuf(tarfile.USTAR_FORMAT)  # its data follows, 1024 times one MiB
+    mib = gzip.compress(bytes(1 << 20), compresslevel=9)
+    with open(path, "wb") as out:
+        out.write(gzip.compress(head))
+        for _ in range(1024):
+            out.write(mib)
+        out.write(gzip.compress(bytes(1024)))  # the end-of-archive blocks
 
 
 def test_a_1_gib_expanding_bomb_is_refused_and_leaves_nothing(admin: Admin, tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.tar.gz"
-    with gzip.open(bomb, "wb", compresslevel=1) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for name, text in _plugin("bomb").items():
-            info = tarfile.TarInfo(name)
-            info.size = len(text.encode())
-            tar.addfile(info, io.BytesIO(text.encode()))
-        big = tarfile.TarInfo("bomb/zeros.bin")
-        big.size = 1 << 30
-        tar.addfile(big, _Zeros(big.size))
+    _gib_bomb(bomb)
     assert bomb.stat().st_size < 8 << 20  # a few MiB on the wire
     body = _problem(_upload(admin, bomb.read_bytes(), "bomb.tar.gz"), 422)
     assert "limit" in body["detail"]
@@ -285,6 +289,34 @@ def test_an_archive_asking_for_more_than_granted_is_refused_with_the_difference(
     _problem(_upload(admin, _zip(_plugin("greedy")), "greedy.zip", grant="not json"), 422)
     _problem(admin.client(admin.reader).post("/plugins", files={"archive": ("g.zip", b"PK")},
                                              data={"grant": "{}"}), 403)
+
+
+def test_an_upload_over_the_limit_is_413(admin: Admin) -> None:
+    data = _zip(_plugin("huge")) + bytes(MAX_UPLOAD)
+    body = _problem(admin.api.post("/plugins?grant={}&filename=huge.zip", content=data,
+                                   headers={"Content-Type": "application/octet-stream"}), 413)
+    assert body["title"]
+    _nothing_left(admin, "huge")
+
+
+def test_the_supervisor_takes_only_a_regular_file_of_the_web_users_from_uploads(admin: Admin) -> None:
+    """What a compromised admin web tier could try with a valid token: point the supervisor at another file."""
+    from host import control
+
+    uploads = admin.host.home / "run" / "_uploads"
+    link, rootfile = uploads / f"{'a' * 32}.tar", uploads / f"{'b' * 32}.zip"
+    link.symlink_to("/etc/shadow")
+    rootfile.write_bytes(_zip(_plugin("rooty")))  # ours (root's), not the web user's
+    try:
+        for upload, words in ((link.name, "not a file"), (rootfile.name, "not a regular file of the web tier's"),
+                              ("../../registry.db", "bad upload reference")):
+            reply = control.call(admin.host.home / "run" / "admin.sock", "install", credential=admin.token,
+                                 upload=upload, grant={}, timeout=60)
+            assert reply["problem"]["status"] == 422 and words in reply["problem"]["detail"], reply
+    finally:
+        link.unlink()
+        rootfile.unlink()
+    _nothing_left(admin, "rooty")
 
 
 def test_install_by_upload_serves_the_plugin_and_audits_the_token(admin: Admin) -> None:
@@ -328,7 +360,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(admin: Admin
     t0 = time.monotonic()
     r = subprocess.run([st, "run", f"{url}/openapi.json", "--url", url, "-H", f"Authorization: Bearer {admin.token}",
                         "--checks", "not_a_server_error,response_schema_conformance", "--phases", "coverage,fuzzing",
-                        "--max-examples", "8", "--seed", "11", "--max-time", "45", "--request-timeout", "60",
+                        "--max-examples", "8", "--seed", "11", "--max-time", "40", "--request-timeout", "60",
                         "--warnings", "off"], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert "passed" in r.stdout and time.monotonic() - t0 < 90
