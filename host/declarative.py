@@ -310,14 +310,19 @@ def recorded(registry: Registry, name: str, install_id: str) -> tuple[str, Permi
 
 
 def provenance(registry: Registry, layout: Layout, rec: PluginRecord, manifest: Manifest
-               ) -> tuple[str, Permissions, bool]:
-    """(source, grant, whether they were recorded). An install older than the record (`host apply` and `host install`
-    make one) has its installed copy as source and, as grant, what its manifest asked for: what the operator
-    accepted when installing it."""
+               ) -> tuple[str, Permissions, str | None]:
+    """(source, grant, why the source is the installed copy, or None). An install older than the record (`host
+    apply` and `host install` make one) has its installed copy as source and, as grant, what its manifest asked
+    for: what the operator accepted when installing it. So has one whose recorded source is gone (a deleted
+    checkout, an upload's scratch directory): the copy is what it runs, and stays as long as the install."""
+    copy = str(layout.install_dir(rec.name, rec.install_id) / "bundle")
     known = recorded(registry, rec.name, rec.install_id)
-    if known is not None:
-        return known[0], known[1], True
-    return str(layout.install_dir(rec.name, rec.install_id) / "bundle"), manifest.permissions, False
+    if known is None:
+        return copy, manifest.permissions, ("installed before sources were recorded: the source is its installed "
+                                            "copy, the grant what it asked for and the operator accepted")
+    if not os.path.exists(known[0]):
+        return copy, known[1], f"installed from {known[0]}, which is gone: the source is its installed copy"
+    return known[0], known[1], None
 
 
 # -- export -------------------------------------------------------------------------------------------------
@@ -332,11 +337,8 @@ def export(settings: HostSettings, registry: Registry) -> tuple[list[dict[str, A
         manifest = parse_manifest(rec.manifest, f"registry:{rec.name}")
         stored = plugin_settings.stored_values(manifest, registry.plugin_settings(rec.name))
         secrets = [k for k in stored if manifest.settings[k].secret]
-        source, grant, known = provenance(registry, layout, rec, manifest)
-        said: list[str] = []
-        if not known:
-            said.append("installed before sources were recorded: the source is its installed copy, the grant what "
-                        "it asked for and the operator accepted")
+        source, grant, why = provenance(registry, layout, rec, manifest)
+        said = [why] if why else []
         entry: dict[str, Any] = {"name": rec.name, "source": source, "enabled": rec.enabled}
         if secrets:
             entry["secrets_omitted"] = secrets

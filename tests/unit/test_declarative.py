@@ -396,3 +396,18 @@ def test_apply_prints_each_problem_and_exits_2(tmp_path: Path, monkeypatch: pyte
     assert (code, out) == (2, "")
     assert err.splitlines() == [f"error: {bad}: plugin[1] ('steady').enabled: Input should be a valid boolean",
                                 f"error: {bad}: 1 problem; nothing was changed"]
+
+
+def test_a_recorded_source_that_is_gone_is_exported_as_the_installed_copy(tmp_path: Path) -> None:
+    settings, registry = installed(tmp_path, "steady", {})
+    gone = tmp_path / "scratch" / "steady"
+    grant = Permissions.model_validate({"resources": {"memory_mb": 512}})
+    declarative.remember(registry, "steady", gone, grant, "local:test", "1.0.0-abc")
+    entries, notes = declarative.export(settings, registry)
+    copy = Layout(settings.home_dir).install_dir("steady", "1.0.0-abc") / "bundle"
+    assert entries[0]["source"] == str(copy) and entries[0]["grant"] == {"resources": {"memory_mb": 512}}
+    assert notes == {"steady": [f"installed from {gone}, which is gone: the source is its installed copy"]}
+    path = write(tmp_path, "exported.toml", config_file.to_toml(entries, notes))
+    with ExitStack() as stack:
+        wanted, problems = declarative.load(path, registry, Layout(settings.home_dir), stack)
+        assert problems == [] and plan(wanted, declarative.current(settings, registry)) == []
