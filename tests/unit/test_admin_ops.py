@@ -1,0 +1,90 @@
+"""The supervisor's admin socket handler (host.supervisor.admin.AdminOps) on a real registry, without processes:
+who may do what, CSRF for sessions, the login limit, and that every refusal is a problem, never an exception."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host.layout import Layout
+from host.registry import Registry
+from host.settings import HostSettings
+from host.supervisor.admin import LOGIN_FAILURES, AdminOps
+
+
+class FakeSupervisor:
+    def __init__(self, home: Path) -> None:
+        self.settings = HostSettings(home=home)
+        self.layout = Layout(home)
+        self.layout.ensure()
+        self.registry = Registry(self.layout.registry)
+        self.web_user = None
+
+    def status(self) -> dict[str, Any]:
+        return {"plugins": {}}
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> tuple[AdminOps, Registry, dict[str, str]]:
+    sup = FakeSupervisor(tmp_path / "h")
+    tokens = {"admin": sup.registry.create_token("ops", "admin"), "read": sup.registry.create_token("viewer", "read")}
+    return AdminOps(sup), sup.registry, tokens  # type: ignore[arg-type]
+
+
+def status(reply: dict[str, Any]) -> int | None:
+    return reply["problem"]["status"] if "problem" in reply else None
+
+
+def test_every_op_but_login_needs_a_valid_credential(ops: tuple[AdminOps, Registry, dict[str, str]]) -> None:
+    admin, registry, tokens = ops
+    for op in sorted(admin.ops):
+        for credential in (None, "", "phk_" + "x" * 43, "not-a-session", 42):
+            assert status(admin.handle({"op": op, "credential": credential, "name": "notes"})) == 401, (op, credential)
+    registry.revoke_token("ops")
+    assert status(admin.handle({"op": "whoami", "credential": tokens["admin"]})) == 401
+
+
+def test_a_read_token_reads_and_changes_nothing(ops: tuple[AdminOps, Registry, dict[str, str]]) -> None:
+    admin, _, tokens = ops
+    assert admin.handle({"op": "whoami", "credential": tokens["read"]}) == {"token": "viewer", "scope": "read"}
+    assert admin.handle({"op": "plugins", "credential": tokens["read"]}) == {"plugins": []}
+    for op in ("enable", "disable", "restart", "uninstall", "put_settings", "install"):
+        reply = admin.handle({"op": op, "credential": tokens["read"], "name": "notes", "values": {}})
+        assert status(reply) == 403 and "scope 'read'" in reply["problem"]["detail"], op
+    # an admin token gets past the scope check (and on to "no such plugin")
+    assert status(admin.handle({"op": "enable", "credential": tokens["admin"], "name": "notes"})) == 404
+
+
+def test_a_change_by_session_needs_the_sessions_csrf_token(ops: tuple[AdminOps, Registry, dict[str, str]]) -> None:
+    admin, _, tokens = ops
+    login = admin.handle({"op": "login", "credential": tokens["admin"], "client": "10.0.0.1"})
+    sid, csrf = login["session"], login["csrf"]
+    assert admin.handle({"op": "whoami", "credential": sid}) == {"token": "ops", "scope": "admin"}
+    for forged in (None, "", "x" * len(csrf)):
+        reply = admin.handle({"op": "disable", "credential": sid, "csrf": forged, "name": "notes"})
+        assert status(reply) == 403 and "CSRF" in reply["problem"]["detail"]
+    assert status(admin.handle({"op": "disable", "credential": sid, "csrf": csrf, "name": "notes"})) == 404
+    assert admin.handle({"op": "logout", "credential": sid})["ended"] is True
+    assert status(admin.handle({"op": "whoami", "credential": sid})) == 401
+
+
+def test_failed_logins_are_limited_per_client_and_audited(ops: tuple[AdminOps, Registry, dict[str, str]]) -> None:
+    admin, registry, tokens = ops
+    for _ in range(LOGIN_FAILURES):
+        assert status(admin.handle({"op": "login", "credential": "phk_wrong", "client": "10.0.0.9"})) == 401
+    reply = admin.handle({"op": "login", "credential": tokens["admin"], "client": "10.0.0.9"})
+    assert status(reply) == 429 and reply["problem"]["retry_after"] == 60  # even with the right token
+    assert "session" in admin.handle({"op": "login", "credential": tokens["admin"], "client": "10.0.0.10"})
+    failed = registry.events(kinds=["login_failed"])
+    assert len(failed) == LOGIN_FAILURES and failed[0].detail["client"] == "10.0.0.9"
+    assert "phk_wrong" not in str([e.detail for e in registry.events()])
+
+
+def test_unknown_ops_and_bad_arguments_are_problems(ops: tuple[AdminOps, Registry, dict[str, str]]) -> None:
+    admin, _, tokens = ops
+    assert status(admin.handle({"op": "shutdown", "credential": tokens["admin"]})) == 404
+    assert status(admin.handle({"op": "logs", "credential": tokens["admin"]})) == 422  # no name
+    assert status(admin.handle({"op": "audit", "credential": tokens["admin"], "n": "many"})) == 422
+    assert status(admin.handle({"op": "install", "credential": tokens["admin"], "grant": [], "upload": "x"})) == 422
