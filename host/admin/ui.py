@@ -30,7 +30,8 @@ from werkzeug.wrappers import Response as BaseResponse
 from host.admin.forms import UPLOAD_NAME, UploadDir, form_values
 from host.admin.guard import COOKIE_PATH, LoginLimiter, Session, cookie_value, cross_origin, parse_cookie
 from host.errors import AdminError
-from host.headers import HOST_COOKIE, HOST_TOKEN_PREFIX
+from host.headers import HOST_COOKIE, HOST_TOKEN_PREFIX, Forwarding
+from host.settings import HostSettings
 from host.terminal import printable
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,18 @@ class Refused(Exception):
         super().__init__(reason)
 
 
-def create_blueprint(backend: Backend, limiter: LoginLimiter | None = None) -> Blueprint:
+def create_blueprint(backend: Backend, limiter: LoginLimiter | None = None,
+                     forwarding: Forwarding | None = None) -> Blueprint:
+    """``forwarding``: which peers are front proxies whose X-Forwarded-For names the client (for the login limit;
+    else every client behind a proxy would share one)."""
     bp = Blueprint("admin_ui", __name__, url_prefix="/admin", template_folder="templates",
                    static_folder="static", static_url_path="/static")
     limiter = limiter or LoginLimiter()
+    forwarding = forwarding or Forwarding()
+
+    def client_address() -> str:
+        peer = request.remote_addr or ""
+        return forwarding.client(peer, request.host, list(request.headers.items()))[0] or "unknown"
 
     # -- session, CSRF and origin ----------------------------------------------------------------------
 
@@ -143,7 +152,7 @@ def create_blueprint(backend: Backend, limiter: LoginLimiter | None = None) -> B
 
     @bp.errorhandler(Refused)
     def refused(exc: Refused) -> tuple[str, int]:
-        log.warning("admin UI refused %s %s from %s: %s", request.method, request.path, request.remote_addr,
+        log.warning("admin UI refused %s %s from %s: %s", request.method, request.path, client_address(),
                     exc.reason)
         return page("error.html", 403, title="Refused", detail=exc.reason)
 
@@ -182,7 +191,7 @@ def create_blueprint(backend: Backend, limiter: LoginLimiter | None = None) -> B
     @bp.post("/login")
     def login_post() -> tuple[str, int] | tuple[str, int, dict[str, str]] | BaseResponse:
         check_origin()  # login CSRF: another page must not log this browser in as someone else
-        client = request.remote_addr or "unknown"
+        client = client_address()
         wait = limiter.retry_after(client)
         if wait:
             body, status = page("login.html", 429, next=_safe_next(),
@@ -408,7 +417,9 @@ def defused(value: Any) -> Any:
 
 
 def register(app: Flask, backend: Backend, limiter: LoginLimiter | None = None) -> None:
-    """Mount the UI on the admin app: ``create_admin_app`` calls this with its backend (AdminClient)."""
+    """Mount the UI on the admin app: ``create_admin_app`` calls this with its backend (AdminClient). The front
+    proxies come from the same HOST_* environment the admin web tier built its settings from."""
     if app.jinja_env.finalize is None:  # the admin app renders only the UI's templates
         app.jinja_env.finalize = defused
-    app.register_blueprint(create_blueprint(backend, limiter))
+    forwarding = Forwarding(HostSettings().forwarded_networks)
+    app.register_blueprint(create_blueprint(backend, limiter, forwarding))

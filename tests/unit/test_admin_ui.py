@@ -196,6 +196,17 @@ def test_failed_logins_reach_the_supervisor_with_the_client_address(client: Flas
     assert host.calls[-1] == ("login", "phk_wrong", {"client": "127.0.0.1"})  # which audits it
 
 
+def test_behind_a_front_proxy_the_limit_is_per_forwarded_client(host: FakeHost, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOST_FORWARDED_ALLOW_IPS", "127.0.0.1")
+    app = Flask(__name__)
+    register(app, host)
+    with app.test_client() as c:
+        for client in ("203.0.113.9", "198.51.100.7"):
+            c.post("/admin/login", data={"token": "phk_wrong"}, headers={"Origin": ORIGIN, "X-Forwarded-For": client})
+            assert host.calls[-1] == ("login", "phk_wrong", {"client": client})
+
+
 def test_the_supervisors_own_login_limit_is_shown(client: FlaskClient, host: FakeHost) -> None:
     def limited(op: str, credential: str | None, **args: Any) -> dict[str, Any]:
         raise AdminError(429, "Too Many Requests", "too many failed logins", retry_after=60)
