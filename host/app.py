@@ -89,7 +89,7 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
 
     app = Flask(__name__, static_folder=None)  # no static files of its own: /static/ may be a plugin's (path_fallback)
     app.config["MAX_CONTENT_LENGTH"] = None
-    app.extensions["plugin_host"] = {"settings": settings, "pool": pool, "directory": directory}
+    app.extensions["plugin_host"] = {"settings": settings, "pool": pool, "directory": directory, "observer": observer}
     websockets = WebSockets(app, directory, mark_active, websocket_gate)
 
     def supervisor_status() -> dict[str, Any] | None:

@@ -231,3 +231,37 @@ def test_metrics_route_passes_the_bearer_token_to_the_supervisor(tmp_path: Path)
     assert ok.status_code == 200 and ok.mimetype == "text/plain"
     assert backend.calls == [("metrics", None), ("metrics", "phk_good")]
     assert any(f.name == names.PLUGIN_STATE for f in text_string_to_metric_families(ok.get_data(as_text=True)))
+
+
+def _app(tmp_path: Path, **settings: Any) -> Any:
+    from host import routes
+    from host.app import create_app
+    from host.registry import PluginRecord
+    from host.settings import HostSettings
+
+    (tmp_path / "run" / "access_log").mkdir(parents=True)
+    off = PluginRecord("off", "1.0", "inst", {"name": "off"}, False, 3, 0.0, 0.0)
+    routes.publish(tmp_path / "run" / "routes.json", routes.snapshot([off]), None)
+    return create_app(HostSettings(home=tmp_path, **settings))
+
+
+def test_requests_to_a_plugin_are_logged_without_their_query_string(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    client = app.test_client()
+    for path in ("/plugins/off/page?reset_code=s3cret", "/plugins/nosuch/page"):  # disabled; no such plugin
+        with client.get(path) as resp:  # logged when the server closes the response
+            assert resp.status_code == 404
+    lines = read_access(Layout(tmp_path), "off", 10)
+    assert [(r["path"], r["status"], r["method"]) for r in lines] == [("/plugins/off/page", 404, "GET")]
+    assert "s3cret" not in (tmp_path / "run" / "access_log" / "off.log").read_text()
+    assert sorted(p.name for p in (tmp_path / "run" / "access_log").iterdir()) == ["off.log"]
+    text = generate_latest(app.extensions["plugin_host"]["observer"].metrics.registry).decode()
+    assert 'plugin="off"' in text and "nosuch" not in text
+
+
+def test_access_log_and_request_metrics_can_be_switched_off(tmp_path: Path) -> None:
+    app = _app(tmp_path, access_log=False, request_metrics=False)
+    with app.test_client().get("/plugins/off/page") as resp:
+        assert resp.status_code == 404
+    assert not (tmp_path / "run" / "access_log" / "off.log").exists()
+    assert app.extensions["plugin_host"]["observer"].metrics is None
