@@ -327,6 +327,35 @@ def test_install_by_upload_serves_the_plugin_and_audits_the_token(admin: Admin) 
     events = admin.api.get("/audit?plugin=uploaded").json()["events"]
     assert ("installed", "token:ops") in {(e["kind"], e["who"]) for e in events}
     assert list((admin.host.home / "run" / "_uploads").iterdir()) == []
+    again = _upload(admin, _zip(_plugin("uploaded")), "uploaded.zip")  # the same version: nothing to do
+    assert again.status_code == 201 and again.json()["changed"] is False
+
+
+def test_an_upload_of_a_new_version_upgrades_it(admin: Admin) -> None:
+    r = _upload(admin, _zip(_plugin("uploaded", "1.1.0")), "uploaded-1.1.0.zip")
+    assert r.status_code == 201, r.text
+    assert r.json()["plugin"]["version"] == "1.1.0" and r.json()["changed"] is True
+    wait_for(lambda: admin.host.get("/plugins/uploaded/").text == "uploaded 1.1.0", 10, what="1.1.0 served")
+
+
+def test_a_dead_admin_web_tier_is_restarted_and_the_plugins_keep_serving(admin: Admin) -> None:
+    import os
+    import signal
+
+    host = admin.host
+    pid = host.status()["web"]["admin_pid"]
+    assert pid is not None and pid != host.status()["web"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert _proxied(host, "steady") == 200
+    wait_for(lambda: host.status()["web"]["admin_pid"] not in (None, pid), 15, what="a new admin web tier")
+    wait_for(lambda: _ok(admin), 15, what="the admin API answering again")
+
+
+def _ok(admin: Admin) -> bool:
+    try:
+        return admin.api.get("/plugins").status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_uninstall(admin: Admin) -> None:
@@ -364,3 +393,20 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(admin: Admin
                         "--warnings", "off"], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert "passed" in r.stdout and time.monotonic() - t0 < 90
+
+
+def test_a_busy_admin_port_stops_host_serve_with_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from tests.integration.harness import free_port, run_host
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        r = run_host(tmp_path / "h", "serve", "--create", "--bind", f"127.0.0.1:{free_port()}", "--admin-bind", busy,
+                     timeout=60)
+    assert r.returncode == 1
+    assert [line for line in r.stderr.splitlines() if line.strip()] == [
+        f'error: admin listener (--admin-bind, HOST_ADMIN_BIND; "" = none): cannot listen on {busy}: '
+        "Address already in use"]
