@@ -132,6 +132,17 @@ def test_new_content_under_the_same_version_is_reinstalled(applied: Applied) -> 
     assert applied.apply(config()).stdout == "no changes\n"
 
 
+def test_an_archive_of_the_same_files_is_the_same_plugin(applied: Applied) -> None:
+    shutil.make_archive(str(applied.dir / "steady-1.0.0"), "gztar", applied.dir / "src", "steady")
+    archived = config().replace('source = "src/steady"', 'source = "steady-1.0.0.tar.gz"')
+    proc = applied.apply(archived)
+    assert proc.stdout == "~ steady source recorded\n", proc.stderr  # nothing to reinstall
+    assert applied.apply(archived).stdout == "no changes\n"
+    scratch = applied.host.home / "cache" / "unpack"
+    assert not scratch.exists() or not list(scratch.iterdir())  # unpacked only while apply ran
+    assert applied.apply(config()).stdout == "~ steady source recorded\n"
+
+
 def test_a_plugin_asking_more_than_its_grant_is_refused_and_nothing_changes(applied: Applied) -> None:
     before = applied.listed()
     extra = '\n[[plugin]]\nname = "egress-probe"\nsource = "src/egress_probe"\n'
