@@ -72,7 +72,6 @@ def test_log_in_disable_enable_install_configure_log_out(admin_host: tuple[Serve
         True, "Strict", "/admin/", "127.0.0.1")  # host-only: no leading dot
     row = page.locator("#plugin-steady")
     assert row.locator(".badge").inner_text().lower() == "running"
-    page.screenshot(path=str(ARTIFACTS / "admin-plugins.png"), full_page=True)
 
     row.locator('button[data-action="disable"]').click()
     page.wait_for_url("**/admin/?done=disable&plugin=steady")
@@ -118,6 +117,9 @@ def test_log_in_disable_enable_install_configure_log_out(admin_host: tuple[Serve
     wait_for(lambda: (page.reload(), page.locator("h1 .badge").inner_text().lower() == "running")[1], 30,
              interval=0.5, what="the page to show configured running")
     page.screenshot(path=str(ARTIFACTS / "admin-plugin.png"), full_page=True)
+    page.click("nav >> text=Plugins")
+    assert page.locator("#plugins tbody tr").count() == 2
+    page.screenshot(path=str(ARTIFACTS / "admin-plugins.png"), full_page=True)
 
     page.click("nav >> text=Audit log")
     audit = page.locator("#audit").inner_text()
