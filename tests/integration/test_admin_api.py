@@ -343,8 +343,13 @@ def test_a_dead_admin_web_tier_is_restarted_and_the_plugins_keep_serving(admin: 
     import signal
 
     host = admin.host
-    pid = host.status()["web"]["admin_pid"]
-    assert pid is not None and pid != host.status()["web"]["pid"]
+    web = host.status()["web"]
+    pid = web["admin_pid"]
+    assert pid is not None and pid != web["pid"]
+    with open(f"/proc/{pid}/status") as fh:  # the admin web tier is the web user too, never root
+        ids = {line.split(":")[0]: line.split()[1:] for line in fh if line.startswith(("Uid:", "Gid:"))}
+    assert ids == {"Uid": [str(web["uid"])] * 4, "Gid": [str(web["gid"])] * 4}
+    assert web["uid"] != 0
     os.kill(pid, signal.SIGKILL)
     assert _proxied(host, "steady") == 200
     wait_for(lambda: host.status()["web"]["admin_pid"] not in (None, pid), 15, what="a new admin web tier")
