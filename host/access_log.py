@@ -20,13 +20,14 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from host.layout import Layout
 
@@ -150,8 +151,10 @@ def read_access(layout: Layout, name: str, n: int = 100) -> list[dict[str, Any]]
     current = log_path(layout, name)
     lines: deque[bytes] = deque(maxlen=n)
     for path in (current.with_name(current.name + ".1"), current):
-        with contextlib.suppress(FileNotFoundError), open(path, "rb") as fh:
-            lines.extend(fh)
+        fh = _open_regular(path)
+        if fh is not None:
+            with fh:
+                lines.extend(fh)
     out: list[dict[str, Any]] = []
     for raw in lines:
         try:
@@ -161,6 +164,20 @@ def read_access(layout: Layout, name: str, n: int = 100) -> list[dict[str, Any]]
         if isinstance(record, dict):
             out.append(record)
     return out
+
+
+def _open_regular(path: Path) -> BinaryIO | None:
+    """``path`` opened for reading if it is a regular file, else None (missing too). The web user owns the
+    directory and the supervisor, root, reads it for the admin API: no link is followed (else a compromised
+    web tier could have root read any file to it) and no FIFO or device is opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # missing, or a symbolic link (ELOOP)
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
 
 
 def format_entry(record: dict[str, Any]) -> str:

@@ -88,3 +88,28 @@ def test_unknown_ops_and_bad_arguments_are_problems(ops: tuple[AdminOps, Registr
     assert status(admin.handle({"op": "logs", "credential": tokens["admin"]})) == 422  # no name
     assert status(admin.handle({"op": "audit", "credential": tokens["admin"], "n": "many"})) == 422
     assert status(admin.handle({"op": "install", "credential": tokens["admin"], "grant": [], "upload": "x"})) == 422
+
+
+def test_cant_read_another_file_through_a_planted_access_log_link(ops: tuple[AdminOps, Registry, dict[str, str]],
+                                                                   tmp_path: Path) -> None:
+    """The web user owns run/access_log; root reads it for `GET plugins/<name>/access`. A link (or FIFO) planted
+    there by a compromised web tier gives nothing, not even lines that would parse as entries."""
+    import os
+
+    from host.access_log import log_path
+
+    admin, registry, tokens = ops
+    registry.put("notes", "1.0.0", "1.0.0-abc", {"name": "notes"}, enabled=True, uid_index=1)
+    secret = tmp_path / "root-only.jsonl"
+    secret.write_text('{"time": "t", "path": "/the-secret", "status": 200}\n')
+    os.chmod(secret, 0o600)
+    current = log_path(admin.layout, "notes")
+    current.parent.mkdir(parents=True, exist_ok=True)
+    current.symlink_to(secret)
+    os.mkfifo(current.with_name(current.name + ".1"))  # a FIFO would block a reader for ever
+    reply = admin.handle({"op": "access", "credential": tokens["read"], "name": "notes"})
+    assert reply == {"plugin": "notes", "lines": [], "entries": []}
+    current.unlink()
+    current.write_text('{"time": "t", "path": "/real", "status": 200}\n')
+    assert [e["path"] for e in admin.handle({"op": "access", "credential": tokens["read"],
+                                             "name": "notes"})["entries"]] == ["/real"]
