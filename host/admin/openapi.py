@@ -84,8 +84,12 @@ SCHEMAS: dict[str, Any] = {
     "Lines": {"type": "object", "required": ["plugin", "lines"],
               "properties": {"plugin": {"type": "string"}, "lines": {"type": "array", "items": {"type": "string"}},
                              "entries": {"type": "array", "items": {"type": "object"},
-                                         "description": "Access log only: each request's fields."}}},
-    "Audit": {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": {
+                                         "description": "Access log only: each request's fields."},
+                             "truncated": {"type": "boolean", "description": "Fewer than asked for: the rest "
+                                                                             "did not fit."}}},
+    "Audit": {"type": "object", "required": ["events"], "properties": {
+        "truncated": {"type": "boolean", "description": "Fewer events than asked for: the rest did not fit."},
+        "events": {"type": "array", "items": {
         "type": "object", "required": ["id", "ts", "plugin", "kind", "who", "detail"],
         "properties": {"id": {"type": "integer"}, "ts": {"type": "number"}, "plugin": _nullable("string"),
                        "kind": {"type": "string"},

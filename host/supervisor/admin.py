@@ -21,6 +21,7 @@ Changes go through host.operations, audited as ``token:<name>``.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import stat
@@ -44,6 +45,9 @@ ADMIN_OPS = frozenset({"enable", "disable", "restart", "uninstall", "put_setting
 SESSION_TTL = 8 * 3600.0
 LOGIN_FAILURES = 5  # per client address and minute; the next attempt gets 429
 MAX_LINES = 1000  # logs and audit: the most lines one request returns
+# What one answer may carry (host.control caps a reply at 1 MiB); JSON escaping can make a log line 6x longer.
+REPLY_BUDGET = 768 * 1024
+TAIL_BYTES = 128 * 1024
 TOKEN_PREFIX = "phk_"
 
 
@@ -228,13 +232,19 @@ class AdminOps:
         name = _name(req)
         self.registry.require(name)
         entries = read_access(self.layout, name, _count(req))
-        return {"plugin": name, "lines": [format_entry(e) for e in entries], "entries": entries}
+        lines = [format_entry(e) for e in entries]
+        # oldest first: keep the newest that fit (each entry is there twice, as a line and as fields)
+        skip = len(entries) - _fit(list(reversed(entries)), REPLY_BUDGET // 2)
+        return {"plugin": name, "lines": lines[skip:], "entries": entries[skip:],
+                **({"truncated": True} if skip else {})}
 
     def audit(self, token: TokenRecord, req: dict[str, Any]) -> dict[str, Any]:
         plugin = req.get("plugin") or None
         events = self.registry.events(str(plugin) if plugin else None, limit=_count(req, 100))
-        return {"events": [{"id": e.id, "ts": e.ts, "plugin": e.plugin, "kind": e.kind, "who": e.who,
-                            "detail": e.detail} for e in events]}
+        rows = [{"id": e.id, "ts": e.ts, "plugin": e.plugin, "kind": e.kind, "who": e.who, "detail": e.detail}
+                for e in events]
+        kept = _fit(rows, REPLY_BUDGET)  # newest first
+        return {"events": rows[:kept], **({"truncated": True} if kept < len(rows) else {})}
 
     # -- changes ----------------------------------------------------------------------------------------
 
@@ -303,7 +313,17 @@ def _count(req: dict[str, Any], default: int = 100) -> int:
     return max(1, min(n, MAX_LINES))
 
 
-def _tail(path: Path, n: int, max_bytes: int = 1 << 20) -> list[str]:
+def _fit(items: list[Any], budget: int) -> int:
+    """How many of ``items``, from the first, fit in ``budget`` bytes of JSON."""
+    size = 0
+    for i, item in enumerate(items):
+        size += len(json.dumps(item, default=str)) + 2
+        if size > budget:
+            return i
+    return len(items)
+
+
+def _tail(path: Path, n: int, max_bytes: int = TAIL_BYTES) -> list[str]:
     """The last ``n`` lines of ``path`` (reading at most its last ``max_bytes``); [] when it does not exist.
     Opened without following a symlink: these files sit in directories the plugin or web user can write."""
     try:

@@ -113,3 +113,27 @@ def test_cant_read_another_file_through_a_planted_access_log_link(ops: tuple[Adm
     current.write_text('{"time": "t", "path": "/real", "status": 200}\n')
     assert [e["path"] for e in admin.handle({"op": "access", "credential": tokens["read"],
                                              "name": "notes"})["entries"]] == ["/real"]
+
+
+def test_big_answers_are_cut_to_fit_the_socket(ops: tuple[AdminOps, Registry, dict[str, str]]) -> None:
+    """host.control refuses an answer over 1 MiB: the newest events and access entries that fit come back."""
+    import json
+
+    from host.access_log import log_path
+    from host.control import MAX_MESSAGE
+
+    admin, registry, tokens = ops
+    registry.put("notes", "1.0.0", "1.0.0-abc", {"name": "notes"}, enabled=True, uid_index=1)
+    for i in range(300):
+        registry.record("notes", "crashed", stderr=["x" * 4000], n=i)
+    reply = admin.handle({"op": "audit", "credential": tokens["read"], "n": 1000})
+    assert reply["truncated"] is True and 50 < len(reply["events"]) < 300
+    assert reply["events"][0]["detail"]["n"] == 299  # the newest first
+    assert len(json.dumps(reply)) < MAX_MESSAGE
+    current = log_path(admin.layout, "notes")
+    current.parent.mkdir(parents=True, exist_ok=True)
+    current.write_text("".join(json.dumps({"path": f"/{i}/" + "p" * 3000, "status": 200}) + "\n" for i in range(1000)))
+    reply = admin.handle({"op": "access", "credential": tokens["read"], "name": "notes", "n": 1000})
+    assert reply["truncated"] is True and reply["entries"][-1]["path"].startswith("/999/")
+    assert len(reply["lines"]) == len(reply["entries"]) < 1000
+    assert len(json.dumps(reply)) < MAX_MESSAGE
