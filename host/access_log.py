@@ -166,6 +166,12 @@ def read_access(layout: Layout, name: str, n: int = 100) -> list[dict[str, Any]]
     return out
 
 
+def open_current(layout: Layout, name: str) -> BinaryIO | None:
+    """Plugin ``name``'s current access log for reading (`host logs --access --follow`), as safely as
+    :func:`read_access` reads it; None when there is none."""
+    return _open_regular(log_path(layout, name))
+
+
 def _open_regular(path: Path) -> BinaryIO | None:
     """``path`` opened for reading if it is a regular file, else None (missing too). The web user owns the
     directory and the supervisor, root, reads it for the admin API: no link is followed (else a compromised

@@ -389,17 +389,15 @@ def logs(obj: Ctx, name: str, lines: int, follow: bool, previous: bool, access: 
 
 
 def _access_log(layout: Layout, name: str, lines: int, follow: bool) -> None:
-    from host.access_log import format_entry, log_path, read_access
+    from host.access_log import format_entry, log_path, open_current, read_access
 
-    path = log_path(layout, name)
     for record in read_access(layout, name, lines):
         click.echo(printable(format_entry(record)))
     if not follow:
         return
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - read until Ctrl-C
-    except FileNotFoundError as exc:
-        raise HostError(f"no access log yet ({path})", plugin=name) from exc
+    fh = open_current(layout, name)  # the web user's directory: no link followed, no FIFO opened
+    if fh is None:
+        raise HostError(f"no access log yet ({log_path(layout, name)})", plugin=name)
     with fh:
         fh.seek(0, os.SEEK_END)
         while True:  # a rotation starts a new file, which `host logs --access` shows when run again

@@ -265,3 +265,20 @@ def test_access_log_and_request_metrics_can_be_switched_off(tmp_path: Path) -> N
         assert resp.status_code == 404
     assert not (tmp_path / "run" / "access_log" / "off.log").exists()
     assert app.extensions["plugin_host"]["observer"].metrics is None
+
+
+def test_follow_opens_no_link_the_web_user_planted(tmp_path: Path) -> None:
+    from host.access_log import open_current
+
+    layout = Layout(tmp_path)
+    layout.access_logs.mkdir(parents=True)
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret\n")
+    (layout.access_logs / "notes.log").symlink_to(secret)
+    assert open_current(layout, "notes") is None
+    (layout.access_logs / "notes.log").unlink()
+    AccessLog(layout.access_logs, 1 << 20).write(entry(1))
+    fh = open_current(layout, "notes")
+    assert fh is not None
+    with fh:
+        assert json.loads(fh.readline())["path"] == "/plugins/notes/1"
