@@ -155,7 +155,7 @@ def test_head_and_204_are_complete_without_a_body(tmp_path: Path) -> None:
 
 def _value(families: dict[str, Any], name: str, **labels: str) -> float:
     fam = families[name.removesuffix("_total")]
-    return sum(s.value for s in fam.samples if s.labels == labels and not s.name.endswith("_created"))
+    return float(sum(s.value for s in fam.samples if s.labels == labels and not s.name.endswith("_created")))
 
 
 def test_request_series_names_and_status_classes(tmp_path: Path) -> None:
@@ -282,3 +282,39 @@ def test_follow_opens_no_link_the_web_user_planted(tmp_path: Path) -> None:
     assert fh is not None
     with fh:
         assert json.loads(fh.readline())["path"] == "/plugins/notes/1"
+
+
+class _Sup:
+    """What op ``metrics`` reads of the supervisor: no plugins, no web tier."""
+
+    def __init__(self, home: Path, **settings: Any) -> None:
+        import threading
+
+        from host.registry import Registry
+        from host.settings import HostSettings
+
+        self.settings = HostSettings(home=home, **settings)
+        self.layout = Layout(home)
+        self.layout.ensure()
+        self.registry = Registry(self.layout.registry)
+        self.web_user = None
+        self._lock = threading.Lock()
+        self.workers: dict[str, Any] = {}
+        self.egress_refusals: dict[str, int] = {}
+        self.started = 0.0
+        self.tiers: dict[str, Any] = {}
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_the_metrics_op_needs_a_read_token_unless_metrics_are_public(tmp_path: Path, public: bool) -> None:
+    from host.supervisor.admin import AdminOps
+
+    sup = _Sup(tmp_path / "h", metrics_public=public)
+    read = sup.registry.create_token("prometheus", "read")
+    ops = AdminOps(sup)  # type: ignore[arg-type]
+    assert "plugins" in ops.handle({"op": "metrics", "credential": read})
+    anonymous = ops.handle({"op": "metrics"})
+    assert ("plugins" in anonymous) is public
+    assert ops.handle({"op": "metrics", "credential": "phk_" + "x" * 43})["problem"]["status"] == 401
+    if not public:
+        assert anonymous["problem"]["status"] == 401
