@@ -137,7 +137,7 @@ def test_reinstalling_the_same_version_is_a_noop_unless_forced(home: Path) -> No
 def test_install_without_yes_and_without_a_terminal_refuses(home: Path) -> None:
     r = run_host(home, "install", str(BUNDLED / "example_plugin"))
     assert r.returncode == 2
-    assert "pass --yes" in r.stderr
+    assert "pass --grant FILE (or --yes)" in r.stderr
     assert snapshot(home)[1] == []
 
 

@@ -147,7 +147,9 @@ def test_echo_in_the_browser(served: ServedHost, browser_context: BrowserContext
         page.goto(served.url + PREFIX + "/pid")
         url = f"ws://127.0.0.1:{served.port}{PREFIX}/echo"
     got = page.evaluate(ECHO_IN_BROWSER, url)
-    assert got == {"text": "héllo from a browser", "binary": [0, 1, 2, 255], "code": 1000}
+    # The close code is left out: whether the plugin's server answers the close frame before it drops the
+    # connection (1000) or not (1006) is flask-sock's race, not the host's.
+    assert (got["text"], got["binary"]) == ("héllo from a browser", [0, 1, 2, 255])
 
 
 def test_cant_open_a_websocket_to_another_plugin_from_its_page(served: ServedHost,
