@@ -244,11 +244,11 @@ def test_a_health_path_that_trickles_cannot_hold_the_supervisor(host: ServedHost
     served = ServedHost(host.home, env={**POLICY, **PROBES}).start(wait_plugins=(NAME,))
     try:
         before = _crash_count(served)
-        t0 = time.monotonic()
         mode(served, "trickle")
         crash = wait_for(lambda: _new_crash(served, before), 15, what="the trickling plugin to be found unhealthy")
+        # Found at all: a per-read timeout never fires on a byte every 0.5 s (the wait above would time out);
+        # the reason names the whole probe's 1 s deadline. No stopwatch: under load the kill itself is slow.
         assert (crash["cause"], crash["reason"]) == ("unhealthy", "unhealthy: no answer within 1.0s")
-        assert time.monotonic() - t0 < 6  # two probes of 1 s, 0.5 s apart, and the kill
         # Its next instance never gets ready: every readiness probe trickles. Disable it in the middle of one.
         served.wait_state(NAME, "starting", timeout=15)
         time.sleep(1)
@@ -258,7 +258,9 @@ def test_a_health_path_that_trickles_cannot_hold_the_supervisor(host: ServedHost
         r = served.cli("disable", NAME)
         took = time.monotonic() - t0
         assert r.returncode == 0, r.stderr
-        assert took < 2 + 3, f"`host disable` took {took:.1f}s"  # the stop grace, plus the CLI's own start-up
+        # Not held by the hanging probe (which never ends by itself): the stop grace of 2 s, plus the CLI's own
+        # start-up, which takes up to 3.5 s on a loaded 2-core machine.
+        assert took < 15, f"`host disable` took {took:.1f}s"
         assert {p for p in tree if alive(p)} == set()  # stopped when the command returned
         assert listed(served)["state"] == "disabled"
         stopped = latest(served, "stopped")

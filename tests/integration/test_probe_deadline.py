@@ -71,7 +71,7 @@ def test_a_trickling_answer_fails_at_the_deadline(server: Callable[[Serve], Path
     path = server(trickle)
     t0 = time.monotonic()
     assert probe(path, "/", 0.5) == "no answer within 0.5s"
-    assert time.monotonic() - t0 < 0.8
+    assert time.monotonic() - t0 < 3  # the trickle would go on for 10 s; slack for a loaded machine
 
 
 def test_a_status_line_is_an_answer_and_anything_else_is_not(server: Callable[[Serve], Path]) -> None:
@@ -94,7 +94,7 @@ def test_a_command_interrupts_a_probe(server: Callable[[Serve], Path]) -> None:
         threading.Timer(0.2, os.write, (w, b"x")).start()
         t0 = time.monotonic()
         assert probe(path, "/", 5, wake_fd=r) == INTERRUPTED
-        assert time.monotonic() - t0 < 1
+        assert time.monotonic() - t0 < 3  # woken at 0.2 s, not at the 5 s deadline
     finally:
         os.close(r)
         os.close(w)
