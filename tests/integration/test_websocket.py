@@ -146,7 +146,11 @@ def test_echo_in_the_browser(served: ServedHost, browser_context: BrowserContext
     else:
         page.goto(served.url + PREFIX + "/pid")
         url = f"ws://127.0.0.1:{served.port}{PREFIX}/echo"
+    deadline = time.monotonic() + 10
     got = page.evaluate(ECHO_IN_BROWSER, url)
+    while "error" in got and time.monotonic() < deadline:  # the cap of 4: earlier tests' sockets let go late
+        time.sleep(0.2)
+        got = page.evaluate(ECHO_IN_BROWSER, url)
     # The close code is left out: whether the plugin's server answers the close frame before it drops the
     # connection (1000) or not (1006) is flask-sock's race, not the host's.
     assert (got["text"], got["binary"]) == ("héllo from a browser", [0, 1, 2, 255])
