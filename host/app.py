@@ -69,7 +69,7 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
     layout = layout or Layout(settings.home_dir)
     directory = Directory(layout.routes)
     pool = Pool()
-    slots = Slots(settings.inflight_limit)
+    slots = Slots(settings.inflight_limit, settings.queue_limit)
     touched: dict[str, float] = {}
     forwarding = Forwarding(settings.forwarded_networks)
     domain = settings.origin_domain
@@ -211,9 +211,10 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
                         else f"send {request.method} requests to")
                 return problem(403, "Cross-plugin request refused", f"a page of plugin {other!r} may not {what} "
                                f"plugin {name!r}", plugin=name)
-        if not slots.acquire(name):
-            return problem(503, "Plugin busy", f"plugin {name!r} has {slots.limit} requests in flight already",
-                           1, plugin=name)
+        try:
+            slots.acquire(name, min(settings.plugin_queue_wait, entry.limits.timeout))
+        except ProxyError as exc:
+            return problem(exc.status, exc.title, exc.detail, exc.retry_after, plugin=name)
         try:
             return forward(name, subpath, prefix, entry.limits.timeout, entry.limits.max_body,
                            exchange)  # releases when done

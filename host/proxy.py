@@ -6,6 +6,7 @@ Routes by socket path only; must not import the supervisor.
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,9 @@ from urllib.parse import quote
 import httpx
 
 CHUNK = 64 * 1024
+# Request bodies are read in pieces this large: gunicorn's body reader copies what is left of its buffer on
+# every read, so reading a 16 MiB upload 64 KiB at a time was quadratic (1 MiB reads: 1.44x faster, issue 12).
+BODY_CHUNK = 1024 * 1024
 
 
 class ProxyError(Exception):
@@ -77,25 +81,70 @@ def upstream_errors(plugin: str, timeout: float) -> Iterator[None]:
 
 
 class Slots:
-    """Caps the requests in flight to each plugin in this web-tier process, so a plugin that hangs can hold
-    at most ``limit`` threads and never starve requests to the others."""
+    """Caps the requests in flight to each plugin in this web-tier process, and queues a burst beyond the cap
+    instead of refusing it.
 
-    def __init__(self, limit: int) -> None:
+    ``limit`` requests to one plugin run at once; up to ``queue`` more wait, first come first served, each
+    until its deadline. A released slot is handed straight to the oldest waiter (a request arriving at that
+    moment cannot overtake the queue). :meth:`acquire` fails only when the queue is full or the wait ran
+    out: it raises ProxyError, so the client gets 503 + Retry-After. So a hung plugin holds at most
+    ``limit + queue`` of the web tier's requests, and every other plugin keeps being served.
+    """
+
+    def __init__(self, limit: int, queue: int = 0) -> None:
         self.limit = limit
+        self.queue = queue
         self._used: dict[str, int] = {}
+        self._waiting: dict[str, collections.deque[_Waiter]] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, name: str) -> bool:
+    def acquire(self, name: str, wait: float = 0.0) -> None:
+        """Take one of the plugin's slots, waiting in line up to ``wait`` seconds; raises ProxyError(503)."""
         with self._lock:
             n = self._used.get(name, 0)
-            if n >= self.limit:
-                return False
-            self._used[name] = n + 1
-            return True
+            line = self._waiting.get(name)
+            if n < self.limit and not line:
+                self._used[name] = n + 1
+                return
+            if wait <= 0 or self.queue <= 0 or (line is not None and len(line) >= self.queue):
+                raise ProxyError(503, "Plugin busy", f"plugin {name!r} has {self.limit} requests in flight and "
+                                 f"{self.queue} waiting already", 1)
+            me = _Waiter()
+            self._waiting.setdefault(name, collections.deque()).append(me)
+        me.event.wait(wait)
+        with self._lock:
+            if me.granted:
+                return
+            line = self._waiting[name]
+            line.remove(me)
+            if not line:
+                del self._waiting[name]
+        raise ProxyError(503, "Plugin busy", f"plugin {name!r} did not free a slot within {wait:g}s "
+                         f"({self.limit} requests in flight)", 1)
 
     def release(self, name: str) -> None:
         with self._lock:
+            line = self._waiting.get(name)
+            if line:
+                me = line.popleft()  # the slot passes to the oldest waiter: in use stays as it is
+                if not line:
+                    del self._waiting[name]
+                me.granted = True
+                me.event.set()
+                return
             self._used[name] -= 1
+
+    def waiting(self, name: str) -> int:
+        with self._lock:
+            return len(self._waiting.get(name, ()))
+
+
+class _Waiter:
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.granted = False
 
 
 class Pool:
@@ -173,7 +222,7 @@ def body_stream(stream: object, max_body: int) -> Iterator[bytes]:
     total = 0
     while True:
         try:
-            chunk = read(CHUNK)
+            chunk = read(min(BODY_CHUNK, max_body + 1))
         except Exception as exc:  # whatever the server's body parser or socket raises: the client's doing
             raise BadRequestBody(f"the request body is malformed or ended early ({type(exc).__name__})") from exc
         if not chunk:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,10 +45,19 @@ class HostSettings(BaseSettings):
     # 127.0.0.1 and ::1, so any local process could tell plugins the scheme is https).
     forwarded_allow_ips: str = ""
     web_workers: int = Field(2, ge=1, le=64)
-    web_threads: int = Field(16, ge=1, le=512)
-    # Requests in flight to ONE plugin per web worker; 0 = half the threads. A hung plugin can only ever
-    # hold this many threads, so the others keep being served.
+    # gthread: a pool of `web_threads` threads per web worker; each request in flight holds one (also while it
+    # waits in a plugin's line). gevent: a greenlet per request, so thousands of slow clients, long polls and
+    # streams, and any burst waiting for a busy plugin, pin no thread; it costs more CPU per request (bench/).
+    web_worker_class: Literal["gthread", "gevent"] = "gthread"
+    web_threads: int = Field(32, ge=1, le=512)
+    # Requests in flight to ONE plugin per web worker; 0 = automatic (gevent: 64; gthread: half the threads).
     plugin_max_inflight: int = Field(0, ge=0)
+    # Requests to ONE plugin per web worker that wait for a free slot beyond those in flight, first come first
+    # served, each at most `plugin_queue_wait` seconds (and never beyond the plugin's request timeout); only a
+    # full queue or an expired wait answers 503 + Retry-After. -1 = automatic (gevent: 1024; gthread: what
+    # leaves a quarter of the threads to the other plugins).
+    plugin_queue: int = Field(-1, ge=-1)
+    plugin_queue_wait: float = Field(10.0, ge=0)
     # Start-up handshake: a plugin must answer its health path within this deadline.
     start_timeout: float = Field(30.0, gt=0)
     # Liveness: probe every N seconds; kill after `probe_failures` consecutive failed probes.
@@ -97,7 +107,19 @@ class HostSettings(BaseSettings):
 
     @property
     def inflight_limit(self) -> int:
-        return self.plugin_max_inflight or max(1, self.web_threads // 2)
+        if self.plugin_max_inflight:
+            return self.plugin_max_inflight
+        return 64 if self.web_worker_class == "gevent" else max(1, self.web_threads // 2)
+
+    @property
+    def queue_limit(self) -> int:
+        """Waiters per plugin per web worker. With threads, each waiter holds one, so a hung plugin may hold
+        at most three quarters of them (in flight + waiting); the rest serve every other plugin."""
+        if self.plugin_queue >= 0:
+            return self.plugin_queue
+        if self.web_worker_class == "gevent":
+            return 1024
+        return max(0, self.web_threads - self.inflight_limit - max(1, self.web_threads // 4))
 
     @field_validator("forwarded_allow_ips")
     @classmethod

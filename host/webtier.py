@@ -123,7 +123,7 @@ class WebTier(BaseApplication):  # type: ignore[misc]
             # The admin app serves a few operators: one worker; its threads wait on the supervisor.
             "workers": 1 if self.app == "admin" else s.web_workers,
             "threads": 8 if self.app == "admin" else s.web_threads,
-            "worker_class": "gthread",
+            "worker_class": "gthread" if self.app == "admin" else s.web_worker_class,
             "timeout": 3600,  # streaming responses are long; the proxy enforces per-plugin timeouts
             "graceful_timeout": max(1, int(s.stop_grace)),
             "keepalive": 5,

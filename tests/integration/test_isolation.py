@@ -1,4 +1,5 @@
-"""A plugin that hangs on every request cannot take the web tier's threads from the other plugins."""
+"""A plugin that hangs on every request cannot take the web tier's capacity from the other plugins: a burst waits
+in line up to a bound, and beyond it gets 503 at once."""
 
 from __future__ import annotations
 
@@ -6,34 +7,41 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.integration.harness import BUNDLED, FIXTURES, served_plugins
 
 
-def test_hung_plugin_gets_503_busy_and_never_starves_the_others() -> None:
-    # one web worker with 4 threads: at most 2 may wait on one plugin
+@pytest.mark.parametrize("worker", ["gthread", "gevent"])
+def test_a_burst_waits_in_line_a_full_line_gets_503_and_the_other_plugins_never_wait(worker: str) -> None:
+    # one web worker; echo may have 2 requests in flight and 2 more waiting for them
     with served_plugins(BUNDLED / "example_plugin", FIXTURES / "echo", wait=("example", "echo"),
-                        env={"HOST_WEB_THREADS": "4"}) as host:
-        slow: list[int] = []
-        held_until: list[float] = []  # when each hog that got a thread was answered
+                        env={"HOST_PLUGIN_MAX_INFLIGHT": "2", "HOST_PLUGIN_QUEUE": "2",
+                             "HOST_WEB_WORKER_CLASS": worker}) as host:
+        slow: list[httpx.Response] = []
+        held_until: list[float] = []  # when each hog that got a slot was answered
 
         def hog() -> None:
-            status = httpx.get(host.url + "/plugins/echo/sleep/2.5", timeout=30).status_code
-            slow.append(status)
-            if status == 200:
+            r = httpx.get(host.url + "/plugins/echo/sleep/2.5", timeout=30)
+            slow.append(r)
+            if r.status_code == 200:
                 held_until.append(time.monotonic())
 
         hogs = [threading.Thread(target=hog) for _ in range(6)]
         for t in hogs:
             t.start()
-        time.sleep(0.5)  # the hogs hold their slots now
+        time.sleep(0.5)  # the hogs hold their slots and places in line now
         first = httpx.get(host.url + "/plugins/example/example", timeout=30)
         answered = time.monotonic()
         fast = [first] + [httpx.get(host.url + "/plugins/example/example", timeout=30) for _ in range(9)]
         for t in hogs:
             t.join(30)
         assert [r.status_code for r in fast] == [200] * 10
-        assert sorted(slow) == [200, 200, 503, 503, 503, 503]
+        # two served at once, two after waiting for them (not refused), the two beyond the line refused
+        assert sorted(r.status_code for r in slow) == [200, 200, 200, 200, 503, 503]
+        refused = [r for r in slow if r.status_code == 503]
+        assert all(r.headers["retry-after"] == "1" and r.json()["detail"] ==
+                   "plugin 'echo' has 2 requests in flight and 2 waiting already" for r in refused)
         # Ordering, not a stopwatch (a loaded machine makes every request slow): the healthy plugin was
         # answered while the hung one still held every slot it may hold, so it never waited for one of them.
         assert answered < min(held_until), "a request to a healthy plugin waited behind a slow one"

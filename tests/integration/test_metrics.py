@@ -86,13 +86,14 @@ def test_requests_are_counted_exactly_across_web_workers(host: ServedHost, token
     before = samples(host, token)
     n = 60
 
-    def one(i: int) -> int:
+    def one(i: int) -> httpx.Response:
         # a new connection each: both workers accept on the listening socket
-        return httpx.get(f"{host.url}/plugins/echo/status/{200 if i % 3 else 404}", timeout=10).status_code
+        return httpx.get(f"{host.url}/plugins/echo/status/{200 if i % 3 else 404}", timeout=10)
 
     with ThreadPoolExecutor(12) as pool:
-        codes = list(pool.map(one, range(n)))
-    assert codes.count(200) == 40 and codes.count(404) == 20
+        answers = list(pool.map(one, range(n)))
+    codes = [r.status_code for r in answers]
+    assert codes.count(200) == 40 and codes.count(404) == 20, [r.text for r in answers if r.status_code > 404]
     # every request is counted when its response has ended, which the client may see first
     def counted() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
         got = samples(host, token)
