@@ -29,7 +29,7 @@ from host.egress.rules import Grant, index_destinations
 from host.errors import HostError, InstallError, UnsafeTree, UsageError
 from host.exits import Cause, ExitReport, Limits, classify
 from host.layout import Layout
-from host.pip_options import index_options, redact
+from host.pip_options import UvCommand, index_options, redact, uv_command
 from host.quota import Quota, ensure_mounted, release, remove
 from host.registry import Registry
 from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
@@ -192,10 +192,19 @@ class Installer:
             self.progress(f"warning: skipped symlink {s} (points outside the plugin directory)")
         self.progress(f"copied {report.files} files ({report.bytes // 1024} KiB)")
 
+        try:
+            uv = uv_command(self.settings.installer, self.settings.pip_args)
+        except ValueError as exc:
+            raise InstallError(name, "choosing the installer", str(exc)) from exc
         self.progress("creating venv")
         venv = target / "venv"
-        self._run(name, "creating the venv", [sys.executable, "-m", "virtualenv", "--no-download",
-                  "--no-periodic-update", "--quiet", "-p", _base_python(), str(venv)], log_path, 300.0)
+        if uv is not None:
+            # uv: ~0.1 s of CPU where virtualenv takes ~1.5 s; no pip seeded (uv installs the packages)
+            self._run(name, "creating the venv", [uv.binary, "venv", "--no-config", "--quiet", "--python",
+                      _base_python(), str(venv)], log_path, 300.0, env={"UV_PYTHON_DOWNLOADS": "never"})
+        else:
+            self._run(name, "creating the venv", [sys.executable, "-m", "virtualenv", "--no-download",
+                      "--no-periodic-update", "--quiet", "-p", _base_python(), str(venv)], log_path, 300.0)
 
         # Root writes into the venv only now, while no plugin-supplied code has touched it: once pip has run
         # (sdist builds are plugin code), paths inside the venv may be symlinks planted to redirect us.
@@ -208,7 +217,7 @@ class Installer:
         reqs = [*manifest.requirements, *RUNTIME_REQUIREMENTS]
         self.progress(f"installing {len(reqs)} packages: {', '.join(reqs)}")
         (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
-        self._pip(name, target, uid, log_path)
+        self._pip(name, target, uid, log_path, uv)
         launch.record_runtime_facts(target)
 
         # The entrypoint is imported once, confined exactly as it will run, so a plugin that cannot even
@@ -235,8 +244,8 @@ class Installer:
         policy_path.unlink()
         return report.skipped_symlinks
 
-    def _pip(self, name: str, target: Path, uid: int | None, log_path: Path) -> None:
-        """pip runs confined as the plugin's uid: sdist build scripts are plugin-supplied code."""
+    def _pip(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None = None) -> None:
+        """pip (or uv) runs confined as the plugin's uid: sdist build scripts are plugin-supplied code."""
         venv = target / "venv"
         tmp = target / ".tmp"  # pip's HOME and TMPDIR: fresh, and removed when pip is done
         cache = tmp / "cache"  # per install too: build code can write into pip's cache, so no later install reads it
@@ -246,13 +255,20 @@ class Installer:
             for d in (cache, tmp, venv):
                 self._chown(name, d, uid)
         policy_path = target / ".pip.policy.json"
-        policy = launch.pip_policy(self.settings, name, target, cache, uid)
+        policy = launch.pip_policy(self.settings, name, target, cache, uid, uv)
         point, netns_fd = self._pip_egress(name)
         if netns_fd is not None:
             policy = dataclasses.replace(policy, network=dataclasses.replace(policy.network, netns_fd=netns_fd))
         launch.write_policy(policy, policy_path)
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
-               *index_options(self.settings.pip_args), "-r", str(target / "requirements.txt")]
+        if uv is not None:
+            # --compile-bytecode: the venv is read-only to the plugin, so without it every start recompiles
+            # in memory; --link-mode copy: nothing in the venv is a hard link into the (removed) cache.
+            pip = [uv.binary, "pip", "install", "--no-config", "--no-progress", "--python",
+                   str(venv / "bin" / "python"), "--compile-bytecode", "--link-mode", "copy", *uv.args,
+                   "-r", str(target / "requirements.txt")]
+        else:
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
+                   *index_options(self.settings.pip_args), "-r", str(target / "requirements.txt")]
         try:
             self._run(name, "installing packages", launch.confined(policy_path, pip), log_path, PIP_TIMEOUT,
                       pass_fds=(netns_fd,) if netns_fd is not None else (), policy=policy)
@@ -295,10 +311,11 @@ class Installer:
             return None, None
 
     def _run(self, name: str, step: str, argv: list[str], log_path: Path, timeout: float,
-             cwd: Path | None = None, pass_fds: tuple[int, ...] = (), policy: Policy | None = None) -> None:
+             cwd: Path | None = None, pass_fds: tuple[int, ...] = (), policy: Policy | None = None,
+             env: dict[str, str] | None = None) -> None:
         """Run one step; ``policy``: it runs confined by the runner, whose exit report says what ended it."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HOST_", "PYTHON"))}
-        env["PIP_NO_INPUT"] = "1"
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("HOST_", "PYTHON", "UV_"))},
+               "PIP_NO_INPUT": "1", **(env or {})}
         with open(log_path, "ab") as log:
             log.write(f"\n$ {shlex.join(redact(argv))}\n".encode())  # no index passwords in logs
             log.flush()

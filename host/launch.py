@@ -22,7 +22,7 @@ from host.egress import point as egress
 from host.egress.netns import PROXY_PORT
 from host.egress.rules import Grant
 from host.layout import Layout
-from host.pip_options import index_options, local_paths
+from host.pip_options import UvCommand, index_options, local_paths
 from host.quota import Quota, ensure_mounted
 from host.registry import PluginRecord
 from host.runtime import GUNICORN_CONFIG, RUNTIME_DIR, WSGI_TARGET
@@ -151,7 +151,8 @@ def plugin_network(net: NetworkGrant) -> Network:
     return Network(enabled=True, connect_ports=(PROXY_PORT, *sorted({f.port for f in egress.fixed_binds(grant)})))
 
 
-def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, uid: int | None) -> Policy:
+def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, uid: int | None,
+               uv: UvCommand | None = None) -> Policy:
     """pip with network (to reach the index) but writing only the new venv and a scratch dir (its HOME,
     TMPDIR and ``cache``, inside it) which the installer removes when pip is done.
 
@@ -169,9 +170,15 @@ def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, ui
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         **egress.proxy_env(),
     }
+    tool: tuple[str, ...] = ()
+    if uv is not None:
+        # uv reads no configuration either (UV_NO_CONFIG), never downloads a Python, and caches only in here
+        env.update({"UV_CACHE_DIR": str(cache), "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", **uv.env})
+        tool = (uv.binary,)
     return Policy(
         name=name,
-        ro_paths=(str(install / "requirements.txt"), sys.base_prefix, *local_paths(index_options(settings.pip_args))),
+        ro_paths=(str(install / "requirements.txt"), sys.base_prefix, *tool,
+                  *local_paths(index_options(settings.pip_args))),
         rw_paths=(str(install / "venv"), str(cache), str(tmp)),
         env=env,
         cwd=str(install),

@@ -22,6 +22,7 @@ import shlex
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 # pip config key -> (command-line option, how many values). Everything else in pip.conf is ignored here:
 # proxy (the egress point owns the network), client-cert (a private key build code could read), and the
@@ -144,3 +145,81 @@ def _option_values(args: list[str]) -> Iterable[tuple[str, str]]:
 def redact(argv: list[str]) -> list[str]:
     """``argv`` with the password of every ``scheme://user:password@host`` replaced, for logs."""
     return [_CREDENTIALS.sub(r"\1:****@", a) for a in argv]
+
+
+# The same index options for uv (`uv pip install`), which reads no pip configuration: option -> uv option
+# (same value), or -> an environment variable of uv's. An option missing here means "let pip do it".
+UV_OPTIONS: dict[str, str] = {"--index-url": "--index-url", "--extra-index-url": "--extra-index-url",
+                              "--find-links": "--find-links", "--constraint": "--constraint",
+                              "--trusted-host": "--allow-insecure-host", "--cert": "env:SSL_CERT_FILE",
+                              "--timeout": "env:UV_HTTP_TIMEOUT", "--retries": "env:UV_HTTP_RETRIES"}
+UV_FLAGS = {"--no-index": "--no-index"}
+_SHORT = {"-i": "--index-url", "-f": "--find-links", "-c": "--constraint"}
+
+
+def uv_arguments(args: list[str]) -> tuple[list[str], dict[str, str]] | None:
+    """``args`` (what :func:`index_options` gives pip) as uv's options and environment; None when one of them
+    has no uv equivalent, so the installer keeps pip rather than drop the operator's setting."""
+    out: list[str] = []
+    env: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        if arg[:2] in _SHORT and not arg.startswith("--"):
+            name, value, eq = _SHORT[arg[:2]], arg[2:], "=" if arg[2:] else ""
+        if name in UV_FLAGS and not eq:
+            out.append(UV_FLAGS[name])
+            i += 1
+            continue
+        target = UV_OPTIONS.get(name)
+        if target is None:
+            return None
+        if not eq:
+            i += 1
+            if i >= len(args):
+                return None
+            value = args[i]
+        if target.startswith("env:"):
+            env[target[4:]] = value
+        else:
+            out += [target, value]
+        i += 1
+    return out, env
+
+
+@dataclass(frozen=True)
+class UvCommand:
+    """How to run uv for one install: its binary, the index options as uv's, and its environment."""
+
+    binary: str
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+
+
+def uv_binary() -> str | None:
+    """The uv binary of the `uv` package installed with the host (never one found on PATH)."""
+    try:
+        from uv import find_uv_bin  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    try:
+        return os.path.realpath(find_uv_bin())
+    except FileNotFoundError:
+        return None
+
+
+def uv_command(mode: str, host_pip_args: str) -> UvCommand | None:
+    """uv when ``mode`` (HOST_INSTALLER) allows it, its binary is there and every index option translates;
+    None: use pip. Raises ValueError when ``mode`` is "uv" and uv cannot be used, saying why."""
+    if mode == "pip":
+        return None
+    binary = uv_binary()
+    translated = uv_arguments(index_options(host_pip_args))
+    if binary is None or translated is None:
+        if mode == "uv":
+            why = "the uv package is not installed" if binary is None else (
+                "an option of HOST_PIP_ARGS or of the machine's pip configuration has no uv equivalent")
+            raise ValueError(f"HOST_INSTALLER=uv, but {why}")
+        return None
+    return UvCommand(binary, tuple(translated[0]), translated[1])

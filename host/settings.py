@@ -100,6 +100,9 @@ class HostSettings(BaseSettings):
     disk_tools_path: str = "/usr/sbin:/usr/bin:/sbin:/bin"
     # Extra pip arguments for plugin installs (e.g. "--index-url https://mirror/simple").
     pip_args: str = ""
+    # What installs a plugin's packages: "auto" = uv (the `uv` package installed with the host) when it can
+    # express every index option, else pip; "uv" = uv or a clear error; "pip" = always pip. Both run confined.
+    installer: Literal["auto", "uv", "pip"] = "auto"
     log_max_bytes: int = Field(5 * 1024 * 1024, ge=4096)
     # Audit events (registry `events`) older than this many days are deleted when `host serve` starts and once a
     # day while it runs; 0 keeps them forever.

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import pytest
 
 from host import launch
-from host.pip_options import index_options, local_paths, machine_config_files, redact
+from host.pip_options import (
+    UvCommand,
+    index_options,
+    local_paths,
+    machine_config_files,
+    redact,
+    uv_arguments,
+    uv_command,
+)
 from host.settings import HostSettings
 
 
@@ -61,3 +70,34 @@ def test_the_pip_sandbox_gets_no_operator_variable_and_no_config(tmp_path: Path,
     assert policy.env["PIP_CONFIG_FILE"] == os.devnull
     assert policy.env["HOME"] == str(install / ".tmp")
     assert not {"/etc/pip.conf", "/etc/xdg/pip"} & set(policy.ro_paths)
+
+
+def test_uv_gets_the_same_index_options_in_its_own_spelling() -> None:
+    args = ["--find-links", "/opt/wheels", "--cert", "/etc/ca.pem", "-c/etc/c.txt", "--timeout=60",
+            "--trusted-host", "idx.local", "--no-index", "-i", "https://idx.local/simple", "--retries", "2"]
+    assert uv_arguments(args) == (
+        ["--find-links", "/opt/wheels", "--constraint", "/etc/c.txt", "--allow-insecure-host", "idx.local",
+         "--no-index", "--index-url", "https://idx.local/simple"],
+        {"SSL_CERT_FILE": "/etc/ca.pem", "UV_HTTP_TIMEOUT": "60", "UV_HTTP_RETRIES": "2"})
+
+
+@pytest.mark.parametrize("args", [["--pre"], ["--index-url"], ["--only-binary", ":all:"], ["-r", "x.txt"]])
+def test_an_option_uv_cannot_express_keeps_pip(args: list[str]) -> None:
+    assert uv_arguments(args) is None
+
+
+def test_installer_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("host.pip_options.uv_binary", lambda: "/opt/uv")
+    monkeypatch.setattr("host.pip_options.index_options", shlex.split)
+    assert uv_command("pip", "") is None
+    assert uv_command("auto", "--pre") is None
+    assert uv_command("auto", "-f /w") == UvCommand("/opt/uv", ("--find-links", "/w"), {})
+    with pytest.raises(ValueError) as refused:
+        uv_command("uv", "--pre")
+    assert str(refused.value) == ("HOST_INSTALLER=uv, but an option of HOST_PIP_ARGS or of the machine's pip "
+                                  "configuration has no uv equivalent")
+    monkeypatch.setattr("host.pip_options.uv_binary", lambda: None)
+    assert uv_command("auto", "") is None
+    with pytest.raises(ValueError) as missing:
+        uv_command("uv", "")
+    assert str(missing.value) == "HOST_INSTALLER=uv, but the uv package is not installed"
