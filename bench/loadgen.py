@@ -29,7 +29,8 @@ class Load:
 
     @property
     def rps(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
+        """Good answers (2xx/3xx) per second: a fast 503 is no throughput."""
+        return max(0, self.requests - self.non2xx) / self.seconds if self.seconds else 0.0
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,9 @@ def parse_wrk(out: str) -> Load:
     pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return Load(requests, seconds, _duration(pct["50"]) if "50" in pct else float("nan"),
-                _duration(pct["99"]) if "99" in pct else float("nan"), int(non2xx.group(1)) if non2xx else 0,
+    nan = float("nan")  # no request finished within the run (wrk then prints 0us percentiles)
+    return Load(requests, seconds, _duration(pct["50"]) if "50" in pct and requests else nan,
+                _duration(pct["99"]) if "99" in pct and requests else nan, int(non2xx.group(1)) if non2xx else 0,
                 sum(int(g) for g in errors.groups()) if errors else 0)
 
 

@@ -45,7 +45,7 @@ class Plan:
 
 PLANS = {
     "full": Plan("full", 3, 3.0, datapath.LOADS, 200, 200, 10, 10, 100),
-    "quick": Plan("quick", 2, 1.0, datapath.LOADS, 50, 50, 3, 5, 0),
+    "quick": Plan("quick", 2, 1.0, datapath.LOADS, 50, 50, 3, 3, 0),
     # The smallest end-to-end configuration (tests/integration/test_bench.py): no installs but benchapp's,
     # whose home the start-up tests reuse (at_once=0).
     "smoke": Plan("smoke", 1, 0.5, tuple(t for t in datapath.LOADS if t.key in ("tiny GET c1", "tiny GET c32",
@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     rows = report.rows(samples)
     took = time.perf_counter() - t0
-    print(f"\n== ./dev bench --{plan.mode}: medians (ratio vs direct); {plan.rounds} rounds x {plan.seconds:g} s, "
+    print("\nreq/s counts 2xx/3xx answers only; non-2xx = other answers + socket errors; CPU us/req = CPU time of the "
+          "front's own processes per answer (direct: the app's)")
+    print(f"== ./dev bench --{plan.mode}: medians (ratio vs direct); {plan.rounds} rounds x {plan.seconds:g} s, "
           f"{generator}, {os.cpu_count()} CPUs, commit {git_commit()}, {took:.0f} s")
     print(report.table(rows, skipped))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "echoes": plan.echoes, "startup_runs": plan.startup_runs,
                                    "at_once": plan.at_once, "many": plan.many},
                                "skipped": skipped, "rows": rows, "samples": samples, "extra": extra},
-                              indent=1, default=str))
+                              indent=1, default=str).replace("NaN", "null"))  # JSON has no NaN
     print(f"JSON: {out}")
     return 0
 

@@ -26,7 +26,8 @@ Transfer/sec:    180.00KB
 
 def test_wrk_report_parsed_with_units_errors_and_non_2xx() -> None:
     load = loadgen.parse_wrk(WRK)
-    assert load.requests == 1140 and load.seconds == 1.0 and load.rps == 1140
+    assert load.requests == 1140 and load.seconds == 1.0
+    assert load.rps == 700  # good answers only: a fast 503 is no throughput
     assert math.isclose(load.p50, 750e-6) and math.isclose(load.p99, 1.2)
     assert (load.non2xx, load.errors) == (440, 5)
 
@@ -35,6 +36,12 @@ def test_wrk_report_without_errors_counts_none() -> None:
     clean = "\n".join(ln for ln in WRK.splitlines() if "errors" not in ln and "Non-2xx" not in ln)
     load = loadgen.parse_wrk(clean)
     assert (load.non2xx, load.errors) == (0, 0)
+
+
+def test_wrk_run_where_no_request_finished_has_no_latency() -> None:
+    none = WRK.replace("1140 requests in", "0 requests in").replace("Non-2xx or 3xx responses: 440", "")
+    load = loadgen.parse_wrk(none)
+    assert load.rps == 0 and math.isnan(load.p50) and math.isnan(load.p99)
 
 
 def test_rows_take_medians_ratios_against_direct_and_judge_each_host_front() -> None:
