@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.fronts import web_tier_pids
 from tests.integration import ws_client
 from tests.integration.harness import ServedHost, run_host
 
@@ -44,18 +45,8 @@ def rss_kib(pids: list[int]) -> int:
 
 
 def web_pids(host: ServedHost) -> list[int]:
-    from tests.integration.harness import descendants
-
     assert host.proc is not None
-    out = []
-    for pid in descendants(host.proc.pid):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except FileNotFoundError:
-            continue
-        if b"host.webtier" in cmd or b"plugin-host-web" in cmd:
-            out.append(pid)
-    return out
+    return sorted(web_tier_pids(host.proc.pid))
 
 
 def timed(fn: Callable[[], object], n: int, budget: float) -> list[float]:

@@ -1,0 +1,1 @@
+"""The side-by-side benchmark suite (`./dev bench`, bench/suite.py) and its contenders."""

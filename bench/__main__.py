@@ -1,0 +1,7 @@
+"""`python -m bench` = `./dev bench`."""
+
+import sys
+
+from bench.suite import main
+
+sys.exit(main())
