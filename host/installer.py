@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from host import control, launch, plugin_settings, rootfs
+from host import control, integrity, launch, plugin_settings, rootfs, signing, trust
 from host.bundle import BundleError, copy_bundle
 from host.egress.indexes import index_urls
 from host.egress.point import EgressPoint
@@ -31,7 +31,7 @@ from host.exits import Cause, ExitReport, Limits, classify
 from host.layout import Layout
 from host.pip_options import UvCommand, index_options, redact, uv_command
 from host.quota import Quota, ensure_mounted, release, remove
-from host.registry import Registry
+from host.registry import Provenance, Registry
 from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
 from host.settings import HostSettings
 from host.uids import UidFile
@@ -61,6 +61,7 @@ class InstallResult:
     changed: bool  # False when the same version was already installed (no-op)
     skipped_symlinks: tuple[str, ...] = ()
     missing_settings: tuple[str, ...] = ()  # required settings without a value: it cannot start yet
+    signer: str | None = None  # the key id that signed the bundle (None: unsigned, or HOST_SIGNATURES=off)
 
 
 @contextmanager
@@ -107,8 +108,10 @@ class Installer:
         self.progress = progress
 
     def install(self, source: Path, *, enable: bool = True, force: bool = False,
-                confirm: Callable[[Manifest], bool] | None = None, settings: Sequence[str] = ()) -> InstallResult:
-        """``settings``: ``key=value`` words for the manifest's [settings] (`host install --set`)."""
+                confirm: Callable[[Manifest], bool] | None = None, settings: Sequence[str] = (),
+                overrides: trust.Overrides = trust.Overrides()) -> InstallResult:  # noqa: B008 - frozen
+        """``settings``: ``key=value`` words for the manifest's [settings] (`host install --set`); ``overrides``:
+        what the operator explicitly allowed (a downgrade, a new publisher key), audited."""
         self.progress(f"resolving {source}")
         if not source.is_dir():
             raise UsageError(f"{source}: not a plugin directory")
@@ -126,6 +129,10 @@ class Installer:
             self.progress(f"{name} {manifest.version} is already installed (use --force to reinstall"
                           + (f"; `host config {name} KEY=VALUE` to change settings)" if given else ")"))
             return InstallResult(manifest, existing.install_id, changed=False)
+        decision = trust.check_version(self.registry, name, manifest.version, overrides)
+        if self.settings.signatures != "off" and not (source / signing.SIGNATURE_FILE).is_file():
+            self.progress("the bundle is unsigned" + (" (HOST_SIGNATURES=require refuses it)"
+                                                      if self.settings.signatures == "require" else ""))
         if confirm is not None and not confirm(manifest):
             raise InstallError(name, "asking for consent", "declined; nothing was installed")
 
@@ -143,11 +150,15 @@ class Installer:
                               f"declared by {name} {manifest.version}, or no longer valid for its type")
             values = {**kept, **given}
             try:
-                skipped = self._build(source, manifest, target, log_path, uid_index, values)
+                skipped, verified = self._build(source, manifest, target, log_path, uid_index, values,
+                                                (overrides, decision))
+                self.progress("recording file hashes")
+                digest = integrity.record(target)
                 self.progress("registering")
                 self.registry.put(name, manifest.version, install_id, manifest.model_dump(mode="json"),
                                   enabled=enable if existing is None else (existing.enabled and enable),
-                                  uid_index=uid_index, plugin_settings=values, who=self.who)
+                                  uid_index=uid_index, plugin_settings=values, who=self.who,
+                                  provenance=Provenance(digest, verified.key if verified else None), pin=decision.pin)
                 (target / PARTIAL_MARKER).unlink()
             except BaseException:
                 self._quota_after_install(name, failed_first=self.layout.data(name) in fresh)
@@ -159,11 +170,14 @@ class Installer:
                         leftover.unlink(missing_ok=True)
                 sweep(self.layout, self.registry)
                 raise
+            for kind, detail in decision.audit:
+                self.registry.record(name, kind, who=self.who, **detail)
             self._quota_after_install(name, failed_first=False)
             self._drop_old_installs(name, keep={install_id, existing.install_id if existing else "",
                                                 *self._serving_install_ids(name)})
         return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped),
-                             missing_settings=tuple(plugin_settings.missing(manifest, values)))
+                             missing_settings=tuple(plugin_settings.missing(manifest, values)),
+                             signer=verified.key_id if verified else None)
 
     def _uid_index(self, name: str) -> int:
         """The plugin's uid index in this home. A root host takes the uid from the machine-wide uid file, so
@@ -176,7 +190,8 @@ class Installer:
                                                      None if own is None else base + own) - base
 
     def _build(self, source: Path, manifest: Manifest, target: Path, log_path: Path, uid_index: int,
-               values: dict[str, Value]) -> list[str]:
+               values: dict[str, Value], trusted: tuple[trust.Overrides, trust.Decision],
+               ) -> tuple[list[str], signing.Verified | None]:
         name = manifest.name
         uid = launch.plugin_uid(self.settings, uid_index)
         target.mkdir(parents=True)
@@ -191,6 +206,12 @@ class Installer:
         for s in report.skipped_symlinks:
             self.progress(f"warning: skipped symlink {s} (points outside the plugin directory)")
         self.progress(f"copied {report.files} files ({report.bytes // 1024} KiB)")
+        # Checked on the copy (what will run), and before pip runs any of the bundle's build code.
+        verified = signing.verify(target / "bundle", name, manifest.version) if self.settings.signatures != "off" \
+            else None
+        trust.check_publisher(self.settings, self.registry, name, verified, *trusted)
+        for note in trusted[1].notes:
+            self.progress(note)
 
         try:
             uv = uv_command(self.settings.installer, self.settings.pip_args)
@@ -225,7 +246,7 @@ class Installer:
         absent = plugin_settings.missing(manifest, values)
         if absent:  # its import may well need them: it is checked when it first starts instead
             self.progress(f"not checking entrypoint {manifest.entrypoint} yet: it needs {', '.join(absent)}")
-            return report.skipped_symlinks
+            return report.skipped_symlinks, verified
         self.progress(f"checking entrypoint {manifest.entrypoint}")
         # It writes into the data dir as the plugin will: inside its disk quota image.
         ensure_mounted(self.settings, name, Quota.of(manifest.permissions.resources), uid)
@@ -242,7 +263,7 @@ class Installer:
         check = launch.confined(policy_path, [str(venv / "bin" / "python"), "-I", "-c", "import plugin_host_wsgi"])
         self._run(name, "checking the entrypoint", check, log_path, CHECK_TIMEOUT, policy=policy)
         policy_path.unlink()
-        return report.skipped_symlinks
+        return report.skipped_symlinks, verified
 
     def _pip(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None = None) -> None:
         """pip (or uv) runs confined as the plugin's uid: sdist build scripts are plugin-supplied code."""

@@ -96,6 +96,15 @@ class HostSettings(BaseSettings):
     # Sandbox strength: "strict" refuses to start a plugin when a layer is missing; "weak" starts it anyway
     # with whatever layers exist and says so loudly in logs, `host list` and /healthz.
     sandbox: str = Field("strict", pattern="^(strict|weak)$")
+    # Signed bundles (host.signing): "require" refuses an unsigned bundle; "warn" installs it with a risk penalty
+    # and an "unsigned" badge; "off" neither checks signatures nor pins publishers.
+    signatures: str = Field("warn", pattern="^(require|warn|off)$")
+    # Publisher keys trusted before any install (host.trust): "name=ed25519:<base64>" entries, comma separated;
+    # "*=<key>" trusts a key for every name. A pinned key (trust on first use) wins over this list.
+    trusted_keys: str = ""
+    # The check before each start that the install's files are as installed (host.integrity): "stat" hashes a
+    # file only when its stat changed; "full" hashes every file on every start; "off" skips it.
+    integrity: str = Field("stat", pattern="^(stat|full|off)$")
     # Where the disk quota finds mkfs.ext4, resize2fs (e2fsprogs), mount, losetup and unshare (util-linux).
     disk_tools_path: str = "/usr/sbin:/usr/bin:/sbin:/bin"
     # Extra pip arguments for plugin installs (e.g. "--index-url https://mirror/simple").

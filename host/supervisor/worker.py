@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from host import launch
+from host import integrity, launch
 from host.egress.point import EgressPoint
 from host.egress.rules import Grant
-from host.errors import MissingSettings, QuotaError
+from host.errors import IntegrityError, MissingSettings, QuotaError
 from host.exits import Cause, ExitInfo, Limits, classify, host_killed, worker_death
 from host.launch import LaunchSpec
 from host.layout import Layout
@@ -312,6 +312,7 @@ class PluginWorker(threading.Thread):
             return ExitInfo(None, True, "not installed", setup_failure=True, cause=Cause.SETUP)
         self.generation += 1
         try:
+            self._check_integrity(rec)
             spec = launch.build(self.settings, rec, self.generation, self.registry.plugin_settings(self.plugin))
             netns_fd = self._egress_namespace(spec)
             listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index), netns_fd)
@@ -323,6 +324,10 @@ class PluginWorker(threading.Thread):
             share_path(self.layout.run_dir(self.plugin), self.web_user, 0o710)
             share_path(spec.instance_socket, self.web_user, 0o660)
             inst.spawn()
+        except IntegrityError as exc:  # a changed install: it must not run, and a retry would find the same
+            log.error("%s: %s", self.plugin, exc.detail)
+            self.registry.record(self.plugin, "integrity_failed", path=exc.path, reason=exc.detail)
+            return ExitInfo(None, True, exc.detail, setup_failure=True, cause=Cause.SETUP)
         except MissingSettings as exc:  # the operator's to fix (`host config`): a set-up failure, not a crash
             return ExitInfo(None, True, exc.detail, setup_failure=True, cause=Cause.SETUP)
         except EgressUnavailable as exc:
@@ -333,6 +338,20 @@ class PluginWorker(threading.Thread):
             log.exception("%s: cannot spawn", self.plugin)
             return ExitInfo(None, True, f"cannot start: {exc}", setup_failure=True, cause=Cause.SETUP)
         return inst
+
+    def _check_integrity(self, rec: PluginRecord) -> None:
+        """The install's files are as they were installed (host.integrity); installs made before the host
+        recorded hashes have no record and start unchecked."""
+        if self.settings.integrity == "off":
+            return
+        prov = self.registry.provenance(self.plugin, rec.install_id)
+        if prov is None:
+            return
+        t0 = time.monotonic()
+        hashed = integrity.check(self.plugin, self.layout.install_dir(self.plugin, rec.install_id), prov.integrity,
+                                 full=self.settings.integrity == "full")
+        log.debug("%s: integrity checked in %.1f ms (%d files hashed)", self.plugin,
+                  (time.monotonic() - t0) * 1000, hashed)
 
     def _egress_namespace(self, spec: LaunchSpec) -> int | None:
         """The plugin's own network namespace with its egress listeners, when it has a network grant.

@@ -1,0 +1,139 @@
+"""Signed bundles end to end (issue 14): install verifies, every start re-checks the installed files, publishers
+are pinned, downgrades are refused. One served host for the module; the tests run in order and build on it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from host.registry import Registry
+from tests.integration.harness import FIXTURES, ServedHost, run_host, short_home
+
+NAME = "signedapp"
+
+
+@dataclass
+class Signed:
+    home: Path
+    host: ServedHost
+    work: Path
+
+    def source(self, version: str, key: str | None, previous: str | None = None) -> Path:
+        """The steady fixture as NAME ``version``, signed by ``key`` (None: unsigned)."""
+        src = self.work / f"{NAME}-{version}-{key}-{previous}"
+        shutil.copytree(FIXTURES / "steady", src)
+        (src / "plugin.toml").write_text(f'name = "{NAME}"\nversion = "{version}"\nentrypoint = "app:app"\n')
+        if key is not None:
+            extra = ("--previous-key", str(self.work / previous)) if previous else ()
+            run_host(self.home, "sign", str(src), "--key", str(self.work / key), *extra, check=True)
+        return src
+
+    def install_dir(self) -> Path:
+        rec = Registry(self.home / "registry.db").require(NAME)
+        return self.home / "plugins" / NAME / rec.install_id
+
+    def state(self) -> tuple[str, str, tuple[str, ...]]:
+        """(version, install id, install dirs on disk): what a refused install must leave as it was."""
+        rec = Registry(self.home / "registry.db").require(NAME)
+        return rec.version, rec.install_id, tuple(sorted(p.name for p in (self.home / "plugins" / NAME).iterdir()))
+
+
+@pytest.fixture(scope="module")
+def signed() -> Iterator[Signed]:
+    with short_home() as home:
+        work = home.parent / "work"
+        work.mkdir()
+        for key in ("k1", "k2"):
+            run_host(home, "keygen", str(work / key), check=True)
+        ctx = Signed(home, ServedHost(home), work)
+        out = run_host(home, "install", str(ctx.source("1.0.0", "k1")), "--yes", check=True)
+        assert "pinned as signedapp's publisher (trust on first use)" in out.stderr
+        ctx.host.start(wait_plugins=(NAME,))
+        try:
+            yield ctx
+        finally:
+            ctx.host.stop()
+
+
+def key_id(work: Path, key: str) -> str:
+    from host.signing import key_id as kid
+
+    return kid((work / f"{key}.pub").read_text().strip())
+
+
+def test_host_list_shows_who_signed_it(signed: Signed) -> None:
+    rows = json.loads(run_host(signed.home, "list", "--json", check=True).stdout)
+    assert rows[0]["signature"] == {"signed": True, "key_id": key_id(signed.work, "k1"),
+                                    "badge": key_id(signed.work, "k1")}
+    assert key_id(signed.work, "k1") in run_host(signed.home, "list", check=True).stdout
+
+
+@pytest.mark.parametrize("where", ["bundle/app.py", "venv/lib/python3.11/site-packages/flask/__init__.py"])
+def test_cant_start_a_tampered_install(signed: Signed, where: str) -> None:
+    target = signed.install_dir() / where
+    original = target.read_bytes()
+    run_host(signed.home, "disable", NAME, check=True)
+    with open(target, "ab") as fh:
+        fh.write(b"\nimport os  # planted\n")
+    try:
+        run_host(signed.home, "enable", NAME, check=True)
+        st = signed.host.wait_state(NAME, "quarantined")
+        line = (f"integrity: {where}: modified since install (sha256 differs); refusing to start it (reinstall it: "
+                "`host install --force`)")
+        assert st["reason"] == line
+        assert line in run_host(signed.home, "status", NAME, check=True).stdout
+    finally:
+        target.write_bytes(original)  # the same bytes again: its stat changed, so the check hashes it, and passes
+    run_host(signed.home, "enable", NAME, check=True)
+    signed.host.wait_state(NAME, "running")
+    assert signed.host.get(f"/plugins/{NAME}/").text == "steady"
+
+
+def test_cant_install_an_unsigned_bundle_under_require(signed: Signed) -> None:
+    before = signed.state()
+    res = run_host(signed.home, "install", str(signed.source("1.0.1", None)), "--yes",
+                   env={"HOST_SIGNATURES": "require"})
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: signedapp: signature: the bundle is unsigned and this host requires signatures "
+        "(HOST_SIGNATURES=require); ask its author to sign it (`host sign`)")
+    assert signed.state() == before
+
+
+def test_another_key_is_refused_until_the_pinned_key_hands_over(signed: Signed) -> None:
+    before = signed.state()
+    k1, k2 = key_id(signed.work, "k1"), key_id(signed.work, "k2")
+    res = run_host(signed.home, "install", str(signed.source("1.1.0", "k2")), "--yes")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        f"error: signedapp: signature: signed by key {k2}, but signedapp's publisher is key {k1}; refused")
+    assert signed.state() == before
+
+    res = run_host(signed.home, "install", str(signed.source("1.1.0", "k2", previous="k1")), "--yes", check=True)
+    assert f"key {k1} handed signedapp over to it" in res.stderr
+    assert signed.host.wait_state(NAME, "running")["version"] == "1.1.0"
+    rows = json.loads(run_host(signed.home, "list", "--json", check=True).stdout)
+    assert rows[0]["signature"]["key_id"] == k2
+    kinds = [e.kind for e in Registry(signed.home / "registry.db").events(NAME, limit=5)]
+    assert "publisher_succeeded" in kinds
+
+
+def test_a_downgrade_is_refused_unless_allowed_and_then_audited(signed: Signed) -> None:
+    before = signed.state()
+    old = signed.source("1.0.0", "k2")
+    res = run_host(signed.home, "install", str(old), "--yes")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: signedapp: 1.0.0 is older than 1.1.0, the highest version installed here before; refusing a "
+        "downgrade (pass --allow-downgrade to install it anyway; it is audited)")
+    assert signed.state() == before
+
+    run_host(signed.home, "install", str(old), "--yes", "--allow-downgrade", "--no-enable", check=True)
+    assert Registry(signed.home / "registry.db").require(NAME).version == "1.0.0"
+    event = Registry(signed.home / "registry.db").events(NAME, kinds=["downgrade_allowed"], limit=1)[0]
+    assert event.detail == {"from": "1.1.0", "to": "1.0.0"} and (event.who or "").startswith("local:")
