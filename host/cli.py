@@ -87,7 +87,10 @@ def permission_summary(m: Manifest) -> list[str]:
               help="Consent without a terminal: the permissions you grant, shaped like the manifest's "
                    "[permissions] (FILE.json, FILE.toml, or '-' for standard input). A plugin asking for more is "
                    "refused, one line per permission, and nothing is installed. Use instead of --yes.")
-@click.option("--yes", "-y", is_flag=True, help="Grant the requested permissions without asking.")
+@click.option("--yes", "-y", is_flag=True, help="Grant the requested permissions without asking (but not an upgrade's "
+              "widening of them: see --grant-widened).")
+@click.option("--grant-widened", is_flag=True, help="Grant what an upgrade adds to the installed version's "
+              "permissions (a new egress destination, more memory...), which --yes alone does not; implies --yes.")
 @click.option("--no-enable", is_flag=True, help="Install but leave disabled.")
 @click.option("--force", is_flag=True, help="Reinstall even if this version is already installed.")
 @click.option("--set", "values", multiple=True, metavar="KEY=VALUE",
@@ -99,10 +102,10 @@ def permission_summary(m: Manifest) -> list[str]:
                    "(audited). Prefer a succession statement from the old key (`host sign --previous-key`).")
 @click.pass_obj
 def install(obj: Ctx, path: Path, grant: str | None, yes: bool, no_enable: bool, force: bool,
-            values: tuple[str, ...], allow_downgrade: bool, trust_new_key: bool) -> None:
+            values: tuple[str, ...], allow_downgrade: bool, trust_new_key: bool, grant_widened: bool) -> None:
     """Install the plugin in PATH (a directory, or a .zip, .tar.gz/.tgz or .tar archive of one) into its own
     virtualenv."""
-    from host import archive, consent, declarative
+    from host import archive, consent, declarative, upgrades
     from host.trust import Overrides
 
     if grant is not None and yes:
@@ -111,23 +114,31 @@ def install(obj: Ctx, path: Path, grant: str | None, yes: bool, no_enable: bool,
     if granted is not None:
         consent.parse_grant(granted)  # a bad grant is bad input before anything happens
 
+    settings = obj.settings()
+    layout = obj.layout(create=True)
+    registry = Registry(layout.registry)
+
     def confirm(m: Manifest) -> bool:
         for line in permission_summary(m):
             click.echo(f"    {line}", err=True)
-        if granted is not None:
+        diff = upgrades.diff_for(registry, layout, m)
+        for line in diff.lines() if diff else ():
+            click.echo(f"    {printable(line)}", err=True)
+        if granted is not None:  # an explicit grant is consent to everything it covers, a widening too
             beyond = consent.excess(m, granted)
             if beyond:
                 raise NotGranted(m.name, beyond)
             return True
-        if yes:
+        if diff is not None and diff.widened and not grant_widened:
+            if yes or not sys.stdin.isatty():
+                raise upgrades.WidenedNotGranted(m.name, diff)
+            return click.confirm("Grant the widened permissions and upgrade?", default=False, err=True)
+        if yes or grant_widened:
             return True
         if not sys.stdin.isatty():
             raise click.UsageError("grant these permissions interactively, or pass --grant FILE (or --yes)")
         return click.confirm("Install with these permissions?", default=False, err=True)
 
-    settings = obj.settings()
-    layout = obj.layout(create=True)
-    registry = Registry(layout.registry)
     t0 = time.monotonic()
     with archive.unpacked(path, layout, progress=progress) as bundle:
         result = Installer(settings, registry, progress, who=local_who()).install(
