@@ -301,6 +301,19 @@ class Registry:
                 detail["signer"] = provenance.signer
             _event(db, name, "installed", detail, who)
 
+    def roll_back(self, name: str, version: str, install_id: str, manifest: dict[str, Any], reason: str,
+                  who: str | None = None) -> None:
+        """Make an earlier install (still on disk) the live one again, with a ``rolled_back`` audit event. The
+        high-water mark stays: a rollback is not an install."""
+        with self._tx() as db:
+            cur = db.execute("SELECT version, install_id FROM plugins WHERE name = ?", (name,)).fetchone()
+            if cur is None:
+                raise PluginNotFound(name)
+            db.execute("UPDATE plugins SET version=?, install_id=?, manifest=?, updated_at=? WHERE name=?",
+                       (version, install_id, json.dumps(manifest), time.time(), name))
+            _event(db, name, "rolled_back", {"from": cur[0], "from_install": cur[1], "to": version,
+                                             "to_install": install_id, "reason": reason}, who)
+
     def provenance(self, name: str, install_id: str) -> Provenance | None:
         """None for an install made before the host recorded integrity (it starts unchecked)."""
         row = self._conn().execute("SELECT integrity, signer FROM provenance WHERE plugin = ? AND install_id = ?",

@@ -105,6 +105,9 @@ class HostSettings(BaseSettings):
     # The check before each start that the install's files are as installed (host.integrity): "stat" hashes a
     # file only when its stat changed; "full" hashes every file on every start; "off" skips it.
     integrity: str = Field("stat", pattern="^(stat|full|off)$")
+    # After an upgrade the previous instance stays up (not serving) this many seconds; if the new one exits or
+    # fails its probes meanwhile, the previous one serves again and the registry goes back to it. 0 = off.
+    upgrade_probation: float = Field(30.0, ge=0)
     # Where the disk quota finds mkfs.ext4, resize2fs (e2fsprogs), mount, losetup and unshare (util-linux).
     disk_tools_path: str = "/usr/sbin:/usr/bin:/sbin:/bin"
     # Extra pip arguments for plugin installs (e.g. "--index-url https://mirror/simple").

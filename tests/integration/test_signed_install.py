@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from host.registry import Registry
-from tests.integration.harness import FIXTURES, ServedHost, run_host, short_home
+from tests.integration.harness import FIXTURES, ServedHost, run_host, short_home, wait_for
 
 NAME = "signedapp"
 
@@ -23,10 +26,12 @@ class Signed:
     host: ServedHost
     work: Path
 
-    def source(self, version: str, key: str | None, previous: str | None = None) -> Path:
-        """The steady fixture as NAME ``version``, signed by ``key`` (None: unsigned)."""
+    def source(self, version: str, key: str | None, previous: str | None = None, app: str | None = None) -> Path:
+        """The steady fixture as NAME ``version``, signed by ``key`` (None: unsigned); ``app``: its app.py."""
         src = self.work / f"{NAME}-{version}-{key}-{previous}"
         shutil.copytree(FIXTURES / "steady", src)
+        if app is not None:
+            (src / "app.py").write_text(app)
         (src / "plugin.toml").write_text(f'name = "{NAME}"\nversion = "{version}"\nentrypoint = "app:app"\n')
         if key is not None:
             extra = ("--previous-key", str(self.work / previous)) if previous else ()
@@ -123,17 +128,74 @@ def test_another_key_is_refused_until_the_pinned_key_hands_over(signed: Signed) 
     assert "publisher_succeeded" in kinds
 
 
+# v1.2.0 serves, passes its start, then its worker exits with gunicorn's "app failed to load" code, which
+# halts the master too: the whole new instance is gone a few seconds after the switch.
+CRASHES_AFTER_START = """import os, sys, threading
+from flask import Flask
+app = Flask(__name__)
+if "gunicorn" in sys.modules:
+    threading.Timer(3.0, os._exit, (4,)).start()
+
+@app.get("/")
+def index():
+    return "v1.2.0"
+"""
+
+
+def test_a_new_version_that_crashes_after_start_is_rolled_back_with_no_failed_request_to_the_old_one(
+        signed: Signed) -> None:
+    seen: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        for _ in range(20000):
+            if stop.is_set():
+                return
+            try:
+                r = httpx.get(f"{signed.host.url}/plugins/{NAME}/", timeout=30)
+                seen.append((r.status_code, r.text))
+            except httpx.HTTPError as exc:
+                seen.append((0, type(exc).__name__))
+            time.sleep(0.01)
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        run_host(signed.home, "install", str(signed.source("1.2.0", "k2", app=CRASHES_AFTER_START)), "--yes",
+                 check=True)
+        wait_for(lambda: any(text == "v1.2.0" for _, text in seen), 30, what="1.2.0 to serve")
+        wait_for(lambda: Registry(signed.home / "registry.db").require(NAME).version == "1.1.0", 30,
+                 what="the rollback to 1.1.0")
+        rolled = len(seen)
+        wait_for(lambda: len(seen) > rolled + 50, 30, what="requests after the rollback")
+    finally:
+        stop.set()
+        t.join(30)
+    event = Registry(signed.home / "registry.db").events(NAME, kinds=["rolled_back"], limit=1)[0]
+    assert (event.detail["from"], event.detail["to"]) == ("1.2.0", "1.1.0")
+    st = signed.host.wait_state(NAME, "running")
+    assert st["reason"].startswith("upgrade rolled back, the previous version serves again: ")
+    # The old version answered every request it got: before the switch, and from the first answer after the
+    # crash on. Failures, if any, are requests that reached the crashing instance.
+    first_new = next(i for i, (_, text) in enumerate(seen) if text == "v1.2.0")
+    last_new = max(i for i, (_, text) in enumerate(seen) if text == "v1.2.0")
+    back = next(i for i in range(last_new, len(seen)) if seen[i] == (200, "steady"))
+    assert set(seen[:first_new]) == {(200, "steady")}
+    assert set(seen[back:]) == {(200, "steady")}, seen[back:]
+    assert signed.host.get(f"/plugins/{NAME}/").text == "steady"
+
+
 def test_a_downgrade_is_refused_unless_allowed_and_then_audited(signed: Signed) -> None:
     before = signed.state()
     old = signed.source("1.0.0", "k2")
     res = run_host(signed.home, "install", str(old), "--yes")
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().splitlines()[-1] == (
-        "error: signedapp: 1.0.0 is older than 1.1.0, the highest version installed here before; refusing a "
+        "error: signedapp: 1.0.0 is older than 1.2.0, the highest version installed here before; refusing a "
         "downgrade (pass --allow-downgrade to install it anyway; it is audited)")
     assert signed.state() == before
 
     run_host(signed.home, "install", str(old), "--yes", "--allow-downgrade", "--no-enable", check=True)
     assert Registry(signed.home / "registry.db").require(NAME).version == "1.0.0"
     event = Registry(signed.home / "registry.db").events(NAME, kinds=["downgrade_allowed"], limit=1)[0]
-    assert event.detail == {"from": "1.1.0", "to": "1.0.0"} and (event.who or "").startswith("local:")
+    assert event.detail == {"from": "1.2.0", "to": "1.0.0"} and (event.who or "").startswith("local:")
