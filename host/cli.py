@@ -193,6 +193,22 @@ def uninstall(obj: Ctx, name: str, keep_data: bool) -> None:
                                         "nothing of it is left but its events in the audit log"))
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--to", metavar="VERSION", help="The kept install to return to (a version or install id); default: "
+              "the newest one before the live install.")
+@click.pass_obj
+def rollback(obj: Ctx, name: str, to: str | None) -> None:
+    """Return plugin NAME to its previous install (kept on disk, see HOST_KEEP_INSTALLS), with its data dir as
+    it was before the upgrade when a snapshot was kept (HOST_SNAPSHOT_MAX_MB). The plugin is stopped meanwhile."""
+    layout = obj.layout()
+    old, new, restored = operations.rollback(obj.settings(), Registry(layout.registry), layout, name, local_who(),
+                                             progress, to)
+    progress(f"rolled back {name} {old} → {new}: " + ("code and data (the snapshot taken before the upgrade)"
+                                                      if restored else "code; no data snapshot was kept, the data "
+                                                      "is as it was"))
+
+
 @cli.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from host import control, integrity, launch, plugin_settings, rootfs, signing, trust
+from host import control, integrity, launch, plugin_settings, rootfs, signing, snapshots, trust
 from host.bundle import BundleError, copy_bundle
 from host.egress.indexes import index_urls
 from host.egress.point import EgressPoint
@@ -35,7 +35,7 @@ from host.registry import Provenance, Registry
 from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
 from host.settings import HostSettings
 from host.uids import UidFile
-from manifests import Manifest, load_manifest
+from manifests import Manifest, load_manifest, parse_manifest
 from manifests.entrypoint import check_entrypoint
 from manifests.settings import Value
 from sandbox_runner.errors import SETUP_EXIT_CODES
@@ -154,6 +154,8 @@ class Installer:
                                                 (overrides, decision))
                 self.progress("recording file hashes")
                 digest = integrity.record(target)
+                if existing is not None:
+                    self._snapshot(manifest, existing.install_id, existing.version, uid_index)
                 self.progress("registering")
                 self.registry.put(name, manifest.version, install_id, manifest.model_dump(mode="json"),
                                   enabled=enable if existing is None else (existing.enabled and enable),
@@ -173,8 +175,7 @@ class Installer:
             for kind, detail in decision.audit:
                 self.registry.record(name, kind, who=self.who, **detail)
             self._quota_after_install(name, failed_first=False)
-            self._drop_old_installs(name, keep={install_id, existing.install_id if existing else "",
-                                                *self._serving_install_ids(name)})
+            self._drop_old_installs(name, install_id, existing.install_id if existing else None)
         return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped),
                              missing_settings=tuple(plugin_settings.missing(manifest, values)),
                              signer=verified.key_id if verified else None)
@@ -371,11 +372,73 @@ class Installer:
         serving = st.get("plugins", {}).get(name, {}).get("install_id")
         return {serving} if serving else set()
 
-    def _drop_old_installs(self, name: str, keep: set[str]) -> None:
-        """Keep the live install and the one before it (a running instance may still use it)."""
+    def _snapshot(self, manifest: Manifest, install_id: str, version: str, uid_index: int) -> None:
+        """Copy the data dir for `host rollback` to the install being replaced, when it is small enough. Not
+        being able to is a warning, not a failed upgrade."""
+        limit = self.settings.snapshot_max_mb * launch.MiB
+        if limit <= 0:
+            return
+        try:
+            ensure_mounted(self.settings, manifest.name, Quota.of(manifest.permissions.resources),
+                           launch.plugin_uid(self.settings, uid_index))  # the data is in its image
+            snap = snapshots.take(self.layout, manifest.name, install_id, limit)
+        except (HostError, OSError) as exc:
+            self.progress(f"warning: the data dir was not snapshotted ({exc}); `host rollback` to {version} will "
+                          "keep the data as it is")
+            return
+        if snap is None:
+            self.progress(f"data dir over {self.settings.snapshot_max_mb} MiB (HOST_SNAPSHOT_MAX_MB): not snapshotted; "
+                          f"`host rollback` to {version} keeps the data as it is")
+        else:
+            self.progress(f"snapshotted the data dir of {version} for `host rollback`")
+
+    def _drop_old_installs(self, name: str, live: str, previous: str | None) -> None:
+        """Keep the live install, what a running instance still uses, and the HOST_KEEP_INSTALLS newest earlier
+        installs (for `host rollback`, with their data snapshots); remove the rest."""
+        known = [i.install_id for i in self.registry.installs(name) if i.install_id != live]
+        keep = {live, *self._serving_install_ids(name), *known[:self.settings.keep_installs]}
+        if previous is not None and previous not in known:  # installed before installs were recorded
+            keep.add(previous)
         for d in self.layout.plugin_root(name).iterdir():
             if d.is_dir() and d.name not in keep:
                 rootfs.remove_tree(d)
+        for gone in known[self.settings.keep_installs:]:
+            if gone not in keep:
+                self.registry.forget_install(name, gone)
+        snapshots.forget(self.layout, name, keep)
+
+    def roll_back(self, name: str, to: str | None = None) -> tuple[str, str, bool]:
+        """Make the newest kept earlier install (or the one whose version or install id is ``to``) live again,
+        with the data dir as it was before the upgrade away from it when a snapshot was kept. The plugin must
+        be stopped (host.operations.rollback). Returns (from version, to version, data restored). The current
+        data is snapshotted first, to its own install, so a failed restore puts it back."""
+        with home_lock(self.layout):
+            rec = self.registry.require(name)
+            kept = [i for i in self.registry.installs(name) if i.install_id != rec.install_id
+                    and self.layout.install_dir(name, i.install_id).is_dir() and to in (None, i.version, i.install_id)]
+            if not kept:
+                raise UsageError(f"no earlier install{f' {to}' if to else ''} is kept to roll back to (see "
+                                 "HOST_KEEP_INSTALLS)", plugin=name)
+            target = kept[0]
+            restored = False
+            if snapshots.path(self.layout, name, target.install_id).is_dir():
+                manifest = parse_manifest(target.manifest, f"registry:{name}")
+                ensure_mounted(self.settings, name, Quota.of(manifest.permissions.resources),
+                               launch.plugin_uid(self.settings, rec.uid_index))
+                current: Path | None = None
+                try:
+                    current = snapshots.take(self.layout, name, rec.install_id, 1 << 62)
+                    restored = snapshots.restore(self.layout, name, target.install_id)
+                except BaseException:
+                    if current is not None:
+                        snapshots.restore(self.layout, name, rec.install_id)
+                    raise
+                finally:
+                    self._quota_after_install(name, failed_first=False)
+            self.registry.roll_back(name, target.version, target.install_id, target.manifest,
+                                    reason="host rollback" + (" (code and data)" if restored else " (code)"),
+                                    who=self.who)
+        return rec.version, target.version, restored
 
     def uninstall(self, name: str, *, keep_data: bool = False) -> list[str]:
         """Remove everything of the plugin but, with ``keep_data``, its data (and its uid, which owns that
@@ -388,6 +451,7 @@ class Installer:
             # where pip's HOME used to be kept across installs (a build may have planted a pip.conf there)
             rootfs.remove_tree(self.layout.cache / "pip" / name)
             rootfs.remove_tree(self.layout.plugin_root(name))
+            snapshots.forget(self.layout, name)  # the installs they belong to are gone
             rootfs.remove_tree(self.layout.run_dir(name))
             rootfs.remove_tree(self.layout.logs(name))
             for access in self.layout.access_logs.glob(f"{name}.log*"):  # host.access_log: .log and .log.1

@@ -87,14 +87,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ts     REAL NOT NULL
     )""",
      "CREATE INDEX IF NOT EXISTS login_failures_client ON login_failures(client, ts)"),
-    # 5: integrity and trust (issue 14): per install, the sha256 of its integrity record (host.integrity) and the
-    # key that signed it (NULL: unsigned); per plugin name, the pinned publisher key and the highest version ever
+    # 5: integrity and trust (issue 14): per install, the sha256 of its integrity record (host.integrity), the
+    # key that signed it (NULL: unsigned), and its version and manifest (`host rollback` to a kept previous
+    # install); per plugin name, the pinned publisher key and the highest version ever
     # installed (both survive uninstall: a reinstall is still held to them).
     ("""CREATE TABLE IF NOT EXISTS provenance (
         plugin     TEXT NOT NULL,
         install_id TEXT NOT NULL,
         integrity  TEXT NOT NULL,
         signer     TEXT,
+        version    TEXT NOT NULL,
+        manifest   TEXT NOT NULL,
+        installed_at REAL NOT NULL,
         PRIMARY KEY (plugin, install_id)
     )""",
      """CREATE TABLE IF NOT EXISTS publishers (
@@ -134,6 +138,17 @@ class Provenance:
     """How an install came to be trusted: its integrity record's sha256, and its signer (None: unsigned)."""
 
     integrity: str
+    signer: str | None
+
+
+@dataclass(frozen=True)
+class InstallRecord:
+    """One install of a plugin, live or kept for `host rollback`."""
+
+    install_id: str
+    version: str
+    manifest: dict[str, Any]
+    installed_at: float
     signer: str | None
 
 
@@ -291,8 +306,9 @@ class Registry:
                 db.execute("DELETE FROM plugin_settings WHERE plugin = ?", (name,))
                 _write_settings(db, name, plugin_settings)
             if provenance is not None:
-                db.execute("INSERT OR REPLACE INTO provenance VALUES (?, ?, ?, ?)",
-                           (name, install_id, provenance.integrity, provenance.signer))
+                db.execute("INSERT OR REPLACE INTO provenance VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (name, install_id, provenance.integrity, provenance.signer, version, json.dumps(manifest),
+                            now))
             if pin is not None:
                 db.execute("INSERT OR REPLACE INTO publishers VALUES (?, ?, ?)", (name, pin, now))
             _raise_high_water(db, name, version)
@@ -302,17 +318,31 @@ class Registry:
             _event(db, name, "installed", detail, who)
 
     def roll_back(self, name: str, version: str, install_id: str, manifest: dict[str, Any], reason: str,
-                  who: str | None = None) -> None:
+                  who: str | None = None, failed: bool = False) -> None:
         """Make an earlier install (still on disk) the live one again, with a ``rolled_back`` audit event. The
-        high-water mark stays: a rollback is not an install."""
+        high-water mark stays: a rollback is not an install. ``failed``: the install left behind failed (an
+        automatic rollback), so it is no target for a later `host rollback`."""
         with self._tx() as db:
             cur = db.execute("SELECT version, install_id FROM plugins WHERE name = ?", (name,)).fetchone()
             if cur is None:
                 raise PluginNotFound(name)
             db.execute("UPDATE plugins SET version=?, install_id=?, manifest=?, updated_at=? WHERE name=?",
                        (version, install_id, json.dumps(manifest), time.time(), name))
+            if failed:
+                db.execute("DELETE FROM provenance WHERE plugin = ? AND install_id = ?", (name, cur[1]))
             _event(db, name, "rolled_back", {"from": cur[0], "from_install": cur[1], "to": version,
                                              "to_install": install_id, "reason": reason}, who)
+
+    def installs(self, name: str) -> list[InstallRecord]:
+        """The installs of ``name`` the registry knows (the live one and the kept previous ones), newest first."""
+        rows = self._conn().execute("SELECT install_id, version, manifest, installed_at, signer FROM provenance "
+                                    "WHERE plugin = ? ORDER BY installed_at DESC", (name,)).fetchall()
+        return [InstallRecord(str(r[0]), str(r[1]), json.loads(r[2]), float(r[3]), r[4]) for r in rows]
+
+    def forget_install(self, name: str, install_id: str) -> None:
+        """An earlier install's files are gone: it can no longer be rolled back to."""
+        with self._tx() as db:
+            db.execute("DELETE FROM provenance WHERE plugin = ? AND install_id = ?", (name, install_id))
 
     def provenance(self, name: str, install_id: str) -> Provenance | None:
         """None for an install made before the host recorded integrity (it starts unchecked)."""

@@ -108,6 +108,11 @@ class HostSettings(BaseSettings):
     # After an upgrade the previous instance stays up (not serving) this many seconds; if the new one exits or
     # fails its probes meanwhile, the previous one serves again and the registry goes back to it. 0 = off.
     upgrade_probation: float = Field(30.0, ge=0)
+    # Earlier installs of each plugin kept on disk for `host rollback` (besides the live one).
+    keep_installs: int = Field(2, ge=1, le=20)
+    # Before an upgrade the data dir is snapshotted for `host rollback` when it holds at most this many MiB (0 =
+    # never); the snapshot lives under <home>/snapshots/<name>/ as long as the install it belongs to.
+    snapshot_max_mb: int = Field(64, ge=0)
     # Where the disk quota finds mkfs.ext4, resize2fs (e2fsprogs), mount, losetup and unshare (util-linux).
     disk_tools_path: str = "/usr/sbin:/usr/bin:/sbin:/bin"
     # Extra pip arguments for plugin installs (e.g. "--index-url https://mirror/simple").

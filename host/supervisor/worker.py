@@ -508,7 +508,8 @@ class PluginWorker(threading.Thread):
         self._go_live(standby)
         m = standby.spec.manifest
         self.registry.roll_back(self.plugin, m.version, standby.spec.install_id, m.model_dump(mode="json"),
-                                reason=f"the upgrade failed within {self.settings.upgrade_probation:g}s: {info.reason}")
+                                reason=f"the upgrade failed within {self.settings.upgrade_probation:g}s: {info.reason}",
+                                failed=True)
         self.lc.transition(RolledBack(info.reason))
         log.error("%s: the upgraded version failed within its probation (%s); %s %s serves again", self.plugin,
                   info.reason, m.name, m.version)

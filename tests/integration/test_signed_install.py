@@ -110,7 +110,11 @@ def test_cant_install_an_unsigned_bundle_under_require(signed: Signed) -> None:
     assert signed.state() == before
 
 
+V110 = "from flask import Flask\napp = Flask(__name__)\n\n@app.get('/')\ndef index():\n    return 'v1.1.0'\n"
+
+
 def test_another_key_is_refused_until_the_pinned_key_hands_over(signed: Signed) -> None:
+    (signed.home / "data" / NAME / "marker").write_text("data of 1.0.0")
     before = signed.state()
     k1, k2 = key_id(signed.work, "k1"), key_id(signed.work, "k2")
     res = run_host(signed.home, "install", str(signed.source("1.1.0", "k2")), "--yes")
@@ -119,8 +123,11 @@ def test_another_key_is_refused_until_the_pinned_key_hands_over(signed: Signed) 
         f"error: signedapp: signature: signed by key {k2}, but signedapp's publisher is key {k1}; refused")
     assert signed.state() == before
 
-    res = run_host(signed.home, "install", str(signed.source("1.1.0", "k2", previous="k1")), "--yes", check=True)
+    res = run_host(signed.home, "install", str(signed.source("1.1.0", "k2", previous="k1", app=V110)), "--yes",
+                   check=True)
     assert f"key {k1} handed signedapp over to it" in res.stderr
+    assert "snapshotted the data dir of 1.0.0 for `host rollback`" in res.stderr
+    (signed.home / "data" / NAME / "marker").write_text("data of 1.1.0")
     assert signed.host.wait_state(NAME, "running")["version"] == "1.1.0"
     rows = json.loads(run_host(signed.home, "list", "--json", check=True).stdout)
     assert rows[0]["signature"]["key_id"] == k2
@@ -179,23 +186,34 @@ def test_a_new_version_that_crashes_after_start_is_rolled_back_with_no_failed_re
     # crash on. Failures, if any, are requests that reached the crashing instance.
     first_new = next(i for i, (_, text) in enumerate(seen) if text == "v1.2.0")
     last_new = max(i for i, (_, text) in enumerate(seen) if text == "v1.2.0")
-    back = next(i for i in range(last_new, len(seen)) if seen[i] == (200, "steady"))
-    assert set(seen[:first_new]) == {(200, "steady")}
-    assert set(seen[back:]) == {(200, "steady")}, seen[back:]
+    back = next(i for i in range(last_new, len(seen)) if seen[i] == (200, "v1.1.0"))
+    assert set(seen[:first_new]) == {(200, "v1.1.0")}
+    assert set(seen[back:]) == {(200, "v1.1.0")}, seen[back:]
+    assert signed.host.get(f"/plugins/{NAME}/").text == "v1.1.0"
+
+
+def test_host_rollback_restores_the_previous_code_and_its_data(signed: Signed) -> None:
+    # 1.2.0 failed and was rolled back automatically: it is no rollback target; 1.0.0 is, with its snapshot
+    res = run_host(signed.home, "rollback", NAME, check=True)
+    assert res.stderr.strip().splitlines()[-1] == (
+        "==> rolled back signedapp 1.1.0 → 1.0.0: code and data (the snapshot taken before the upgrade)")
+    signed.host.wait_state(NAME, "running")
     assert signed.host.get(f"/plugins/{NAME}/").text == "steady"
+    assert (signed.home / "data" / NAME / "marker").read_text() == "data of 1.0.0"
+    assert Registry(signed.home / "registry.db").require(NAME).version == "1.0.0"
 
 
 def test_a_downgrade_is_refused_unless_allowed_and_then_audited(signed: Signed) -> None:
     before = signed.state()
-    old = signed.source("1.0.0", "k2")
+    old = signed.source("1.0.5", "k2")
     res = run_host(signed.home, "install", str(old), "--yes")
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().splitlines()[-1] == (
-        "error: signedapp: 1.0.0 is older than 1.2.0, the highest version installed here before; refusing a "
+        "error: signedapp: 1.0.5 is older than 1.2.0, the highest version installed here before; refusing a "
         "downgrade (pass --allow-downgrade to install it anyway; it is audited)")
     assert signed.state() == before
 
     run_host(signed.home, "install", str(old), "--yes", "--allow-downgrade", "--no-enable", check=True)
-    assert Registry(signed.home / "registry.db").require(NAME).version == "1.0.0"
+    assert Registry(signed.home / "registry.db").require(NAME).version == "1.0.5"
     event = Registry(signed.home / "registry.db").events(NAME, kinds=["downgrade_allowed"], limit=1)[0]
-    assert event.detail == {"from": "1.2.0", "to": "1.0.0"} and (event.who or "").startswith("local:")
+    assert event.detail == {"from": "1.2.0", "to": "1.0.5"} and (event.who or "").startswith("local:")
