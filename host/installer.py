@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from host import control, integrity, launch, plugin_settings, rootfs, signing, snapshots, trust
+from host import control, integrity, launch, lockfile, plugin_settings, rootfs, signing, snapshots, trust
 from host.bundle import BundleError, copy_bundle
 from host.egress.indexes import index_urls
 from host.egress.point import EgressPoint
@@ -215,7 +215,7 @@ class Installer:
             self.progress(note)
 
         try:
-            uv = uv_command(self.settings.installer, self.settings.pip_args)
+            uv = uv_command(self.settings.installer, self.settings.pip_args, self.settings.wheelhouse)
         except ValueError as exc:
             raise InstallError(name, "choosing the installer", str(exc)) from exc
         self.progress("creating venv")
@@ -236,10 +236,17 @@ class Installer:
         for mod in RUNTIME_MODULES:
             shutil.copyfile(RUNTIME_DIR / mod, site / mod)
 
-        reqs = [*manifest.requirements, *RUNTIME_REQUIREMENTS]
-        self.progress(f"installing {len(reqs)} packages: {', '.join(reqs)}")
-        (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
-        self._pip(name, target, uid, log_path, uv)
+        lock = target / "bundle" / lockfile.LOCK_FILE
+        if lock.is_file():  # the copy: signed (when the bundle is), and root's
+            text = lock.read_text(errors="replace")
+            pinned = lockfile.check(name, text, manifest.requirements)
+            self.progress(f"installing {len(pinned)} locked packages from {lockfile.LOCK_FILE} (--require-hashes)")
+            (target / "requirements.txt").write_text(text)
+        else:
+            reqs = [*manifest.requirements, *RUNTIME_REQUIREMENTS]
+            self.progress(f"installing {len(reqs)} packages: {', '.join(reqs)}")
+            (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
+        self._pip(name, target, uid, log_path, uv, locked=lock.is_file())
         launch.record_runtime_facts(target)
 
         # The entrypoint is imported once, confined exactly as it will run, so a plugin that cannot even
@@ -266,8 +273,10 @@ class Installer:
         policy_path.unlink()
         return report.skipped_symlinks, verified
 
-    def _pip(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None = None) -> None:
-        """pip (or uv) runs confined as the plugin's uid: sdist build scripts are plugin-supplied code."""
+    def _pip(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None = None,
+             locked: bool = False) -> None:
+        """pip (or uv) runs confined as the plugin's uid: sdist build scripts are plugin-supplied code.
+        ``locked``: the requirements are a bundle's requirements.lock, installed with --require-hashes."""
         venv = target / "venv"
         tmp = target / ".tmp"  # pip's HOME and TMPDIR: fresh, and removed when pip is done
         cache = tmp / "cache"  # per install too: build code can write into pip's cache, so no later install reads it
@@ -282,15 +291,17 @@ class Installer:
         if netns_fd is not None:
             policy = dataclasses.replace(policy, network=dataclasses.replace(policy.network, netns_fd=netns_fd))
         launch.write_policy(policy, policy_path)
+        hashes = ("--require-hashes",) if locked else ()
         if uv is not None:
             # --compile-bytecode: the venv is read-only to the plugin, so without it every start recompiles
             # in memory; --link-mode copy: nothing in the venv is a hard link into the (removed) cache.
             pip = [uv.binary, "pip", "install", "--no-config", "--no-progress", "--python",
-                   str(venv / "bin" / "python"), "--compile-bytecode", "--link-mode", "copy", *uv.args,
+                   str(venv / "bin" / "python"), "--compile-bytecode", "--link-mode", "copy", *uv.args, *hashes,
                    "-r", str(target / "requirements.txt")]
         else:
             pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
-                   *index_options(self.settings.pip_args), "-r", str(target / "requirements.txt")]
+                   *index_options(self.settings.pip_args, wheelhouse=self.settings.wheelhouse), *hashes,
+                   "-r", str(target / "requirements.txt")]
         try:
             self._run(name, "installing packages", launch.confined(policy_path, pip), log_path, PIP_TIMEOUT,
                       pass_fds=(netns_fd,) if netns_fd is not None else (), policy=policy)
@@ -503,9 +514,22 @@ def _why(returncode: int, report: ExitReport | None, policy: Policy | None, stde
 
 def _last_line(lines: tuple[str, ...]) -> str:
     # pip puts the useful sentence in the last ERROR line; tracebacks end with the exception line
+    mismatch = _hash_mismatch(lines)
+    if mismatch:
+        return mismatch
     errors = [ln for ln in lines if ln.startswith("ERROR:")]
     pick = errors[0] if errors else (lines[-1] if lines else "failed with no output")
     return pick[:300]
+
+
+def _hash_mismatch(lines: tuple[str, ...]) -> str | None:
+    """pip's --require-hashes refusal, as one line naming the first package and both hashes."""
+    for i, line in enumerate(lines):
+        if line.startswith("Expected sha256") and i > 0 and i + 1 < len(lines):
+            package = lines[i - 1].split(" from ", 1)[0]
+            return (f"{package}: its sha256 is {lines[i + 1].split()[-1]}, but {lockfile.LOCK_FILE} says "
+                    f"{line.split()[-1]} (changed since it was locked? refusing it)")
+    return None
 
 
 def _base_python() -> str:

@@ -120,6 +120,9 @@ class HostSettings(BaseSettings):
     # What installs a plugin's packages: "auto" = uv (the `uv` package installed with the host) when it can
     # express every index option, else pip; "uv" = uv or a clear error; "pip" = always pip. Both run confined.
     installer: Literal["auto", "uv", "pip"] = "auto"
+    # Offline installs: pip takes every package from this directory of wheels and nothing else
+    # (--no-index --find-links DIR; mounted read-only for the confined pip).
+    wheelhouse: Path | None = None
     log_max_bytes: int = Field(5 * 1024 * 1024, ge=4096)
     # Audit events (registry `events`) older than this many days are deleted when `host serve` starts and once a
     # day while it runs; 0 keeps them forever.

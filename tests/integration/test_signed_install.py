@@ -1,10 +1,15 @@
 """Signed bundles end to end (issue 14): install verifies, every start re-checks the installed files, publishers
-are pinned, downgrades are refused. One served host for the module; the tests run in order and build on it."""
+are pinned, downgrades are refused, upgrades roll back, dependencies can be locked and installed offline. One
+served host for the module, installing from a wheelhouse (HOST_WHEELHOUSE); the tests run in order and build on
+it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,13 +30,18 @@ class Signed:
     home: Path
     host: ServedHost
     work: Path
+    lock: str = ""  # a requirements.lock of the wheelhouse: every wheel pinned with its sha256
 
-    def source(self, version: str, key: str | None, previous: str | None = None, app: str | None = None) -> Path:
-        """The steady fixture as NAME ``version``, signed by ``key`` (None: unsigned); ``app``: its app.py."""
+    def source(self, version: str, key: str | None, previous: str | None = None, app: str | None = None,
+               lock: str | None = None) -> Path:
+        """The steady fixture as NAME ``version``, signed by ``key`` (None: unsigned); ``app``: its app.py;
+        ``lock``: its requirements.lock."""
         src = self.work / f"{NAME}-{version}-{key}-{previous}"
         shutil.copytree(FIXTURES / "steady", src)
         if app is not None:
             (src / "app.py").write_text(app)
+        if lock is not None:
+            (src / "requirements.lock").write_text(lock)
         (src / "plugin.toml").write_text(f'name = "{NAME}"\nversion = "{version}"\nentrypoint = "app:app"\n')
         if key is not None:
             extra = ("--previous-key", str(self.work / previous)) if previous else ()
@@ -48,16 +58,27 @@ class Signed:
         return rec.version, rec.install_id, tuple(sorted(p.name for p in (self.home / "plugins" / NAME).iterdir()))
 
 
+def wheelhouse(into: Path) -> str:
+    """Download the runtime's wheels (from pip's configured index) into ``into``; returns their lock."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(into),
+                    "flask>=2.2", "gunicorn>=23"], check=True, capture_output=True, timeout=300)
+    return "".join(f"{w.name.split('-')[0]}=={w.name.split('-')[1]} \\\n"
+                   f"    --hash=sha256:{hashlib.sha256(w.read_bytes()).hexdigest()}\n"
+                   for w in sorted(into.glob("*.whl")))
+
+
 @pytest.fixture(scope="module")
 def signed() -> Iterator[Signed]:
-    with short_home() as home:
+    with short_home() as home, pytest.MonkeyPatch.context() as mp:
         work = home.parent / "work"
         work.mkdir()
+        mp.setenv("HOST_WHEELHOUSE", str(work / "wheels"))  # every install and the served host: offline
         for key in ("k1", "k2"):
             run_host(home, "keygen", str(work / key), check=True)
-        ctx = Signed(home, ServedHost(home), work)
-        out = run_host(home, "install", str(ctx.source("1.0.0", "k1")), "--yes", check=True)
+        ctx = Signed(home, ServedHost(home), work, wheelhouse(work / "wheels"))
+        out = run_host(home, "install", str(ctx.source("1.0.0", "k1", lock=ctx.lock)), "--yes", check=True)
         assert "pinned as signedapp's publisher (trust on first use)" in out.stderr
+        assert "locked packages from requirements.lock (--require-hashes)" in out.stderr
         ctx.host.start(wait_plugins=(NAME,))
         try:
             yield ctx
@@ -69,6 +90,19 @@ def key_id(work: Path, key: str) -> str:
     from host.signing import key_id as kid
 
     return kid((work / f"{key}.pub").read_text().strip())
+
+
+def test_cant_install_a_locked_package_whose_hash_differs(signed: Signed) -> None:
+    before = signed.state()
+    first = signed.lock.split("--hash=sha256:")[1][:64]
+    forged = signed.lock.replace(first, "0" * 64, 1)
+    res = run_host(signed.home, "install", str(signed.source("1.0.1", "k1", lock=forged)), "--yes")
+    assert res.returncode == 1, res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: signedapp: install failed while installing packages: "
+                           f"{signed.lock.split(' ')[0]}: its sha256 is {first}, but requirements.lock says {'0' * 64} "
+                           "(changed since it was locked? refusing it)"), line
+    assert signed.state() == before
 
 
 def test_host_list_shows_who_signed_it(signed: Signed) -> None:
