@@ -29,7 +29,7 @@ from host.egress.rules import Grant, index_destinations
 from host.errors import HostError, InstallError, UnsafeTree, UsageError
 from host.exits import Cause, ExitReport, Limits, classify
 from host.layout import Layout
-from host.pip_options import UvCommand, index_options, redact, uv_command
+from host.pip_options import UvCommand, index_options, redact, uv_command, without_constraints
 from host.quota import Quota, ensure_mounted, release, remove
 from host.registry import Provenance, Registry
 from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
@@ -291,16 +291,17 @@ class Installer:
         if netns_fd is not None:
             policy = dataclasses.replace(policy, network=dataclasses.replace(policy.network, netns_fd=netns_fd))
         launch.write_policy(policy, policy_path)
+        locking: Callable[[Sequence[str]], Sequence[str]] = without_constraints if locked else tuple
         hashes = ("--require-hashes",) if locked else ()
         if uv is not None:
             # --compile-bytecode: the venv is read-only to the plugin, so without it every start recompiles
             # in memory; --link-mode copy: nothing in the venv is a hard link into the (removed) cache.
             pip = [uv.binary, "pip", "install", "--no-config", "--no-progress", "--python",
-                   str(venv / "bin" / "python"), "--compile-bytecode", "--link-mode", "copy", *uv.args, *hashes,
-                   "-r", str(target / "requirements.txt")]
+                   str(venv / "bin" / "python"), "--compile-bytecode", "--link-mode", "copy", *locking(uv.args),
+                   *hashes, "-r", str(target / "requirements.txt")]
         else:
             pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
-                   *index_options(self.settings.pip_args, wheelhouse=self.settings.wheelhouse), *hashes,
+                   *locking(index_options(self.settings.pip_args, wheelhouse=self.settings.wheelhouse)), *hashes,
                    "-r", str(target / "requirements.txt")]
         try:
             self._run(name, "installing packages", launch.confined(policy_path, pip), log_path, PIP_TIMEOUT,
@@ -523,12 +524,17 @@ def _last_line(lines: tuple[str, ...]) -> str:
 
 
 def _hash_mismatch(lines: tuple[str, ...]) -> str | None:
-    """pip's --require-hashes refusal, as one line naming the first package and both hashes."""
+    """pip's or uv's --require-hashes refusal, as one line naming the first package and both hashes."""
+    found: tuple[str, str, str] | None = None
     for i, line in enumerate(lines):
-        if line.startswith("Expected sha256") and i > 0 and i + 1 < len(lines):
-            package = lines[i - 1].split(" from ", 1)[0]
-            return (f"{package}: its sha256 is {lines[i + 1].split()[-1]}, but {lockfile.LOCK_FILE} says "
-                    f"{line.split()[-1]} (changed since it was locked? refusing it)")
+        if line.startswith("Expected sha256") and 0 < i < len(lines) - 1:  # pip
+            found = lines[i - 1].split(" from ", 1)[0], line.split()[-1], lines[i + 1].split()[-1]
+        elif "Hash mismatch for `" in line and i + 4 < len(lines):  # uv: Expected:, sha256:..., Computed:, ...
+            found = line.split("`")[1], lines[i + 2].removeprefix("sha256:"), lines[i + 4].removeprefix("sha256:")
+        if found:
+            package, expected, got = found
+            return (f"{package}: its sha256 is {got}, but {lockfile.LOCK_FILE} says {expected} (changed since it "
+                    "was locked? refusing it)")
     return None
 
 

@@ -146,6 +146,21 @@ def _option_values(args: list[str]) -> Iterable[tuple[str, str]]:
         i += 1
 
 
+def without_constraints(args: Iterable[str]) -> list[str]:
+    """``args`` without --constraint/-c options: a lock pins every package with hashes, so constraints have
+    nothing left to decide (and uv's --require-hashes would demand hashes of the constraints themselves)."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--constraint", "-c"):
+            skip = True
+        elif not arg.startswith(("--constraint=", "-c")):
+            out.append(arg)
+    return out
+
+
 def redact(argv: list[str]) -> list[str]:
     """``argv`` with the password of every ``scheme://user:password@host`` replaced, for logs."""
     return [_CREDENTIALS.sub(r"\1:****@", a) for a in argv]

@@ -45,8 +45,13 @@ def test_a_hash_mismatch_is_one_line_naming_the_package() -> None:
     pip = ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE. If you have updated ...",
            "blinker==1.9.0 from file:///w/blinker-1.9.0-py3-none-any.whl (from -r /x/requirements.txt (line 1)):",
            "Expected sha256 " + "0" * 64, "Got        " + "b" * 64)
-    assert _last_line(pip) == (f"blinker==1.9.0: its sha256 is {'b' * 64}, but requirements.lock says {'0' * 64} "
-                               "(changed since it was locked? refusing it)")
+    said = (f"blinker==1.9.0: its sha256 is {'b' * 64}, but requirements.lock says {'0' * 64} "
+            "(changed since it was locked? refusing it)")
+    assert _last_line(pip) == said
+    uv = ("Resolved 8 packages in 8ms", "error: Failed to download `blinker==1.9.0`",
+          "cause: Hash mismatch for `blinker==1.9.0`", "Expected:", "sha256:" + "0" * 64, "Computed:",
+          "sha256:" + "b" * 64)
+    assert _last_line(uv) == said
 
 
 def test_a_wheelhouse_replaces_every_package_source_and_is_mounted_for_pip(tmp_path: Path) -> None:
@@ -56,3 +61,7 @@ def test_a_wheelhouse_replaces_every_package_source_and_is_mounted_for_pip(tmp_p
     args = index_options("", environ={}, config_files=[str(conf)], wheelhouse=tmp_path)
     assert args == ["--timeout", "60", "--no-index", "--find-links", str(tmp_path)]
     assert local_paths(args) == (str(tmp_path),)
+    # uv gets the same: the wheelhouse and nothing else
+    from host.pip_options import uv_arguments
+
+    assert uv_arguments(args) == (["--no-index", "--find-links", str(tmp_path)], {"UV_HTTP_TIMEOUT": "60"})
