@@ -236,11 +236,14 @@ class Lifecycle:
                 self._expect(st, *SERVING)
                 self.reason = f"restart failed, the previous instance keeps serving: {reason}"
             case RolledBack(reason=reason):
-                # RUNNING/DEGRADED -> RUNNING: the previous instance serves again; the failed upgrade is not
-                # counted against it (it never failed), and the reason says why it is the old version.
-                self._expect(st, *SERVING)
+                # RUNNING/DEGRADED (its workers quarantined it: QUARANTINED) -> RUNNING: the previous instance
+                # serves again; the failed upgrade's failures are not counted against it, and the reason says
+                # why it is the old version.
+                self._expect(st, *SERVING, State.QUARANTINED)
                 self._go(State.RUNNING)
                 self.running_since = now
+                self.failures.clear()
+                self.last_worker_death = None
                 self.reason = f"upgrade rolled back, the previous version serves again: {reason}"
             case Abandoned(reason=reason):
                 # any -> STOPPED: the worker stopped the instance after an internal error.

@@ -607,6 +607,12 @@ class PluginWorker(threading.Thread):
             self._note(info)
             if state == State.QUARANTINED:
                 # Its workers keep dying: stop the whole instance, loudly (no grace: it is failing as it is).
+                if self._standby is not None:  # an upgrade on probation: the previous version takes over
+                    self._point_public_socket(self._standby)
+                    inst.kill()
+                    inst.cleanup()
+                    self._roll_back(info)
+                    return True
                 inst.kill()
                 inst.cleanup()
                 self.instance = None
