@@ -31,7 +31,7 @@ from host.exits import Cause, ExitReport, Limits, classify
 from host.layout import Layout
 from host.pip_options import UvCommand, index_options, redact, uv_command, without_constraints
 from host.quota import Quota, ensure_mounted, release, remove
-from host.registry import Provenance, Registry
+from host.registry import InstallRecord, Provenance, Registry
 from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
 from host.settings import HostSettings
 from host.uids import UidFile
@@ -419,6 +419,17 @@ class Installer:
                 self.registry.forget_install(name, gone)
         snapshots.forget(self.layout, name, keep)
 
+    def rollback_target(self, name: str, to: str | None = None) -> InstallRecord:
+        """The kept earlier install `host rollback` returns to: the newest, or the one whose version or install
+        id is ``to``. UsageError (one line) when there is none."""
+        rec = self.registry.require(name)
+        kept = [i for i in self.registry.installs(name) if i.install_id != rec.install_id
+                and self.layout.install_dir(name, i.install_id).is_dir() and to in (None, i.version, i.install_id)]
+        if not kept:
+            raise UsageError(f"no earlier install{f' {to}' if to else ''} is kept to roll back to (see "
+                             "HOST_KEEP_INSTALLS)", plugin=name)
+        return kept[0]
+
     def roll_back(self, name: str, to: str | None = None) -> tuple[str, str, bool]:
         """Make the newest kept earlier install (or the one whose version or install id is ``to``) live again,
         with the data dir as it was before the upgrade away from it when a snapshot was kept. The plugin must
@@ -426,12 +437,7 @@ class Installer:
         data is snapshotted first, to its own install, so a failed restore puts it back."""
         with home_lock(self.layout):
             rec = self.registry.require(name)
-            kept = [i for i in self.registry.installs(name) if i.install_id != rec.install_id
-                    and self.layout.install_dir(name, i.install_id).is_dir() and to in (None, i.version, i.install_id)]
-            if not kept:
-                raise UsageError(f"no earlier install{f' {to}' if to else ''} is kept to roll back to (see "
-                                 "HOST_KEEP_INSTALLS)", plugin=name)
-            target = kept[0]
+            target = self.rollback_target(name, to)
             restored = False
             if snapshots.path(self.layout, name, target.install_id).is_dir():
                 manifest = parse_manifest(target.manifest, f"registry:{name}")

@@ -100,12 +100,14 @@ def rollback(settings: HostSettings, registry: Registry, layout: Layout, name: s
     """Stop plugin ``name``, return it to a kept earlier install (and its data snapshot), start it again if it
     was enabled. Returns (from version, to version, data restored)."""
     rec = registry.require(name)
+    installer = Installer(settings, registry, progress, who=who)
+    installer.rollback_target(name, to)  # none kept: say so before stopping anything
     if rec.enabled:
         registry.set_enabled(name, False, who=who)
         tell(layout, "reload")
         stopped(settings, layout, name, "rolling back")
     try:
-        result = Installer(settings, registry, progress, who=who).roll_back(name, to)
+        result = installer.roll_back(name, to)
     finally:
         if rec.enabled:
             registry.set_enabled(name, True, who=who)

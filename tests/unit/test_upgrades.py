@@ -100,3 +100,16 @@ def test_a_narrowing_upgrade_needs_no_new_consent(
     code, err = install(monkeypatch, capsys, home, source(tmp_path / "v2", "1.1.0", ""), "--yes")
     assert code == 1 and "stopped here by the test" in err
     assert "  narrowed: network.outbound: − api.example.com:443" in err
+
+
+def test_rollback_without_a_kept_install_says_so_and_changes_nothing(
+        home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    events = len(Registry(home / "registry.db").events("demo"))
+    monkeypatch.setattr(sys, "argv", ["host", "--home", str(home), "rollback", "demo", "--to", "0.9"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: demo: no earlier install 0.9 is kept to roll back to (see "
+                                               "HOST_KEEP_INSTALLS)")
+    reg = Registry(home / "registry.db")
+    assert reg.require("demo").enabled and len(reg.events("demo")) == events
