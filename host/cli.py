@@ -131,7 +131,7 @@ def install(obj: Ctx, path: Path, grant: str | None, yes: bool, no_enable: bool,
             return True
         if diff is not None and diff.widened and not grant_widened:
             if yes or not sys.stdin.isatty():
-                raise upgrades.WidenedNotGranted(m.name, diff)
+                raise diff.refusal(m.name)
             return click.confirm("Grant the widened permissions and upgrade?", default=False, err=True)
         if yes or grant_widened:
             return True

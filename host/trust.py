@@ -14,16 +14,10 @@ from dataclasses import dataclass, field
 
 from packaging.version import Version
 
-from host.errors import SignatureError, UsageError
+from host.errors import DowngradeRefused, SignatureError, UsageError
 from host.registry import Registry
 from host.settings import HostSettings
 from host.signing import Verified, key_id, parse_public
-
-
-class DowngradeRefused(UsageError):
-    def __init__(self, plugin: str, version: str, high: str) -> None:
-        super().__init__(f"{version} is older than {high}, the highest version installed here before; refusing a "
-                         "downgrade (pass --allow-downgrade to install it anyway; it is audited)", plugin=plugin)
 
 
 @dataclass(frozen=True)

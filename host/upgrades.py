@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from host import consent, declarative
-from host.errors import UsageError
+from host.errors import WidenedNotGranted
 from host.layout import Layout
 from host.registry import Registry
 from manifests import Manifest, ManifestError, Permissions, parse_manifest
@@ -19,19 +19,14 @@ class PermissionDiff:
     widened: tuple[str, ...]
     narrowed: tuple[str, ...]
 
+    def refusal(self, plugin: str) -> WidenedNotGranted:
+        return WidenedNotGranted(plugin, self.old_version, self.new_version, self.widened)
+
     def lines(self) -> list[str]:
         if not self.widened and not self.narrowed:
             return [f"permissions: unchanged since {self.old_version}"]
         return ([f"permissions changed since {self.old_version}:"] + [f"  widened:  {w}" for w in self.widened]
                 + [f"  narrowed: {n}" for n in self.narrowed])
-
-
-class WidenedNotGranted(UsageError):
-    def __init__(self, plugin: str, diff: PermissionDiff) -> None:
-        self.diff = diff
-        super().__init__(f"upgrading {diff.old_version} → {diff.new_version} widens its permissions "
-                         f"({'; '.join(diff.widened)}); --yes does not grant a widening: pass --grant-widened (or "
-                         f"--grant FILE); {diff.old_version} stays installed and serving", plugin=plugin)
 
 
 def granted_before(registry: Registry, layout: Layout, name: str) -> tuple[str, Permissions] | None:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from host import integrity, signing, trust
 from host.archive import extract
 from host.bundle import copy_bundle
-from host.errors import IntegrityError, SignatureError, UsageError
+from host.errors import DowngradeRefused, IntegrityError, SignatureError, UsageError
 from host.registry import Provenance, Registry
 from host.risk import assess
 from host.settings import HostSettings
@@ -242,7 +242,7 @@ def test_a_downgrade_below_the_high_water_mark_is_refused_even_after_uninstall(t
     commit(reg, "1.5.0", trust.Decision(), None)  # (as --allow-downgrade would) the mark stays at 2.0.0
     reg.remove("demo")
     assert reg.high_water("demo") == "2.0.0"
-    with pytest.raises(trust.DowngradeRefused) as err:
+    with pytest.raises(DowngradeRefused) as err:
         trust.check_version(reg, "demo", "1.9.9", trust.Overrides())
     assert str(err.value) == ("demo: 1.9.9 is older than 2.0.0, the highest version installed here before; refusing "
                               "a downgrade (pass --allow-downgrade to install it anyway; it is audited)")
