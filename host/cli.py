@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from host import apply_cli, control, operations, origins
+from host import apply_cli, control, operations, origins, sign_cli
 from host.errors import HostError, NotGranted, SupervisorUnavailable, UsageError
 from host.installer import Installer
 from host.layout import Layout
@@ -87,17 +87,26 @@ def permission_summary(m: Manifest) -> list[str]:
               help="Consent without a terminal: the permissions you grant, shaped like the manifest's "
                    "[permissions] (FILE.json, FILE.toml, or '-' for standard input). A plugin asking for more is "
                    "refused, one line per permission, and nothing is installed. Use instead of --yes.")
-@click.option("--yes", "-y", is_flag=True, help="Grant the requested permissions without asking.")
+@click.option("--yes", "-y", is_flag=True, help="Grant the requested permissions without asking (but not an upgrade's "
+              "widening of them: see --grant-widened).")
+@click.option("--grant-widened", is_flag=True, help="Grant what an upgrade adds to the installed version's "
+              "permissions (a new egress destination, more memory...), which --yes alone does not; implies --yes.")
 @click.option("--no-enable", is_flag=True, help="Install but leave disabled.")
 @click.option("--force", is_flag=True, help="Reinstall even if this version is already installed.")
 @click.option("--set", "values", multiple=True, metavar="KEY=VALUE",
               help="A value for one of the plugin's [settings] (repeatable); see `host config`.")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Install a version older than the highest one installed here before (audited).")
+@click.option("--trust-new-key", is_flag=True,
+              help="Accept a bundle signed by another key than the plugin's pinned publisher, and pin that key "
+                   "(audited). Prefer a succession statement from the old key (`host sign --previous-key`).")
 @click.pass_obj
 def install(obj: Ctx, path: Path, grant: str | None, yes: bool, no_enable: bool, force: bool,
-            values: tuple[str, ...]) -> None:
+            values: tuple[str, ...], allow_downgrade: bool, trust_new_key: bool, grant_widened: bool) -> None:
     """Install the plugin in PATH (a directory, or a .zip, .tar.gz/.tgz or .tar archive of one) into its own
     virtualenv."""
-    from host import archive, consent, declarative
+    from host import archive, consent, declarative, upgrades
+    from host.trust import Overrides
 
     if grant is not None and yes:
         raise UsageError("--grant replaces --yes: pass one of them")
@@ -105,27 +114,36 @@ def install(obj: Ctx, path: Path, grant: str | None, yes: bool, no_enable: bool,
     if granted is not None:
         consent.parse_grant(granted)  # a bad grant is bad input before anything happens
 
+    settings = obj.settings()
+    layout = obj.layout(create=True)
+    registry = Registry(layout.registry)
+
     def confirm(m: Manifest) -> bool:
         for line in permission_summary(m):
             click.echo(f"    {line}", err=True)
-        if granted is not None:
+        diff = upgrades.diff_for(registry, layout, m)
+        for line in diff.lines() if diff else ():
+            click.echo(f"    {printable(line)}", err=True)
+        if granted is not None:  # an explicit grant is consent to everything it covers, a widening too
             beyond = consent.excess(m, granted)
             if beyond:
                 raise NotGranted(m.name, beyond)
             return True
-        if yes:
+        if diff is not None and diff.widened and not grant_widened:
+            if yes or not sys.stdin.isatty():
+                raise diff.refusal(m.name)
+            return click.confirm("Grant the widened permissions and upgrade?", default=False, err=True)
+        if yes or grant_widened:
             return True
         if not sys.stdin.isatty():
             raise click.UsageError("grant these permissions interactively, or pass --grant FILE (or --yes)")
         return click.confirm("Install with these permissions?", default=False, err=True)
 
-    settings = obj.settings()
-    layout = obj.layout(create=True)
-    registry = Registry(layout.registry)
     t0 = time.monotonic()
     with archive.unpacked(path, layout, progress=progress) as bundle:
         result = Installer(settings, registry, progress, who=local_who()).install(
-            bundle, enable=not no_enable, force=force, confirm=confirm, settings=values)
+            bundle, enable=not no_enable, force=force, confirm=confirm, settings=values,
+            overrides=Overrides(allow_downgrade=allow_downgrade, trust_new_key=trust_new_key))
     if not result.changed:
         return
     name = result.manifest.name
@@ -175,13 +193,32 @@ def uninstall(obj: Ctx, name: str, keep_data: bool) -> None:
                                         "nothing of it is left but its events in the audit log"))
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--to", metavar="VERSION", help="The kept install to return to (a version or install id); default: "
+              "the newest one before the live install.")
+@click.pass_obj
+def rollback(obj: Ctx, name: str, to: str | None) -> None:
+    """Return plugin NAME to its previous install (kept on disk, see HOST_KEEP_INSTALLS), with its data dir as
+    it was before the upgrade when a snapshot was kept (HOST_SNAPSHOT_MAX_MB). The plugin is stopped meanwhile."""
+    layout = obj.layout()
+    old, new, restored = operations.rollback(obj.settings(), Registry(layout.registry), layout, name, local_who(),
+                                             progress, to)
+    progress(f"rolled back {name} {old} → {new}: " + ("code and data (the snapshot taken before the upgrade)"
+                                                      if restored else "code; no data snapshot was kept, the data "
+                                                      "is as it was"))
+
+
 @cli.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def list_(obj: Ctx, as_json: bool) -> None:
     """Installed plugins: name, version, state, pid, restarts."""
+    from host.signing import signature_badge
+
     layout = obj.layout()
-    records = Registry(layout.registry).all()
+    registry = Registry(layout.registry)
+    records = registry.all()
     status = _supervisor(layout, "status") or {}
     live = status.get("plugins", {})
     rows = []
@@ -192,7 +229,8 @@ def list_(obj: Ctx, as_json: bool) -> None:
                      "state": state if r.enabled else "disabled", "pid": st.get("pid"),
                      "restarts": st.get("restarts", 0), "reason": st.get("reason"),
                      "failures": st.get("failures", 0), "last_exit": st.get("last_exit"),
-                     "egress_refused": st.get("egress_refused", 0)})
+                     "egress_refused": st.get("egress_refused", 0),
+                     "signature": signature_badge(registry.provenance(r.name, r.install_id))})
     # None: no disk image mounted (the host is not serving, or runs without the disk layer)
     disks = {r.name: disk_usage(layout, r.name) for r in records}
     for row in rows:
@@ -204,9 +242,12 @@ def list_(obj: Ctx, as_json: bool) -> None:
     if not rows:
         click.echo("no plugins installed")
         return
-    click.echo(f"{'NAME':<20} {'VERSION':<10} {'STATE':<12} {'PID':<8} {'RESTARTS':<8} {'DISK':<30} REASON")
+    click.echo(f"{'NAME':<20} {'VERSION':<10} {'SIGNED':<16} {'STATE':<12} {'PID':<8} {'RESTARTS':<8} {'DISK':<30} "
+               "REASON")
     for row in rows:
-        click.echo(printable(f"{row['name']:<20} {row['version']:<10} {row['state']:<12} {row['pid'] or '-'!s:<8} "
+        sig = row["signature"]
+        click.echo(printable(f"{row['name']:<20} {row['version']:<10} {sig['badge']:<16} {row['state']:<12} "
+                             f"{row['pid'] or '-'!s:<8} "
                              f"{row['restarts']:<8} {usage_cell(disks[row['name']]):<30} {row['reason'] or ''}"))
 
 
@@ -581,6 +622,8 @@ def audit(obj: Ctx, plugin: str | None, lines: int, as_json: bool) -> None:
 
 
 cli.add_command(apply_cli.apply)
+cli.add_command(sign_cli.keygen)
+cli.add_command(sign_cli.sign)
 cli.add_command(apply_cli.export)
 
 

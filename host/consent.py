@@ -26,8 +26,28 @@ def excess(manifest: Manifest, granted: dict[str, Any]) -> list[str]:
     """One line per permission ``manifest`` asks beyond ``granted`` (a ``[permissions]``-shaped dict, e.g.
     ``"resources.memory_mb: 512 > granted 256"``); empty when the grant covers it all. UsageError when
     ``granted`` is not a valid permissions table."""
-    grant = parse_grant(granted)
-    asked = manifest.permissions
+    return _beyond(manifest.permissions, parse_grant(granted))
+
+
+def upgrade_diff(old: Permissions, new: Permissions) -> tuple[list[str], list[str]]:
+    """What an upgrade changes, as (widened, narrowed) lines: ``old`` is what the installed version was granted,
+    ``new`` what the new version asks. Widened: added or larger (``resources.memory_mb: 256 → 1024``, ``network.
+    outbound: + api.example.com:443``); narrowed: removed or smaller. Only a widening needs consent again."""
+    return [_arrow(line, forward=True) for line in _beyond(new, old)], \
+        [_arrow(line, forward=False) for line in _beyond(old, new)]
+
+
+def _arrow(line: str, forward: bool) -> str:
+    """An excess line as a change: "x: 1024 > granted 256" -> "x: 256 → 1024" (forward) or "x: 1024 → 256";
+    "x: thing not granted" -> "x: + thing" (forward) or "x: − thing"."""
+    field, _, rest = line.partition(": ")
+    if " > granted " in rest:
+        asked, granted = rest.split(" > granted ", 1)
+        return f"{field}: {granted} → {asked}" if forward else f"{field}: {asked} → {granted}"
+    return f"{field}: {'+' if forward else '−'} {rest.removesuffix(' not granted')}"
+
+
+def _beyond(asked: Permissions, grant: Permissions) -> list[str]:
     lines = _network(asked.network, grant.network)
     lines += _paths("filesystem.read", asked.filesystem.read, (*grant.filesystem.read, *grant.filesystem.write))
     lines += _paths("filesystem.write", asked.filesystem.write, grant.filesystem.write)

@@ -5,7 +5,12 @@ HostError                       exit code 1 unless stated
  │    ├── PluginNotFound        no such installed plugin
  │    ├── SettingsError         a value for a plugin's [settings] is invalid or undeclared; ``key`` names it
  │    ├── ArchiveError          a plugin archive is refused (unsafe, too big, unreadable); ``member`` names it
- │    └── NotGranted            the manifest asks for permissions the operator's --grant does not give; ``lines``
+ │    ├── NotGranted            the manifest asks for permissions the operator's --grant does not give; ``lines``
+ │    ├── SignatureError        a bundle's signature is missing (HOST_SIGNATURES=require), invalid, from an
+ │    │                         untrusted publisher, or a file differs from it; ``path`` names the file
+ │    ├── DowngradeRefused      a version below the plugin's high-water mark, without --allow-downgrade
+ │    └── WidenedNotGranted     an upgrade widens permissions and only --yes was given; ``widened`` lists them
+ ├── IntegrityError             an installed plugin's code or venv changed since install: it must not start; ``path``
  ├── MissingSettings            a required setting has no value: the plugin cannot start; ``keys`` names them
  ├── InstallError               an install step failed; ``step`` names it, ``log`` points at the kept log
  ├── RegistryError              the registry could not be read or written
@@ -63,6 +68,39 @@ class NotGranted(UsageError):
     def __init__(self, plugin: str, lines: list[str]) -> None:
         self.lines = lines
         super().__init__("; ".join(lines), plugin=plugin)
+
+
+class SignatureError(UsageError):
+    """One line: ``<plugin>: signature: <file>: <reason>`` (host.signing)."""
+
+    def __init__(self, plugin: str | None, path: str | None, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__("signature: " + (f"{path}: {reason}" if path else reason), plugin=plugin)
+
+
+class DowngradeRefused(UsageError):
+    def __init__(self, plugin: str, version: str, high: str) -> None:
+        super().__init__(f"{version} is older than {high}, the highest version installed here before; refusing a "
+                         "downgrade (pass --allow-downgrade to install it anyway; it is audited)", plugin=plugin)
+
+
+class WidenedNotGranted(UsageError):
+    def __init__(self, plugin: str, old_version: str, new_version: str, widened: tuple[str, ...]) -> None:
+        self.widened = widened
+        super().__init__(f"upgrading {old_version} → {new_version} widens its permissions ({'; '.join(widened)}); "
+                         "--yes does not grant a widening: pass --grant-widened (or --grant FILE); "
+                         f"{old_version} stays installed and serving", plugin=plugin)
+
+
+class IntegrityError(HostError):
+    """An installed file differs from what was recorded at install (host.integrity); ``detail`` has no plugin
+    name in front (`host list` shows it in its own column)."""
+
+    def __init__(self, plugin: str, path: str, reason: str) -> None:
+        self.path = path
+        self.detail = f"integrity: {path}: {reason}; refusing to start it (reinstall it: `host install --force`)"
+        super().__init__(self.detail, plugin=plugin)
 
 
 class MissingSettings(HostError):

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from host import control, launch, plugin_settings, rootfs
+from host import control, integrity, launch, lockfile, plugin_settings, rootfs, signing, snapshots, trust
 from host.bundle import BundleError, copy_bundle
 from host.egress.indexes import index_urls
 from host.egress.point import EgressPoint
@@ -29,13 +29,13 @@ from host.egress.rules import Grant, index_destinations
 from host.errors import HostError, InstallError, UnsafeTree, UsageError
 from host.exits import Cause, ExitReport, Limits, classify
 from host.layout import Layout
-from host.pip_options import UvCommand, index_options, redact, uv_command
+from host.pip_options import UvCommand, index_options, redact, uv_command, without_constraints
 from host.quota import Quota, ensure_mounted, release, remove
-from host.registry import Registry
+from host.registry import InstallRecord, Provenance, Registry
 from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
 from host.settings import HostSettings
 from host.uids import UidFile
-from manifests import Manifest, load_manifest
+from manifests import Manifest, load_manifest, parse_manifest
 from manifests.entrypoint import check_entrypoint
 from manifests.settings import Value
 from sandbox_runner.errors import SETUP_EXIT_CODES
@@ -61,6 +61,7 @@ class InstallResult:
     changed: bool  # False when the same version was already installed (no-op)
     skipped_symlinks: tuple[str, ...] = ()
     missing_settings: tuple[str, ...] = ()  # required settings without a value: it cannot start yet
+    signer: str | None = None  # the key id that signed the bundle (None: unsigned, or HOST_SIGNATURES=off)
 
 
 @contextmanager
@@ -107,8 +108,10 @@ class Installer:
         self.progress = progress
 
     def install(self, source: Path, *, enable: bool = True, force: bool = False,
-                confirm: Callable[[Manifest], bool] | None = None, settings: Sequence[str] = ()) -> InstallResult:
-        """``settings``: ``key=value`` words for the manifest's [settings] (`host install --set`)."""
+                confirm: Callable[[Manifest], bool] | None = None, settings: Sequence[str] = (),
+                overrides: trust.Overrides = trust.Overrides()) -> InstallResult:  # noqa: B008 - frozen
+        """``settings``: ``key=value`` words for the manifest's [settings] (`host install --set`); ``overrides``:
+        what the operator explicitly allowed (a downgrade, a new publisher key), audited."""
         self.progress(f"resolving {source}")
         if not source.is_dir():
             raise UsageError(f"{source}: not a plugin directory")
@@ -126,6 +129,10 @@ class Installer:
             self.progress(f"{name} {manifest.version} is already installed (use --force to reinstall"
                           + (f"; `host config {name} KEY=VALUE` to change settings)" if given else ")"))
             return InstallResult(manifest, existing.install_id, changed=False)
+        decision = trust.check_version(self.registry, name, manifest.version, overrides)
+        if self.settings.signatures != "off" and not (source / signing.SIGNATURE_FILE).is_file():
+            self.progress("the bundle is unsigned" + (" (HOST_SIGNATURES=require refuses it)"
+                                                      if self.settings.signatures == "require" else ""))
         if confirm is not None and not confirm(manifest):
             raise InstallError(name, "asking for consent", "declined; nothing was installed")
 
@@ -143,11 +150,17 @@ class Installer:
                               f"declared by {name} {manifest.version}, or no longer valid for its type")
             values = {**kept, **given}
             try:
-                skipped = self._build(source, manifest, target, log_path, uid_index, values)
+                skipped, verified = self._build(source, manifest, target, log_path, uid_index, values,
+                                                (overrides, decision))
+                self.progress("recording file hashes")
+                digest = integrity.record(target)
+                if existing is not None:
+                    self._snapshot(manifest, existing.install_id, existing.version, uid_index)
                 self.progress("registering")
                 self.registry.put(name, manifest.version, install_id, manifest.model_dump(mode="json"),
                                   enabled=enable if existing is None else (existing.enabled and enable),
-                                  uid_index=uid_index, plugin_settings=values, who=self.who)
+                                  uid_index=uid_index, plugin_settings=values, who=self.who,
+                                  provenance=Provenance(digest, verified.key if verified else None), pin=decision.pin)
                 (target / PARTIAL_MARKER).unlink()
             except BaseException:
                 self._quota_after_install(name, failed_first=self.layout.data(name) in fresh)
@@ -159,11 +172,13 @@ class Installer:
                         leftover.unlink(missing_ok=True)
                 sweep(self.layout, self.registry)
                 raise
+            for kind, detail in decision.audit:
+                self.registry.record(name, kind, who=self.who, **detail)
             self._quota_after_install(name, failed_first=False)
-            self._drop_old_installs(name, keep={install_id, existing.install_id if existing else "",
-                                                *self._serving_install_ids(name)})
+            self._drop_old_installs(name, install_id, existing.install_id if existing else None)
         return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped),
-                             missing_settings=tuple(plugin_settings.missing(manifest, values)))
+                             missing_settings=tuple(plugin_settings.missing(manifest, values)),
+                             signer=verified.key_id if verified else None)
 
     def _uid_index(self, name: str) -> int:
         """The plugin's uid index in this home. A root host takes the uid from the machine-wide uid file, so
@@ -176,7 +191,8 @@ class Installer:
                                                      None if own is None else base + own) - base
 
     def _build(self, source: Path, manifest: Manifest, target: Path, log_path: Path, uid_index: int,
-               values: dict[str, Value]) -> list[str]:
+               values: dict[str, Value], trusted: tuple[trust.Overrides, trust.Decision],
+               ) -> tuple[list[str], signing.Verified | None]:
         name = manifest.name
         uid = launch.plugin_uid(self.settings, uid_index)
         target.mkdir(parents=True)
@@ -191,9 +207,15 @@ class Installer:
         for s in report.skipped_symlinks:
             self.progress(f"warning: skipped symlink {s} (points outside the plugin directory)")
         self.progress(f"copied {report.files} files ({report.bytes // 1024} KiB)")
+        # Checked on the copy (what will run), and before pip runs any of the bundle's build code.
+        verified = signing.verify(target / "bundle", name, manifest.version) if self.settings.signatures != "off" \
+            else None
+        trust.check_publisher(self.settings, self.registry, name, verified, *trusted)
+        for note in trusted[1].notes:
+            self.progress(note)
 
         try:
-            uv = uv_command(self.settings.installer, self.settings.pip_args)
+            uv = uv_command(self.settings.installer, self.settings.pip_args, self.settings.wheelhouse)
         except ValueError as exc:
             raise InstallError(name, "choosing the installer", str(exc)) from exc
         self.progress("creating venv")
@@ -214,10 +236,17 @@ class Installer:
         for mod in RUNTIME_MODULES:
             shutil.copyfile(RUNTIME_DIR / mod, site / mod)
 
-        reqs = [*manifest.requirements, *RUNTIME_REQUIREMENTS]
-        self.progress(f"installing {len(reqs)} packages: {', '.join(reqs)}")
-        (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
-        self._pip(name, target, uid, log_path, uv)
+        lock = target / "bundle" / lockfile.LOCK_FILE
+        if lock.is_file():  # the copy: signed (when the bundle is), and root's
+            text = lock.read_text(errors="replace")
+            pinned = lockfile.check(name, text, manifest.requirements)
+            self.progress(f"installing {len(pinned)} locked packages from {lockfile.LOCK_FILE} (--require-hashes)")
+            (target / "requirements.txt").write_text(text)
+        else:
+            reqs = [*manifest.requirements, *RUNTIME_REQUIREMENTS]
+            self.progress(f"installing {len(reqs)} packages: {', '.join(reqs)}")
+            (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
+        self._pip(name, target, uid, log_path, uv, locked=lock.is_file())
         launch.record_runtime_facts(target)
 
         # The entrypoint is imported once, confined exactly as it will run, so a plugin that cannot even
@@ -225,7 +254,7 @@ class Installer:
         absent = plugin_settings.missing(manifest, values)
         if absent:  # its import may well need them: it is checked when it first starts instead
             self.progress(f"not checking entrypoint {manifest.entrypoint} yet: it needs {', '.join(absent)}")
-            return report.skipped_symlinks
+            return report.skipped_symlinks, verified
         self.progress(f"checking entrypoint {manifest.entrypoint}")
         # It writes into the data dir as the plugin will: inside its disk quota image.
         ensure_mounted(self.settings, name, Quota.of(manifest.permissions.resources), uid)
@@ -242,10 +271,12 @@ class Installer:
         check = launch.confined(policy_path, [str(venv / "bin" / "python"), "-I", "-c", "import plugin_host_wsgi"])
         self._run(name, "checking the entrypoint", check, log_path, CHECK_TIMEOUT, policy=policy)
         policy_path.unlink()
-        return report.skipped_symlinks
+        return report.skipped_symlinks, verified
 
-    def _pip(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None = None) -> None:
-        """pip (or uv) runs confined as the plugin's uid: sdist build scripts are plugin-supplied code."""
+    def _pip(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None = None,
+             locked: bool = False) -> None:
+        """pip (or uv) runs confined as the plugin's uid: sdist build scripts are plugin-supplied code.
+        ``locked``: the requirements are a bundle's requirements.lock, installed with --require-hashes."""
         venv = target / "venv"
         tmp = target / ".tmp"  # pip's HOME and TMPDIR: fresh, and removed when pip is done
         cache = tmp / "cache"  # per install too: build code can write into pip's cache, so no later install reads it
@@ -260,15 +291,18 @@ class Installer:
         if netns_fd is not None:
             policy = dataclasses.replace(policy, network=dataclasses.replace(policy.network, netns_fd=netns_fd))
         launch.write_policy(policy, policy_path)
+        locking: Callable[[Sequence[str]], Sequence[str]] = without_constraints if locked else tuple
+        hashes = ("--require-hashes",) if locked else ()
         if uv is not None:
             # --compile-bytecode: the venv is read-only to the plugin, so without it every start recompiles
             # in memory; --link-mode copy: nothing in the venv is a hard link into the (removed) cache.
             pip = [uv.binary, "pip", "install", "--no-config", "--no-progress", "--python",
-                   str(venv / "bin" / "python"), "--compile-bytecode", "--link-mode", "copy", *uv.args,
-                   "-r", str(target / "requirements.txt")]
+                   str(venv / "bin" / "python"), "--compile-bytecode", "--link-mode", "copy", *locking(uv.args),
+                   *hashes, "-r", str(target / "requirements.txt")]
         else:
             pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
-                   *index_options(self.settings.pip_args), "-r", str(target / "requirements.txt")]
+                   *locking(index_options(self.settings.pip_args, wheelhouse=self.settings.wheelhouse)), *hashes,
+                   "-r", str(target / "requirements.txt")]
         try:
             self._run(name, "installing packages", launch.confined(policy_path, pip), log_path, PIP_TIMEOUT,
                       pass_fds=(netns_fd,) if netns_fd is not None else (), policy=policy)
@@ -350,11 +384,79 @@ class Installer:
         serving = st.get("plugins", {}).get(name, {}).get("install_id")
         return {serving} if serving else set()
 
-    def _drop_old_installs(self, name: str, keep: set[str]) -> None:
-        """Keep the live install and the one before it (a running instance may still use it)."""
+    def _snapshot(self, manifest: Manifest, install_id: str, version: str, uid_index: int) -> None:
+        """Copy the data dir for `host rollback` to the install being replaced, when it is small enough. Not
+        being able to is a warning, not a failed upgrade."""
+        limit = self.settings.snapshot_max_mb * launch.MiB
+        if limit <= 0:
+            return
+        try:
+            ensure_mounted(self.settings, manifest.name, Quota.of(manifest.permissions.resources),
+                           launch.plugin_uid(self.settings, uid_index))  # the data is in its image
+            snap = snapshots.take(self.layout, manifest.name, install_id, limit)
+        except (HostError, OSError) as exc:
+            self.progress(f"warning: the data dir was not snapshotted ({exc}); `host rollback` to {version} will "
+                          "keep the data as it is")
+            return
+        if snap is None:
+            self.progress(f"data dir over {self.settings.snapshot_max_mb} MiB (HOST_SNAPSHOT_MAX_MB): not snapshotted; "
+                          f"`host rollback` to {version} keeps the data as it is")
+        else:
+            self.progress(f"snapshotted the data dir of {version} for `host rollback`")
+
+    def _drop_old_installs(self, name: str, live: str, previous: str | None) -> None:
+        """Keep the live install, what a running instance still uses, and the HOST_KEEP_INSTALLS newest earlier
+        installs (for `host rollback`, with their data snapshots); remove the rest."""
+        known = [i.install_id for i in self.registry.installs(name) if i.install_id != live]
+        keep = {live, *self._serving_install_ids(name), *known[:self.settings.keep_installs]}
+        if previous is not None and previous not in known:  # installed before installs were recorded
+            keep.add(previous)
         for d in self.layout.plugin_root(name).iterdir():
             if d.is_dir() and d.name not in keep:
                 rootfs.remove_tree(d)
+        for gone in known[self.settings.keep_installs:]:
+            if gone not in keep:
+                self.registry.forget_install(name, gone)
+        snapshots.forget(self.layout, name, keep)
+
+    def rollback_target(self, name: str, to: str | None = None) -> InstallRecord:
+        """The kept earlier install `host rollback` returns to: the newest, or the one whose version or install
+        id is ``to``. UsageError (one line) when there is none."""
+        rec = self.registry.require(name)
+        kept = [i for i in self.registry.installs(name) if i.install_id != rec.install_id
+                and self.layout.install_dir(name, i.install_id).is_dir() and to in (None, i.version, i.install_id)]
+        if not kept:
+            raise UsageError(f"no earlier install{f' {to}' if to else ''} is kept to roll back to (see "
+                             "HOST_KEEP_INSTALLS)", plugin=name)
+        return kept[0]
+
+    def roll_back(self, name: str, to: str | None = None) -> tuple[str, str, bool]:
+        """Make the newest kept earlier install (or the one whose version or install id is ``to``) live again,
+        with the data dir as it was before the upgrade away from it when a snapshot was kept. The plugin must
+        be stopped (host.operations.rollback). Returns (from version, to version, data restored). The current
+        data is snapshotted first, to its own install, so a failed restore puts it back."""
+        with home_lock(self.layout):
+            rec = self.registry.require(name)
+            target = self.rollback_target(name, to)
+            restored = False
+            if snapshots.path(self.layout, name, target.install_id).is_dir():
+                manifest = parse_manifest(target.manifest, f"registry:{name}")
+                ensure_mounted(self.settings, name, Quota.of(manifest.permissions.resources),
+                               launch.plugin_uid(self.settings, rec.uid_index))
+                current: Path | None = None
+                try:
+                    current = snapshots.take(self.layout, name, rec.install_id, 1 << 62)
+                    restored = snapshots.restore(self.layout, name, target.install_id)
+                except BaseException:
+                    if current is not None:
+                        snapshots.restore(self.layout, name, rec.install_id)
+                    raise
+                finally:
+                    self._quota_after_install(name, failed_first=False)
+            self.registry.roll_back(name, target.version, target.install_id, target.manifest,
+                                    reason="host rollback" + (" (code and data)" if restored else " (code)"),
+                                    who=self.who)
+        return rec.version, target.version, restored
 
     def uninstall(self, name: str, *, keep_data: bool = False) -> list[str]:
         """Remove everything of the plugin but, with ``keep_data``, its data (and its uid, which owns that
@@ -367,6 +469,7 @@ class Installer:
             # where pip's HOME used to be kept across installs (a build may have planted a pip.conf there)
             rootfs.remove_tree(self.layout.cache / "pip" / name)
             rootfs.remove_tree(self.layout.plugin_root(name))
+            snapshots.forget(self.layout, name)  # the installs they belong to are gone
             rootfs.remove_tree(self.layout.run_dir(name))
             rootfs.remove_tree(self.layout.logs(name))
             for access in self.layout.access_logs.glob(f"{name}.log*"):  # host.access_log: .log and .log.1
@@ -418,9 +521,27 @@ def _why(returncode: int, report: ExitReport | None, policy: Policy | None, stde
 
 def _last_line(lines: tuple[str, ...]) -> str:
     # pip puts the useful sentence in the last ERROR line; tracebacks end with the exception line
+    mismatch = _hash_mismatch(lines)
+    if mismatch:
+        return mismatch
     errors = [ln for ln in lines if ln.startswith("ERROR:")]
     pick = errors[0] if errors else (lines[-1] if lines else "failed with no output")
     return pick[:300]
+
+
+def _hash_mismatch(lines: tuple[str, ...]) -> str | None:
+    """pip's or uv's --require-hashes refusal, as one line naming the first package and both hashes."""
+    found: tuple[str, str, str] | None = None
+    for i, line in enumerate(lines):
+        if line.startswith("Expected sha256") and 0 < i < len(lines) - 1:  # pip
+            found = lines[i - 1].split(" from ", 1)[0], line.split()[-1], lines[i + 1].split()[-1]
+        elif "Hash mismatch for `" in line and i + 4 < len(lines):  # uv: Expected:, sha256:..., Computed:, ...
+            found = line.split("`")[1], lines[i + 2].removeprefix("sha256:"), lines[i + 4].removeprefix("sha256:")
+        if found:
+            package, expected, got = found
+            return (f"{package}: its sha256 is {got}, but {lockfile.LOCK_FILE} says {expected} (changed since it "
+                    "was locked? refusing it)")
+    return None
 
 
 def _base_python() -> str:

@@ -178,7 +178,7 @@ def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, ui
     return Policy(
         name=name,
         ro_paths=(str(install / "requirements.txt"), sys.base_prefix, *tool,
-                  *local_paths(index_options(settings.pip_args))),
+                  *local_paths(index_options(settings.pip_args, wheelhouse=settings.wheelhouse))),
         rw_paths=(str(install / "venv"), str(cache), str(tmp)),
         env=env,
         cwd=str(install),

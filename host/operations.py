@@ -95,6 +95,27 @@ def uninstall(settings: HostSettings, registry: Registry, layout: Layout, name: 
     return kept
 
 
+def rollback(settings: HostSettings, registry: Registry, layout: Layout, name: str, who: str, progress: Progress,
+             to: str | None = None) -> tuple[str, str, bool]:
+    """Stop plugin ``name``, return it to a kept earlier install (and its data snapshot), start it again if it
+    was enabled. Returns (from version, to version, data restored)."""
+    rec = registry.require(name)
+    installer = Installer(settings, registry, progress, who=who)
+    installer.rollback_target(name, to)  # none kept: say so before stopping anything
+    if rec.enabled:
+        registry.set_enabled(name, False, who=who)
+        tell(layout, "reload")
+        stopped(settings, layout, name, "rolling back")
+    try:
+        result = installer.roll_back(name, to)
+    finally:
+        if rec.enabled:
+            registry.set_enabled(name, True, who=who)
+            if tell(layout, "reload") is not None:
+                tell(layout, "start", name=name, wait=settings.start_timeout + 5, timeout=settings.start_timeout + 10)
+    return result
+
+
 def change_settings(settings: HostSettings, registry: Registry, layout: Layout, name: str,
                     values: Mapping[str, Any], unset: Iterable[str], who: str, progress: Progress) -> list[str]:
     """Check typed ``values`` (a JSON object) and ``unset`` keys against the plugin's [settings], store them

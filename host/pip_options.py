@@ -23,6 +23,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 # pip config key -> (command-line option, how many values). Everything else in pip.conf is ignored here:
 # proxy (the egress point owns the network), client-cert (a private key build code could read), and the
@@ -43,19 +44,21 @@ TRANSLATED: dict[str, tuple[str, str]] = {
 PATH_OPTIONS = {"--index-url": "-i", "--extra-index-url": "", "--find-links": "-f", "--cert": "",
                 "--constraint": "-c"}
 _TRUE = {"y", "yes", "t", "true", "on", "1"}  # pip's strtobool
+_SOURCES = {"index-url", "extra-index-url", "find-links", "trusted-host", "no-index"}
 _CREDENTIALS = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
 
 
 def index_options(host_pip_args: str, environ: Mapping[str, str] | None = None,
-                  config_files: Iterable[str] | None = None) -> list[str]:
-    """The options the confined pip gets: the operator's pip configuration translated, then HOST_PIP_ARGS."""
+                  config_files: Iterable[str] | None = None, wheelhouse: Path | None = None) -> list[str]:
+    """The options the confined pip gets: the operator's pip configuration translated, then HOST_PIP_ARGS;
+    with a ``wheelhouse`` (HOST_WHEELHOUSE) last ``--no-index --find-links DIR``: that directory only, offline."""
     env = os.environ if environ is None else environ
     files = machine_config_files(env) if config_files is None else list(config_files)
     values = _configured(files, env)
     args: list[str] = []
     for key, (option, kind) in TRANSLATED.items():
         value = values.get(key)
-        if value is None:
+        if value is None or (wheelhouse is not None and key in _SOURCES):  # offline: the wheelhouse only
             continue
         if kind == "flag":
             if value.strip().lower() in _TRUE:
@@ -64,7 +67,8 @@ def index_options(host_pip_args: str, environ: Mapping[str, str] | None = None,
             args += [a for v in value.split() for a in (option, v)]
         elif value.strip():
             args += [option, value.strip()]
-    return [*args, *shlex.split(host_pip_args)]
+    offline = ["--no-index", "--find-links", str(wheelhouse.absolute())] if wheelhouse is not None else []
+    return [*args, *shlex.split(host_pip_args), *offline]
 
 
 def machine_config_files(environ: Mapping[str, str]) -> list[str]:
@@ -142,6 +146,21 @@ def _option_values(args: list[str]) -> Iterable[tuple[str, str]]:
         i += 1
 
 
+def without_constraints(args: Iterable[str]) -> list[str]:
+    """``args`` without --constraint/-c options: a lock pins every package with hashes, so constraints have
+    nothing left to decide (and uv's --require-hashes would demand hashes of the constraints themselves)."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--constraint", "-c"):
+            skip = True
+        elif not arg.startswith(("--constraint=", "-c")):
+            out.append(arg)
+    return out
+
+
 def redact(argv: list[str]) -> list[str]:
     """``argv`` with the password of every ``scheme://user:password@host`` replaced, for logs."""
     return [_CREDENTIALS.sub(r"\1:****@", a) for a in argv]
@@ -209,13 +228,13 @@ def uv_binary() -> str | None:
         return None
 
 
-def uv_command(mode: str, host_pip_args: str) -> UvCommand | None:
+def uv_command(mode: str, host_pip_args: str, wheelhouse: Path | None = None) -> UvCommand | None:
     """uv when ``mode`` (HOST_INSTALLER) allows it, its binary is there and every index option translates;
     None: use pip. Raises ValueError when ``mode`` is "uv" and uv cannot be used, saying why."""
     if mode == "pip":
         return None
     binary = uv_binary()
-    translated = uv_arguments(index_options(host_pip_args))
+    translated = uv_arguments(index_options(host_pip_args, wheelhouse=wheelhouse))
     if binary is None or translated is None:
         if mode == "uv":
             why = "the uv package is not installed" if binary is None else (

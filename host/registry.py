@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from host.errors import PluginNotFound, RegistryError
 
 _SCHEMA = """
@@ -85,6 +87,29 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ts     REAL NOT NULL
     )""",
      "CREATE INDEX IF NOT EXISTS login_failures_client ON login_failures(client, ts)"),
+    # 5: integrity and trust (issue 14): per install, the sha256 of its integrity record (host.integrity), the
+    # key that signed it (NULL: unsigned), and its version and manifest (`host rollback` to a kept previous
+    # install); per plugin name, the pinned publisher key and the highest version ever
+    # installed (both survive uninstall: a reinstall is still held to them).
+    ("""CREATE TABLE IF NOT EXISTS provenance (
+        plugin     TEXT NOT NULL,
+        install_id TEXT NOT NULL,
+        integrity  TEXT NOT NULL,
+        signer     TEXT,
+        version    TEXT NOT NULL,
+        manifest   TEXT NOT NULL,
+        installed_at REAL NOT NULL,
+        PRIMARY KEY (plugin, install_id)
+    )""",
+     """CREATE TABLE IF NOT EXISTS publishers (
+        plugin    TEXT PRIMARY KEY,
+        key       TEXT NOT NULL,
+        pinned_at REAL NOT NULL
+    )""",
+     """CREATE TABLE IF NOT EXISTS high_water (
+        plugin  TEXT PRIMARY KEY,
+        version TEXT NOT NULL
+    )"""),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -106,6 +131,25 @@ class PluginRecord:
     uid_index: int
     installed_at: float
     updated_at: float
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How an install came to be trusted: its integrity record's sha256, and its signer (None: unsigned)."""
+
+    integrity: str
+    signer: str | None
+
+
+@dataclass(frozen=True)
+class InstallRecord:
+    """One install of a plugin, live or kept for `host rollback`."""
+
+    install_id: str
+    version: str
+    manifest: dict[str, Any]
+    installed_at: float
+    signer: str | None
 
 
 @dataclass(frozen=True)
@@ -234,11 +278,13 @@ class Registry:
 
     def put(self, name: str, version: str, install_id: str, manifest: dict[str, Any], enabled: bool,
             uid_index: int | None = None, plugin_settings: dict[str, Any] | None = None,
-            who: str | None = None) -> None:
+            who: str | None = None, provenance: Provenance | None = None, pin: str | None = None) -> None:
         """Insert or replace a plugin's live install, in one transaction together with its audit event.
         ``uid_index``: for a plugin new to this home, the index allocated for it (default: the next one).
         ``plugin_settings``: when given, the plugin's setting values become exactly these (an upgrade keeps
-        the values its new manifest still declares)."""
+        the values its new manifest still declares). ``provenance``: the install's integrity hash and signer;
+        ``pin``: the publisher key to pin for ``name`` from now on (host.trust decided it may). The version is also
+        the plugin's new high-water mark when it is higher (host.trust refuses downgrades below it)."""
         now = time.time()
         nxt = self.uid_index_for(name) if uid_index is None else uid_index
         with self._tx() as db:
@@ -259,7 +305,60 @@ class Registry:
             if plugin_settings is not None:
                 db.execute("DELETE FROM plugin_settings WHERE plugin = ?", (name,))
                 _write_settings(db, name, plugin_settings)
-            _event(db, name, "installed", {"version": version, "install_id": install_id}, who)
+            if provenance is not None:
+                db.execute("INSERT OR REPLACE INTO provenance VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (name, install_id, provenance.integrity, provenance.signer, version, json.dumps(manifest),
+                            now))
+            if pin is not None:
+                db.execute("INSERT OR REPLACE INTO publishers VALUES (?, ?, ?)", (name, pin, now))
+            _raise_high_water(db, name, version)
+            detail: dict[str, Any] = {"version": version, "install_id": install_id}
+            if provenance is not None:
+                detail["signer"] = provenance.signer
+            _event(db, name, "installed", detail, who)
+
+    def roll_back(self, name: str, version: str, install_id: str, manifest: dict[str, Any], reason: str,
+                  who: str | None = None, failed: bool = False) -> None:
+        """Make an earlier install (still on disk) the live one again, with a ``rolled_back`` audit event. The
+        high-water mark stays: a rollback is not an install. ``failed``: the install left behind failed (an
+        automatic rollback), so it is no target for a later `host rollback`."""
+        with self._tx() as db:
+            cur = db.execute("SELECT version, install_id FROM plugins WHERE name = ?", (name,)).fetchone()
+            if cur is None:
+                raise PluginNotFound(name)
+            db.execute("UPDATE plugins SET version=?, install_id=?, manifest=?, updated_at=? WHERE name=?",
+                       (version, install_id, json.dumps(manifest), time.time(), name))
+            if failed:
+                db.execute("DELETE FROM provenance WHERE plugin = ? AND install_id = ?", (name, cur[1]))
+            _event(db, name, "rolled_back", {"from": cur[0], "from_install": cur[1], "to": version,
+                                             "to_install": install_id, "reason": reason}, who)
+
+    def installs(self, name: str) -> list[InstallRecord]:
+        """The installs of ``name`` the registry knows (the live one and the kept previous ones), newest first."""
+        rows = self._conn().execute("SELECT install_id, version, manifest, installed_at, signer FROM provenance "
+                                    "WHERE plugin = ? ORDER BY installed_at DESC", (name,)).fetchall()
+        return [InstallRecord(str(r[0]), str(r[1]), json.loads(r[2]), float(r[3]), r[4]) for r in rows]
+
+    def forget_install(self, name: str, install_id: str) -> None:
+        """An earlier install's files are gone: it can no longer be rolled back to."""
+        with self._tx() as db:
+            db.execute("DELETE FROM provenance WHERE plugin = ? AND install_id = ?", (name, install_id))
+
+    def provenance(self, name: str, install_id: str) -> Provenance | None:
+        """None for an install made before the host recorded integrity (it starts unchecked)."""
+        row = self._conn().execute("SELECT integrity, signer FROM provenance WHERE plugin = ? AND install_id = ?",
+                                   (name, install_id)).fetchone()
+        return Provenance(str(row[0]), row[1]) if row else None
+
+    def publisher(self, name: str) -> str | None:
+        """The public key pinned for plugin ``name`` (trust on first use), None when none is."""
+        row = self._conn().execute("SELECT key FROM publishers WHERE plugin = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    def high_water(self, name: str) -> str | None:
+        """The highest version of ``name`` ever installed in this home (uninstalls do not lower it)."""
+        row = self._conn().execute("SELECT version FROM high_water WHERE plugin = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
 
     def remove(self, name: str, *, keep_uid: bool = False, who: str | None = None) -> None:
         """Forget a plugin. ``keep_uid``: its data stays on disk, so a reinstall must run as the same uid."""
@@ -268,6 +367,7 @@ class Registry:
             if row is None:
                 raise PluginNotFound(name)
             db.execute("DELETE FROM plugins WHERE name = ?", (name,))
+            db.execute("DELETE FROM provenance WHERE plugin = ?", (name,))
             key = f"kept_uid:{name}"
             if keep_uid:
                 db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
@@ -473,6 +573,16 @@ def _event(db: sqlite3.Connection, plugin: str | None, kind: str, detail: dict[s
         "INSERT INTO events (ts, plugin, kind, detail, who) VALUES (?, ?, ?, ?, ?)",
         (time.time(), plugin, kind, json.dumps(detail, default=str), who),
     )
+
+
+def _raise_high_water(db: sqlite3.Connection, name: str, version: str) -> None:
+    row = db.execute("SELECT version FROM high_water WHERE plugin = ?", (name,)).fetchone()
+    try:
+        if row is not None and Version(str(row[0])) >= Version(version):
+            return
+    except InvalidVersion:
+        pass  # manifests are PEP 440; an unparsable stored mark is replaced
+    db.execute("INSERT OR REPLACE INTO high_water VALUES (?, ?)", (name, version))
 
 
 def _digest(secret: str) -> str:

@@ -74,7 +74,8 @@ def destination_risk(d: Destination) -> str:
     return "low" if addr.is_global else "high"
 
 
-def assess(m: Manifest) -> Risk:
+def assess(m: Manifest, unsigned: bool = False) -> Risk:
+    """``unsigned``: the installed bundle carries no signature (HOST_SIGNATURES=warn lets it in)."""
     p = m.permissions
     score = 1
     reasons: list[str] = []
@@ -104,6 +105,8 @@ def assess(m: Manifest) -> Risk:
     r = p.resources
     if r.memory_mb > 1024 or r.processes > 256 or r.workers * r.threads > 64 or r.disk_mb > 8192:
         add(1, "large resource allowance")
+    if unsigned:
+        add(1, "unsigned bundle: nothing says who published it")
     if m.requirements:
         reasons.append(f"+0 {len(m.requirements)} third-party package(s), installed confined")
     return Risk(min(score, 8), tuple(reasons) or ("+0 nothing beyond its own data dir",))

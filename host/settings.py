@@ -96,6 +96,23 @@ class HostSettings(BaseSettings):
     # Sandbox strength: "strict" refuses to start a plugin when a layer is missing; "weak" starts it anyway
     # with whatever layers exist and says so loudly in logs, `host list` and /healthz.
     sandbox: str = Field("strict", pattern="^(strict|weak)$")
+    # Signed bundles (host.signing): "require" refuses an unsigned bundle; "warn" installs it with a risk penalty
+    # and an "unsigned" badge; "off" neither checks signatures nor pins publishers.
+    signatures: str = Field("warn", pattern="^(require|warn|off)$")
+    # Publisher keys trusted before any install (host.trust): "name=ed25519:<base64>" entries, comma separated;
+    # "*=<key>" trusts a key for every name. A pinned key (trust on first use) wins over this list.
+    trusted_keys: str = ""
+    # The check before each start that the install's files are as installed (host.integrity): "stat" hashes a
+    # file only when its stat changed; "full" hashes every file on every start; "off" skips it.
+    integrity: str = Field("stat", pattern="^(stat|full|off)$")
+    # After an upgrade the previous instance stays up (not serving) this many seconds; if the new one exits or
+    # fails its probes meanwhile, the previous one serves again and the registry goes back to it. 0 = off.
+    upgrade_probation: float = Field(30.0, ge=0)
+    # Earlier installs of each plugin kept on disk for `host rollback` (besides the live one).
+    keep_installs: int = Field(2, ge=1, le=20)
+    # Before an upgrade the data dir is snapshotted for `host rollback` when it holds at most this many MiB (0 =
+    # never); the snapshot lives under <home>/snapshots/<name>/ as long as the install it belongs to.
+    snapshot_max_mb: int = Field(64, ge=0)
     # Where the disk quota finds mkfs.ext4, resize2fs (e2fsprogs), mount, losetup and unshare (util-linux).
     disk_tools_path: str = "/usr/sbin:/usr/bin:/sbin:/bin"
     # Extra pip arguments for plugin installs (e.g. "--index-url https://mirror/simple").
@@ -103,6 +120,9 @@ class HostSettings(BaseSettings):
     # What installs a plugin's packages: "auto" = uv (the `uv` package installed with the host) when it can
     # express every index option, else pip; "uv" = uv or a clear error; "pip" = always pip. Both run confined.
     installer: Literal["auto", "uv", "pip"] = "auto"
+    # Offline installs: pip takes every package from this directory of wheels and nothing else
+    # (--no-index --find-links DIR; mounted read-only for the confined pip).
+    wheelhouse: Path | None = None
     log_max_bytes: int = Field(5 * 1024 * 1024, ge=4096)
     # Audit events (registry `events`) older than this many days are deleted when `host serve` starts and once a
     # day while it runs; 0 keeps them forever.

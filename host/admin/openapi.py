@@ -50,6 +50,10 @@ SCHEMAS: dict[str, Any] = {
             "risk": {"type": ["object", "null"], "properties": {
                 "score": {"type": "integer", "minimum": 0, "maximum": 8},
                 "reasons": {"type": "array", "items": {"type": "string"}}}},
+            "signature": {"type": "object", "description": "Who signed the installed bundle (host.signing); "
+                          "signed is null for an install made before signatures were recorded.", "properties": {
+                "signed": _nullable("boolean"), "key_id": _nullable("string"),
+                "badge": {"type": "string", "description": "The key id, 'unsigned' or '-'."}}},
             "sandbox": {"type": ["object", "null"], "properties": {
                 "level": _nullable("string"), "backend": _nullable("string"),
                 "missing": {"type": "array", "items": {"type": "string"}}}},

@@ -168,6 +168,7 @@ class AdminOps:
 
     def _view(self, rec: PluginRecord, live: dict[str, Any] | None) -> dict[str, Any]:
         from host.risk import assess, grants
+        from host.signing import signature_badge
 
         st = live or {}
         try:
@@ -176,7 +177,8 @@ class AdminOps:
             manifest = None
         last = st.get("last_exit") or {}
         sandbox = st.get("sandbox") or {}
-        risk = assess(manifest) if manifest is not None else None
+        signature = signature_badge(self.registry.provenance(rec.name, rec.install_id))
+        risk = assess(manifest, unsigned=signature["signed"] is False) if manifest is not None else None
         s = self.settings
         return {
             "name": rec.name,
@@ -192,6 +194,7 @@ class AdminOps:
             "permissions": [{"permission": g.permission, "value": g.value, "enforced_by": g.enforced_by}
                             for g in grants(manifest)] if manifest is not None else [],
             "risk": {"score": risk.score, "reasons": list(risk.reasons)} if risk is not None else None,
+            "signature": signature,
             "sandbox": {"level": sandbox.get("level"), "backend": sandbox.get("backend"),
                         "missing": list(sandbox.get("missing") or [])} if sandbox else None,
             "urls": origins.public_urls(rec.name, s.bind, s.origin_domain, s.path_mode),

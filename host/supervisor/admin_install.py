@@ -12,6 +12,7 @@ process, so pip's helpers never become the supervisor's children), audited as th
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -102,20 +103,22 @@ def install_upload(ops: AdminOps, who: str, req: dict[str, Any]) -> dict[str, An
             raise AdminError(409, "Permissions not granted",
                              f"{manifest.name} asks for more than the request grants; nothing was installed",
                              plugin=manifest.name, excess=asked)
-        output += _run_install(ops, who, root, enable=bool(req.get("enable", True)))
+        output += _run_install(ops, who, root, grant, enable=bool(req.get("enable", True)))
     rec = ops.registry.require(manifest.name)
     changed = not any("is already installed" in line for line in output)
     return {"plugin": ops.view(rec), "changed": changed, "output": output}
 
 
-def _run_install(ops: AdminOps, who: str, root: Path, enable: bool) -> list[str]:
-    argv = [sys.executable, "-m", "host", "--home", str(ops.layout.home), "install", str(root), "--yes"]
+def _run_install(ops: AdminOps, who: str, root: Path, grant: dict[str, Any], enable: bool) -> list[str]:
+    """The request's grant goes to `host install --grant -`, which checks it again and records it as what was
+    granted (`host export`), not what the manifest asked for."""
+    argv = [sys.executable, "-m", "host", "--home", str(ops.layout.home), "install", str(root), "--grant", "-"]
     if not enable:
         argv.append("--no-enable")
     env = {**os.environ, AUDIT_WHO_ENV: who}
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, env=env,
-                              stdin=subprocess.DEVNULL, check=False, cwd="/")
+                              input=json.dumps(grant), check=False, cwd="/")
     except subprocess.TimeoutExpired as exc:
         raise AdminError(409, "Install failed", f"the install did not finish within {INSTALL_TIMEOUT:.0f}s") from exc
     lines = [printable(line.removeprefix("==> ")) for line in (done.stdout + done.stderr).splitlines() if line]

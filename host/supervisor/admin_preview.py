@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from host import upgrades
 from host.risk import assess, grants
 from host.supervisor.admin_install import unpacked_upload
 
@@ -17,10 +18,12 @@ if TYPE_CHECKING:
 def preview_upload(ops: AdminOps, req: dict[str, Any]) -> dict[str, Any]:
     """name, version, description, requirements, ``permissions`` (the manifest's table: the grant that covers
     exactly what it asks), ``grants`` (each with the layer enforcing it, as `host check` prints), ``risk``, and
-    the version it would replace (``installed``, None for a new plugin)."""
+    the version it would replace (``installed``, None for a new plugin) with the permission difference
+    (``changes``: ``widened`` and ``narrowed`` lines, host.upgrades; None for a new plugin)."""
     with unpacked_upload(ops, str(req.get("upload") or "")) as (_, manifest):
         risk = assess(manifest)  # the manifest is all it reads; the unpacked tree goes at once
     current = ops.registry.get(manifest.name)
+    diff = upgrades.diff_for(ops.registry, ops.layout, manifest)
     return {
         "name": manifest.name,
         "version": manifest.version,
@@ -31,4 +34,5 @@ def preview_upload(ops: AdminOps, req: dict[str, Any]) -> dict[str, Any]:
                    for g in grants(manifest)],
         "risk": {"score": risk.score, "reasons": list(risk.reasons)},
         "installed": current.version if current is not None else None,
+        "changes": {"widened": list(diff.widened), "narrowed": list(diff.narrowed)} if diff is not None else None,
     }

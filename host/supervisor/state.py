@@ -113,13 +113,20 @@ class ReplaceFailed:
 
 
 @dataclass(frozen=True)
+class RolledBack:
+    """An upgraded instance failed within its probation; the previous instance, kept ready, serves again."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Abandoned:
     """The supervisor itself failed for this plugin (a bug); it stays stopped until an operator acts."""
 
     reason: str
 
 
-Event = Start | Ready | Failed | WorkerDied | Tick | Stop | Stopped | Replaced | ReplaceFailed | Abandoned
+Event = Start | Ready | Failed | WorkerDied | Tick | Stop | Stopped | Replaced | ReplaceFailed | RolledBack | Abandoned
 
 
 @dataclass
@@ -228,6 +235,16 @@ class Lifecycle:
                 # RUNNING/DEGRADED stays: the old instance keeps serving; say why the new one did not.
                 self._expect(st, *SERVING)
                 self.reason = f"restart failed, the previous instance keeps serving: {reason}"
+            case RolledBack(reason=reason):
+                # RUNNING/DEGRADED (its workers quarantined it: QUARANTINED) -> RUNNING: the previous instance
+                # serves again; the failed upgrade's failures are not counted against it, and the reason says
+                # why it is the old version.
+                self._expect(st, *SERVING, State.QUARANTINED)
+                self._go(State.RUNNING)
+                self.running_since = now
+                self.failures.clear()
+                self.last_worker_death = None
+                self.reason = f"upgrade rolled back, the previous version serves again: {reason}"
             case Abandoned(reason=reason):
                 # any -> STOPPED: the worker stopped the instance after an internal error.
                 self._go(State.STOPPED)

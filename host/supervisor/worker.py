@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from host import launch
+from host import integrity, launch
 from host.egress.point import EgressPoint
 from host.egress.rules import Grant
-from host.errors import MissingSettings, QuotaError
+from host.errors import IntegrityError, MissingSettings, QuotaError
 from host.exits import Cause, ExitInfo, Limits, classify, host_killed, worker_death
 from host.launch import LaunchSpec
 from host.layout import Layout
@@ -37,6 +37,7 @@ from host.supervisor.state import (
     Replaced,
     ReplaceFailed,
     RestartPolicy,
+    RolledBack,
     Start,
     State,
     Stop,
@@ -110,6 +111,9 @@ class PluginWorker(threading.Thread):
         self._disk = FullAlarm()
         self._disk_applied: bool | None = None  # did the last spawn get its disk image (None: unknown)
         self._failed_upgrade: str | None = None
+        # After an upgrade: the previous instance, still up but not serving, until the probation ends
+        self._standby: Instance | None = None
+        self._probation_until = 0.0
         self._live_since_wall = 0.0
         self._idle_timeout_cached = 0.0
         self.last_active = 0.0  # wall clock of the web tier's last "active" for this plugin (scale to zero)
@@ -255,7 +259,7 @@ class PluginWorker(threading.Thread):
             rec = self._record()
             if self.lc.state in SERVING and self.instance is not None and rec is not None \
                     and rec.install_id not in (self.instance.spec.install_id, self._failed_upgrade) \
-                    and not self._replace():
+                    and not self._replace(upgrade=True):
                 self._failed_upgrade = rec.install_id
         elif op == "restart":
             self.want_running = True
@@ -312,6 +316,7 @@ class PluginWorker(threading.Thread):
             return ExitInfo(None, True, "not installed", setup_failure=True, cause=Cause.SETUP)
         self.generation += 1
         try:
+            self._check_integrity(rec)
             spec = launch.build(self.settings, rec, self.generation, self.registry.plugin_settings(self.plugin))
             netns_fd = self._egress_namespace(spec)
             listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index), netns_fd)
@@ -323,6 +328,10 @@ class PluginWorker(threading.Thread):
             share_path(self.layout.run_dir(self.plugin), self.web_user, 0o710)
             share_path(spec.instance_socket, self.web_user, 0o660)
             inst.spawn()
+        except IntegrityError as exc:  # a changed install: it must not run, and a retry would find the same
+            log.error("%s: %s", self.plugin, exc.detail)
+            self.registry.record(self.plugin, "integrity_failed", path=exc.path, reason=exc.detail)
+            return ExitInfo(None, True, exc.detail, setup_failure=True, cause=Cause.SETUP)
         except MissingSettings as exc:  # the operator's to fix (`host config`): a set-up failure, not a crash
             return ExitInfo(None, True, exc.detail, setup_failure=True, cause=Cause.SETUP)
         except EgressUnavailable as exc:
@@ -333,6 +342,20 @@ class PluginWorker(threading.Thread):
             log.exception("%s: cannot spawn", self.plugin)
             return ExitInfo(None, True, f"cannot start: {exc}", setup_failure=True, cause=Cause.SETUP)
         return inst
+
+    def _check_integrity(self, rec: PluginRecord) -> None:
+        """The install's files are as they were installed (host.integrity); installs made before the host
+        recorded hashes have no record and start unchecked."""
+        if self.settings.integrity == "off":
+            return
+        prov = self.registry.provenance(self.plugin, rec.install_id)
+        if prov is None:
+            return
+        t0 = time.monotonic()
+        hashed = integrity.check(self.plugin, self.layout.install_dir(self.plugin, rec.install_id), prov.integrity,
+                                 full=self.settings.integrity == "full")
+        log.debug("%s: integrity checked in %.1f ms (%d files hashed)", self.plugin,
+                  (time.monotonic() - t0) * 1000, hashed)
 
     def _egress_namespace(self, spec: LaunchSpec) -> int | None:
         """The plugin's own network namespace with its egress listeners, when it has a network grant.
@@ -430,9 +453,11 @@ class PluginWorker(threading.Thread):
         os.symlink(inst.spec.instance_socket.name, tmp)
         os.replace(tmp, public)
 
-    def _replace(self) -> bool:
+    def _replace(self, upgrade: bool = False) -> bool:
         """Zero-downtime restart: bring up a new instance, switch, then drain the old one. False when the
-        new instance did not come up (the old one keeps serving)."""
+        new instance did not come up (the old one keeps serving). ``upgrade``: the old instance is kept up for
+        HOST_UPGRADE_PROBATION seconds instead, to serve again at once should the new version fail."""
+        self._end_probation()
         old = self.instance
         outcome = self._bring_up()
         if outcome is None or isinstance(outcome, ExitInfo):
@@ -445,6 +470,14 @@ class PluginWorker(threading.Thread):
         self.lc.transition(Replaced())
         self.start_seconds = time.monotonic() - outcome.started_at
         self.registry.record(self.plugin, "restarted", pid=outcome.pid)
+        window = self.settings.upgrade_probation
+        # With another network grant the egress point now holds the new one: the old instance could not serve
+        # as it did, so it drains at once and this upgrade has no automatic rollback (`host rollback` remains).
+        if upgrade and old is not None and window > 0 \
+                and old.spec.manifest.permissions.network == outcome.spec.manifest.permissions.network:
+            self._standby, self._probation_until = old, time.monotonic() + window
+            log.info("%s: upgraded; the previous instance stands by for %gs", self.plugin, window)
+            return True
         if old is not None:
             self._drains = [t for t in self._drains if t.is_alive()]
             t = threading.Thread(target=self._drain_old, args=(old,), name=f"drain-{self.plugin}", daemon=True)
@@ -452,12 +485,44 @@ class PluginWorker(threading.Thread):
             self._drains.append(t)
         return True
 
+    def _end_probation(self) -> None:
+        """The upgraded instance stayed healthy (or an operator acted): the previous one drains and stops."""
+        old, self._standby = self._standby, None
+        if old is None:
+            return
+        self._drains = [t for t in self._drains if t.is_alive()]
+        t = threading.Thread(target=self._drain_old, args=(old,), name=f"drain-{self.plugin}", daemon=True)
+        t.start()
+        self._drains.append(t)
+
+    def _roll_back(self, info: ExitInfo) -> None:
+        """The upgraded instance failed within its probation: the previous instance serves again at once and
+        the registry goes back to its install (the new one stays on disk; `host install` may retry it)."""
+        standby, self._standby = self._standby, None
+        assert standby is not None
+        failed = self.instance
+        self._note(info)
+        self.registry.record(self.plugin, "crashed", **_details(info))
+        if failed is not None:
+            self._failed_upgrade = failed.spec.install_id
+        self._go_live(standby)
+        m = standby.spec.manifest
+        self.registry.roll_back(self.plugin, m.version, standby.spec.install_id, m.model_dump(mode="json"),
+                                reason=f"the upgrade failed within {self.settings.upgrade_probation:g}s: {info.reason}",
+                                failed=True)
+        self.lc.transition(RolledBack(info.reason))
+        log.error("%s: the upgraded version failed within its probation (%s); %s %s serves again", self.plugin,
+                  info.reason, m.name, m.version)
+
     def _drain_old(self, old: Instance) -> None:
         # This thread owns `old` from now on: SIGTERM lets it finish in-flight requests, then SIGKILL.
         old.stop(self.settings.stop_grace)
         old.cleanup()
 
     def _failed(self, info: ExitInfo) -> None:
+        if self._standby is not None:
+            self._roll_back(info)
+            return
         self.instance = None
         state = self.lc.transition(Failed(info))
         self._note(info)
@@ -494,6 +559,10 @@ class PluginWorker(threading.Thread):
     def _watch(self) -> None:
         inst = self.instance
         assert inst is not None
+        if self._standby is not None and time.monotonic() >= self._probation_until:
+            log.info("%s: the upgraded version stayed healthy for %gs; the previous instance stops", self.plugin,
+                     self.settings.upgrade_probation)
+            self._end_probation()
         idle_timeout = self._idle_timeout_cached
         if idle_timeout > 0:
             idle = self._idle_for(inst)
@@ -505,10 +574,14 @@ class PluginWorker(threading.Thread):
                 return
             self._next_probe = min(self._next_probe, time.monotonic() + idle_timeout - idle + 0.05)
         timeout = max(0.0, self._next_probe - time.monotonic())
+        if self._standby is not None:
+            timeout = min(timeout, max(0.0, self._probation_until - time.monotonic()))
         tick = self.lc.wake_at()
         if tick is not None:
             timeout = min(timeout, max(0.0, tick - self.lc.clock()))
         if inst.wait_exit(timeout, extra_fd=self._wake_r):
+            if self._standby is not None:  # on probation: the previous instance takes the traffic back first
+                self._point_public_socket(self._standby)
             self._failed(self._exited(inst, during_start=False))
             return
         self._consume_wake()
@@ -534,6 +607,12 @@ class PluginWorker(threading.Thread):
             self._note(info)
             if state == State.QUARANTINED:
                 # Its workers keep dying: stop the whole instance, loudly (no grace: it is failing as it is).
+                if self._standby is not None:  # an upgrade on probation: the previous version takes over
+                    self._point_public_socket(self._standby)
+                    inst.kill()
+                    inst.cleanup()
+                    self._roll_back(info)
+                    return True
                 inst.kill()
                 inst.cleanup()
                 self.instance = None
@@ -587,6 +666,10 @@ class PluginWorker(threading.Thread):
     # -- stopping ---------------------------------------------------------------------------------------
 
     def _stop_instance(self, why: str = "stopped") -> None:
+        standby, self._standby = self._standby, None
+        if standby is not None:  # not serving: no history entry of its own
+            standby.stop(self.settings.stop_grace)
+            standby.cleanup()
         inst = self.instance
         if self.lc.state == State.STOPPED:
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -320,8 +321,12 @@ def test_the_supervisor_takes_only_a_regular_file_of_the_web_users_from_uploads(
 
 
 def test_install_by_upload_serves_the_plugin_and_audits_the_token(admin: Admin) -> None:
-    r = _upload(admin, _zip(_plugin("uploaded")), "uploaded.zip")
+    r = _upload(admin, _zip(_plugin("uploaded")), "uploaded.zip", grant='{"resources": {"memory_mb": 512}}')
     assert r.status_code == 201, r.text
+    # what the request granted is what `host export` says was granted (it used to be what the manifest asked)
+    exported = json.loads(admin.host.cli("export", "--json").stdout)
+    entry = next(e for e in exported["plugin"] if e["name"] == "uploaded")
+    assert entry["grant"] == {"resources": {"memory_mb": 512}}
     assert r.json()["plugin"]["name"] == "uploaded" and r.json()["plugin"]["state"] == "running"
     assert admin.host.get("/plugins/uploaded/").text == "uploaded 1.0.0"
     events = admin.api.get("/audit?plugin=uploaded").json()["events"]

@@ -382,6 +382,24 @@ def test_an_install_asking_more_than_granted_shows_the_difference(client: FlaskC
     assert r.status_code == 409 and "resources.memory_mb: 512 &gt; granted 256" in r.text
 
 
+def test_the_consent_page_of_an_upgrade_shows_what_widens(client: FlaskClient, host: FakeHost) -> None:
+    login(client)
+    real = host.call
+
+    def upgrade(op: str, credential: str | None, **args: Any) -> dict[str, Any]:
+        if op == "preview":
+            return {**real(op, credential, **args), "installed": "0.9", "changes": {
+                "widened": ["network.outbound: + db.example.net:5432"], "narrowed": ["resources.memory_mb: 512 → 256"]}}
+        return real(op, credential, **args)
+
+    host.call = upgrade  # type: ignore[method-assign]
+    text, _, _ = consent_form(client)
+    assert "Changes since 0.9" in text
+    assert "<strong>widened:</strong> network.outbound: + db.example.net:5432" in text
+    assert "narrowed: resources.memory_mb: 512 → 256" in text
+    assert "0.9 keeps serving unless you grant it" in text
+
+
 def test_only_archives_are_staged(client: FlaskClient, uploads: Path) -> None:
     login(client)
     r = client.post("/admin/install", headers={"Origin": ORIGIN}, content_type="multipart/form-data",

@@ -88,7 +88,7 @@ def test_an_option_uv_cannot_express_keeps_pip(args: list[str]) -> None:
 
 def test_installer_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("host.pip_options.uv_binary", lambda: "/opt/uv")
-    monkeypatch.setattr("host.pip_options.index_options", shlex.split)
+    monkeypatch.setattr("host.pip_options.index_options", lambda args, wheelhouse=None: shlex.split(args))
     assert uv_command("pip", "") is None
     assert uv_command("auto", "--pre") is None
     assert uv_command("auto", "-f /w") == UvCommand("/opt/uv", ("--find-links", "/w"), {})

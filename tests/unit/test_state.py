@@ -14,6 +14,7 @@ from host.supervisor.state import (
     Replaced,
     ReplaceFailed,
     RestartPolicy,
+    RolledBack,
     Start,
     State,
     Stop,
@@ -223,6 +224,18 @@ def test_an_operator_restart_replaces_and_forgives() -> None:
     assert lc.restarts == 1 and lc.reason is None and not lc.failures
 
 
+def test_a_rolled_back_upgrade_runs_the_previous_version_and_says_so() -> None:
+    lc, _ = make(max_failures=2)
+    lc.transition(Start())
+    lc.transition(Ready())
+    lc.transition(Replaced())  # the upgrade's switch
+    lc.transition(WorkerDied(ExitInfo(1, False, "worker exited with code 1")))
+    assert lc.transition(WorkerDied(ExitInfo(1, False, "worker exited with code 1"))) == State.QUARANTINED
+    assert lc.transition(RolledBack("worker exited with code 1")) == State.RUNNING
+    assert lc.reason == "upgrade rolled back, the previous version serves again: worker exited with code 1"
+    assert not lc.failures  # the new version's failures are not the previous one's
+
+
 def test_stop_is_idempotent_and_abandon_says_why() -> None:
     lc, _ = make()
     assert lc.transition(Stop()) == State.STOPPED
@@ -232,7 +245,8 @@ def test_stop_is_idempotent_and_abandon_says_why() -> None:
     assert lc.reason == "supervisor error: KeyError: 'x'"
 
 
-@pytest.mark.parametrize("event", [Ready(), Failed(crash()), WorkerDied(crash()), Replaced(), ReplaceFailed("x")])
+@pytest.mark.parametrize("event", [Ready(), Failed(crash()), WorkerDied(crash()), Replaced(), ReplaceFailed("x"),
+                                   RolledBack("x")])
 def test_illegal_edges_raise(event: object) -> None:
     lc, _ = make()
     with pytest.raises(TransitionError):
