@@ -33,7 +33,7 @@ class Signed:
     lock: str = ""  # a requirements.lock of the wheelhouse: every wheel pinned with its sha256
 
     def source(self, version: str, key: str | None, previous: str | None = None, app: str | None = None,
-               lock: str | None = None) -> Path:
+               lock: str | None = None, permissions: str = "") -> Path:
         """The steady fixture as NAME ``version``, signed by ``key`` (None: unsigned); ``app``: its app.py;
         ``lock``: its requirements.lock."""
         src = self.work / f"{NAME}-{version}-{key}-{previous}"
@@ -42,7 +42,8 @@ class Signed:
             (src / "app.py").write_text(app)
         if lock is not None:
             (src / "requirements.lock").write_text(lock)
-        (src / "plugin.toml").write_text(f'name = "{NAME}"\nversion = "{version}"\nentrypoint = "app:app"\n')
+        (src / "plugin.toml").write_text(f'name = "{NAME}"\nversion = "{version}"\nentrypoint = "app:app"\n'
+                                         + permissions)
         if key is not None:
             extra = ("--previous-key", str(self.work / previous)) if previous else ()
             run_host(self.home, "sign", str(src), "--key", str(self.work / key), *extra, check=True)
@@ -235,6 +236,20 @@ def test_host_rollback_restores_the_previous_code_and_its_data(signed: Signed) -
     assert signed.host.get(f"/plugins/{NAME}/").text == "steady"
     assert (signed.home / "data" / NAME / "marker").read_text() == "data of 1.0.0"
     assert Registry(signed.home / "registry.db").require(NAME).version == "1.0.0"
+
+
+def test_an_upgrade_adding_an_egress_destination_waits_for_consent_while_the_old_version_serves(
+        signed: Signed) -> None:
+    before = signed.state()
+    src = signed.source("1.3.0", "k2", permissions='[permissions.network]\noutbound = ["api.example.com:443"]\n')
+    res = run_host(signed.home, "install", str(src), "--yes")
+    assert res.returncode == 2, res.stderr
+    assert "      widened:  network.outbound: + api.example.com:443" in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: signedapp: upgrading 1.0.0 → 1.3.0 widens its permissions (network.outbound: + api.example.com:443); "
+        "--yes does not grant a widening: pass --grant-widened (or --grant FILE); 1.0.0 stays installed and serving")
+    assert signed.state() == before
+    assert signed.host.get(f"/plugins/{NAME}/").text == "steady"
 
 
 def test_a_downgrade_is_refused_unless_allowed_and_then_audited(signed: Signed) -> None:
