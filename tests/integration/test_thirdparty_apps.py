@@ -32,7 +32,12 @@ from tests.integration.harness import ServedHost, run_host, short_home
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page, Response
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the plugin's repository is handed to its own uid")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the plugin's repository is handed to its own uid"),
+    # the module's host installs three real apps from PyPI (~2 min on an idle 2-core machine): a loaded one
+    # took over pytest-timeout's 300 s for that setup
+    pytest.mark.timeout(900),
+]
 
 OTTERWIKI = """
 name = "wiki"
