@@ -100,7 +100,7 @@ class _Prefixed:
         if environ.get("PATH_INFO", "").startswith(HOOK_PREFIX):
             sdk = sys.modules.get("plugin_sdk.hooks")
             if sdk is not None and sdk.HOOKS:
-                return sdk.HOOKS.handle(environ, start_response)  # type: ignore[no-any-return]
+                return sdk.HOOKS.handle(environ, start_response)
         return self.app(environ, start_response)
 
 
