@@ -52,7 +52,7 @@ class LaunchSpec:
     socket: Path  # the stable path the proxy connects to (a symlink to the live instance's socket)
     instance_socket: Path  # where this instance binds
     manifest: Manifest
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)  # holds the hook-signing secret
     install_id: str
     # The plugin's settings (host.plugin_settings) for its settings.json; secrets among them: never printed.
     settings: dict[str, Value] = field(default_factory=dict, repr=False)

@@ -253,6 +253,10 @@ class Registry:
                 db.execute("ROLLBACK")
             raise
 
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of one read (no transaction) for modules that own tables of their own (host.hooks)."""
+        return self._conn().execute(sql, args).fetchall()
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE) for modules that own tables of their own (host.hooks)."""

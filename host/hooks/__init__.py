@@ -11,5 +11,16 @@ Must not import Flask, the supervisor or the proxy: the supervisor, the web tier
 
 from __future__ import annotations
 
+import re
+from urllib.parse import unquote
+
 # Every hook call goes to this path prefix on the plugin's socket; the public proxy refuses it from clients.
 HOOK_PREFIX = "/.well-known/plugin-host/"
+
+
+def reserved(path: str) -> bool:
+    """Whether a client's path (decoded or not) would reach :data:`HOOK_PREFIX` on a plugin however it is
+    spelled: percent-encoded (even twice), with doubled or back slashes, in another case."""
+    for _ in range(3):
+        path = unquote(path)
+    return re.sub(r"[/\\]+", "/", "/" + path).lower().startswith(HOOK_PREFIX.rstrip("/"))

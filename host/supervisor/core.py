@@ -26,6 +26,7 @@ from host.settings import HostSettings
 from host.supervisor import leftovers, metrics
 from host.supervisor.admin import AdminOps, prepare_uploads
 from host.supervisor.control_server import ControlServer
+from host.supervisor.hooks import SupervisorHooks
 from host.supervisor.process import Children, children_of, process_group
 from host.supervisor.state import SERVING
 from host.supervisor.web import WEB_OPS, RoutesPublisher, bind_listener, public_view, web_env
@@ -74,6 +75,7 @@ class Supervisor:
         self.egress_refusals: dict[str, int] = {}
         self._audit_pruned: float | None = None  # monotonic time of the last audit retention pass
         self._egress_audited: dict[tuple[str, str, str], float] = {}
+        self.hooks = SupervisorHooks(self)  # event delivery, the filter table (host.hooks)
 
     @property
     def web(self) -> subprocess.Popen[bytes] | None:
@@ -152,6 +154,8 @@ class Supervisor:
                     if worker is not None:
                         worker.mark_active()
             return {"ok": True}
+        if op == "filter_tripped":
+            return self.hooks.filter_tripped(req)
         if op == "wake":
             wait = min(max(0.0, float(req.get("wait") or 0.0)), self.settings.request_wait)
             reply = self.handle({"op": "wake", "name": str(req.get("name", "")), "wait": wait})
@@ -175,7 +179,9 @@ class Supervisor:
     def publish_routes(self) -> None:
         """Republish the web tier's routing snapshot if the registry changed (cheap when it did not)."""
         try:
-            self.routes.publish(self.registry.all())
+            records = self.registry.all()
+            self.routes.publish(records)
+            self.hooks.publish(records)
         except Exception:  # a busy or broken registry must not end the main loop; the next tick retries
             log.exception("cannot publish the routing snapshot %s", self.layout.routes)
 
@@ -205,6 +211,7 @@ class Supervisor:
                 self.workers.pop(name).submit("shutdown", why="uninstalled")
             # Before any caller (`host install`, enable, disable) hears back: the next request sees it.
             self.routes.publish(records.values())
+        self.hooks.publish(records.values())
 
     # -- main loop --------------------------------------------------------------------------------------
 
@@ -260,9 +267,11 @@ class Supervisor:
             self.reconcile()
             for app in self.listeners:
                 self._start_web(app)
+            self.hooks.start()
             self._loop()
         finally:
             log.info("shutting down")
+            self.hooks.close()
             self._stop_web()
             self._shutdown_workers()
             release_all(self.layout)  # the plugins' disk images (lazily where a dying instance still holds one)

@@ -1,0 +1,97 @@
+"""The event dispatcher's decisions (host.hooks.dispatch): retry schedule with jitter, dead letter, 410, 429,
+waiting plugins and uninstalled ones. No sockets: a fake poster answers."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from host.hooks import outbox
+from host.hooks.dispatch import Dispatcher, Target, next_delay
+from host.hooks.events import CloudEvent, emit
+from host.registry import Registry
+
+TARGET = Target(Path("/nonexistent.sock"), "whsec_AAAA")
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    r = Registry(tmp_path / "r.db")
+    m = {"name": "seer", "version": "1.0", "entrypoint": "app:app",
+         "permissions": {"host_api": ["events:subscribe:notes.*"]}, "hooks": {"events": ["notes.*"]}}
+    r.put("seer", "1.0", "i1", m, True)
+    return r
+
+
+def pending(reg: Registry) -> dict[str, Any]:
+    return dict(reg.query("SELECT * FROM hook_deliveries ORDER BY id DESC LIMIT 1")[0])
+
+
+def answering(*answers: int | tuple[int, str] | Exception) -> tuple[Any, list[str]]:
+    seen: list[str] = []
+    queue = list(answers)
+
+    def poster(target: Target, msg_id: str, body: bytes, timeout: float) -> tuple[int, str | None]:
+        seen.append(msg_id)
+        a = queue.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return (a, None) if isinstance(a, int) else a
+    return poster, seen
+
+
+def test_the_schedule_has_jitter_and_an_end() -> None:
+    rng = random.Random(1)
+    schedule = (0.0, 5.0, 30.0, 300.0, 1800.0)
+    delays = [next_delay(schedule, n, rng) for n in range(6)]
+    assert delays[0] == 0.0 and delays[5] is None
+    for got, base in zip(delays[1:5], schedule[1:], strict=True):
+        assert got is not None and base * 0.8 <= got <= base * 1.2 and got != base
+
+
+def test_failures_follow_the_schedule_then_dead_letter(reg: Registry) -> None:
+    ev = CloudEvent(source="/plugins/notes", type="notes.note.created")
+    emit(reg, ev)
+    poster, seen = answering(500, httpx.ConnectError("refused"), 503)
+    d = Dispatcher(reg, lambda _: TARGET, schedule=(0.0, 10.0, 100.0), poster=poster, rng=random.Random(2))
+    nexts = []
+    for _ in range(3):
+        row = pending(reg)
+        d.run_now(row, TARGET)
+        nexts.append(pending(reg)["next_at"] - pending(reg)["updated"])
+    last = pending(reg)
+    assert seen == [ev.id] * 3  # the same id every time: the plugin dedupes by it
+    assert 8 <= nexts[0] <= 12 and 80 <= nexts[1] <= 120
+    assert (last["state"], last["attempts"], last["last_error"]) == ("dead", 3, "HTTP 503")
+    assert [(x.type, x.attempts) for x in outbox.deliveries(reg, state="dead")] == [("notes.note.created", 3)]
+    audit = reg.events(kinds=["hook_dead_letter"])[0]
+    assert (audit.plugin, audit.detail["event_id"]) == ("seer", ev.id)
+    # the operator requeues it once the plugin is fixed
+    assert outbox.requeue(reg, last["id"]) and pending(reg)["state"] == "pending"
+
+
+def test_429_waits_as_long_as_asked_and_410_unsubscribes(reg: Registry) -> None:
+    emit(reg, CloudEvent(source="/plugins/notes", type="notes.note.created"))
+    poster, _ = answering((429, "120"), 410)
+    d = Dispatcher(reg, lambda _: TARGET, schedule=(0.0, 1.0, 1.0), poster=poster)
+    d.run_now(pending(reg), TARGET)
+    row = pending(reg)
+    assert row["state"] == "pending" and row["next_at"] - row["updated"] >= 120
+    d.run_now(row, TARGET)
+    assert pending(reg)["state"] == "gone"
+    assert emit(reg, CloudEvent(source="/plugins/notes", type="notes.note.created")) == 0  # no longer queued
+    assert emit(reg, CloudEvent(source="/plugins/notes", type="notes.note.deleted")) == 1  # other types still are
+    assert reg.events(kinds=["hook_unsubscribed"])[0].detail == {"type": "notes.note.created"}
+
+
+def test_a_plugin_that_is_not_serving_keeps_its_events(reg: Registry) -> None:
+    emit(reg, CloudEvent(source="/plugins/notes", type="notes.note.created"))
+    d = Dispatcher(reg, lambda _: "wait", poster=answering()[0])
+    assert d.poll() == 0
+    assert (pending(reg)["state"], pending(reg)["attempts"]) == ("pending", 0)
+    Dispatcher(reg, lambda _: "gone").poll()
+    assert pending(reg)["state"] == "gone"
