@@ -30,7 +30,7 @@ class FilterRef:
     priority: int
     deadline: float  # seconds, already capped by the host
     on_error: str  # "allow" | "reject"
-    socket: str
+    socket: str  # absolute, as this process reaches it
     secret: str
 
     @property
@@ -44,7 +44,7 @@ class Live:
 
     plugin: str
     manifest: dict[str, Any]
-    socket: str
+    socket: str  # relative to run/ ("<plugin>/<n>.sock"): the web tier reaches the home by another path
     secret: str
 
 
@@ -88,7 +88,8 @@ class FilterTable:
         with self._lock, open(self.path, "rb") as fh:
             st = os.fstat(fh.fileno())
             raw = json.loads(fh.read())
-            table = {point: tuple(FilterRef(point=point, **r) for r in refs)
+            run = self.path.parent
+            table = {point: tuple(FilterRef(point=point, **{**r, "socket": str(run / r["socket"])}) for r in refs)
                      for point, refs in raw.get("filters", {}).items()}
             self._cache = ((st.st_ino, st.st_mtime_ns, st.st_size), table)
             return self._cache

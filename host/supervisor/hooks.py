@@ -63,7 +63,7 @@ class SupervisorHooks:
             inst = worker.instance if worker is not None else None
             if rec.enabled and inst is not None and worker is not None and worker.lc.state in SERVING \
                     and (rec.manifest.get("hooks") or {}).get("filters"):
-                live.append(Live(rec.name, rec.manifest, str(inst.spec.instance_socket),
+                live.append(Live(rec.name, rec.manifest, f"{rec.name}/{inst.spec.instance_socket.name}",
                                  inst.spec.env.get(SECRET_ENV, "")))
         self.table.publish(live)
 

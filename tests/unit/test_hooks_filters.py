@@ -19,7 +19,7 @@ from manifests import parse_manifest
 
 
 def live(plugin: str, *filters: dict[str, Any]) -> Live:
-    return Live(plugin, {"hooks": {"filters": list(filters)}}, f"/run/{plugin}.sock", "whsec_AAAA")
+    return Live(plugin, {"hooks": {"filters": list(filters)}}, f"{plugin}/1.sock", "whsec_AAAA")
 
 
 def table(tmp_path: Path, *plugins: Live, cap: float = 1.0) -> Path:
@@ -70,7 +70,9 @@ def test_a_failing_filter_gets_its_on_error(tmp_path: Path) -> None:
 
 def test_the_host_caps_the_deadline(tmp_path: Path) -> None:
     path = table(tmp_path, live("p", {"name": "f", "point": "request.before", "deadline_ms": 60000}), cap=0.5)
-    assert FilterTable(path).at("request.before")[0].deadline == 0.5
+    ref = FilterTable(path).at("request.before")[0]
+    assert ref.deadline == 0.5
+    assert ref.socket == str(tmp_path / "p" / "1.sock")  # relative to run/, as the reader reaches it
 
 
 def test_a_filter_that_keeps_failing_is_skipped_loudly(tmp_path: Path) -> None:
