@@ -139,3 +139,18 @@ def test_answers_are_parsed_only_when_complete() -> None:
     assert _complete(b"HTTP/1.1 500 X\r\n\r\nboom", eof=True) == (500, b"boom")
     with pytest.raises(FilterFailed, match="not an HTTP answer"):
         _complete(b"garbage\r\n\r\n")
+
+
+def test_open_circuits_and_the_outbox_are_on_metrics(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from host import request_metrics as names
+    from host.admin import metrics as admin_metrics
+
+    snap = {"uptime": 1.0, "web": {}, "states": [], "plugins": {}, "filters_tripped": {"waf/rules": 2},
+            "hook_deliveries": {"inbox": {"delivered": 7, "dead": 1}}}
+    text = admin_metrics.exposition(snap, tmp_path / "none").decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[(names.FILTER_CIRCUIT_OPEN + "_total", (("filter", "rules"), ("plugin", "waf")))] == 2
+    assert samples[(names.HOOK_DELIVERIES, (("plugin", "inbox"), ("state", "dead")))] == 1
