@@ -21,6 +21,8 @@ HOOK_PREFIX = "/.well-known/plugin-host/"
 def reserved(path: str) -> bool:
     """Whether a client's path (decoded or not) would reach :data:`HOOK_PREFIX` on a plugin however it is
     spelled: percent-encoded (even twice), with doubled or back slashes, in another case."""
+    if "%" not in path and "\\" not in path and "well-known" not in path.lower():
+        return False  # the common case, on every proxied request: no decoding, no regex
     for _ in range(3):
         path = unquote(path)
     return re.sub(r"[/\\]+", "/", "/" + path).lower().startswith(HOOK_PREFIX.rstrip("/"))
