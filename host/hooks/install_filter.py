@@ -13,14 +13,14 @@ from manifests import Manifest
 POINT = "plugin.install"
 
 
-def install_policy(layout: Layout, manifest: Manifest, caller: Caller = call) -> str | None:
+def install_policy(layout: Layout, manifest: Manifest, caller: Caller | None = None) -> str | None:
     """None when every filter allows the install; else why not, naming the filter."""
     refs = tuple(r for r in FilterTable(layout.hooks).at(POINT) if r.plugin != manifest.name)
     if not refs:
         return None
     data = {"name": manifest.name, "version": manifest.version, "manifest": manifest.model_dump(mode="json")}
     # A fresh breaker: one install is one call per filter, nothing to trip.
-    verdict = run_chain(refs, POINT, data, Breaker(threshold=1_000_000), caller)
+    verdict = run_chain(refs, POINT, data, Breaker(threshold=1_000_000), caller or call)
     if verdict.allowed:
         return None
     return f"refused by {verdict.by}: {verdict.reason}"

@@ -95,3 +95,32 @@ def test_a_plugin_that_is_not_serving_keeps_its_events(reg: Registry) -> None:
     assert (pending(reg)["state"], pending(reg)["attempts"]) == ("pending", 0)
     Dispatcher(reg, lambda _: "gone").poll()
     assert pending(reg)["state"] == "gone"
+
+
+def test_the_supervisor_resolves_live_instances_waits_for_others_and_wakes_sleepers(reg: Registry,
+                                                                                   tmp_path: Path) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from host.hooks.signing import SECRET_ENV
+    from host.layout import Layout
+    from host.settings import HostSettings
+    from host.supervisor.hooks import SupervisorHooks
+    from host.supervisor.state import State
+
+    submitted: list[str] = []
+
+    def worker(state: State, instance: Any, asleep: bool = False) -> Any:
+        return SimpleNamespace(lc=SimpleNamespace(state=state), instance=instance, want_running=True, asleep=asleep,
+                               submit=submitted.append)
+
+    spec = SimpleNamespace(instance_socket=Path("/run/seer/4.sock"), env={SECRET_ENV: "whsec_x"})
+    sup = SimpleNamespace(settings=HostSettings(home=tmp_path), layout=Layout(tmp_path), web_user=None,
+                          registry=reg, _lock=threading.Lock(), workers={})
+    hooks = SupervisorHooks(sup)  # type: ignore[arg-type]
+    assert hooks.resolve("seer") == "wait"  # installed, no worker yet
+    assert hooks.resolve("ghost") == "gone"  # not installed
+    sup.workers["seer"] = worker(State.RUNNING, SimpleNamespace(spec=spec))
+    assert hooks.resolve("seer") == Target(Path("/run/seer/4.sock"), "whsec_x")
+    sup.workers["seer"] = worker(State.STOPPED, None, asleep=True)  # scaled to zero
+    assert hooks.resolve("seer") == "wait" and submitted == ["wake"]

@@ -133,6 +133,30 @@ def test_an_install_policy_vetoes_with_its_reason(tmp_path: Path) -> None:
     assert seen[0]["name"] == "shady"
 
 
+def test_the_installer_asks_the_policy_before_building(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from host import installer
+    from host.errors import InstallError
+    from host.hooks import install_filter
+    from host.registry import Registry
+    from host.settings import HostSettings
+
+    settings = HostSettings(home=tmp_path / "home")
+    layout = Layout(settings.home_dir)
+    layout.ensure()
+    layout.hooks.write_bytes(snapshot([live("policy", {"name": "p", "point": "plugin.install"})], 1.0))
+    src = tmp_path / "shady"
+    src.mkdir()
+    (src / "plugin.toml").write_text('name = "shady"\nversion = "1.0"\nentrypoint = "app:app"\n')
+    (src / "app.py").write_text("app = None\n")
+    monkeypatch.setattr(install_filter, "call", lambda ref, payload: {"action": "reject", "reason": "not today"})
+    monkeypatch.setattr(installer.Installer, "_build", lambda *a: pytest.fail("built despite the veto"))
+    with pytest.raises(InstallError) as exc:
+        installer.Installer(settings, Registry(layout.registry), lambda msg: None).install(src)
+    assert str(exc.value) == ("shady: install failed while checking the install policy: refused by policy/p: "
+                              "not today")
+    assert Registry(layout.registry).get("shady") is None
+
+
 def test_answers_are_parsed_only_when_complete() -> None:
     assert _complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{\"a\"") is None
     assert _complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}") == (200, b"{}")
