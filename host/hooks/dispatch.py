@@ -30,9 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
-
-from host.hooks import HOOK_PREFIX, signing
+from host.hooks import HOOK_PREFIX, client
 from host.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -83,12 +81,11 @@ def next_delay(schedule: Sequence[float], attempts: int, rng: random.Random) -> 
 
 
 def post(target: Target, msg_id: str, body: bytes, timeout: float) -> tuple[int, str | None]:
-    """One signed delivery; (status, Retry-After). httpx errors go up to the caller."""
-    headers = {"content-type": "application/cloudevents+json", **signing.headers(target.secret, msg_id, body)}
-    transport = httpx.HTTPTransport(uds=str(target.socket))
-    with httpx.Client(transport=transport, timeout=timeout, base_url="http://plugin") as client:
-        resp = client.post(EVENTS_PATH, content=body, headers=headers)
-        return resp.status_code, resp.headers.get("retry-after")
+    """One signed delivery, over within ``timeout`` however slowly the plugin answers; (status, Retry-After).
+    CallFailed when there was no answer."""
+    status, headers, _ = client.post(str(target.socket), EVENTS_PATH, body, target.secret, msg_id, timeout,
+                                     content_type="application/cloudevents+json")
+    return status, headers.get("retry-after")
 
 
 Poster = Callable[[Target, str, bytes, float], tuple[int, str | None]]
@@ -108,7 +105,7 @@ class Dispatcher:
         self.interval = interval
         self.poster = poster
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hook-delivery")
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="hook-delivery")
         self._inflight: dict[str, set[int]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -185,8 +182,8 @@ class Dispatcher:
                 status, retry_after = self.poster(target, str(row["event_id"]), str(row["event"]).encode(),
                                                   self.timeout)
                 outcome = classify(status, retry_after)
-            except httpx.HTTPError as exc:
-                outcome = Outcome("retry", f"{exc.__class__.__name__}: {exc}"[:200])
+            except client.CallFailed as exc:
+                outcome = Outcome("retry", str(exc)[:200])
             self._record(row, outcome)
         except Exception:
             log.exception("hook dispatcher: delivery %d to %s", rid, plugin)

@@ -4,16 +4,13 @@ deadline passed) gets its declared ``on_error``: ``allow`` goes on to the next, 
 503. A filter that failed :attr:`Breaker.threshold` times in a row is skipped for :attr:`Breaker.cooldown`
 seconds (its on_error applied without calling it), loudly: a warning, an audit callback and a counter.
 
-The call is a small HTTP/1.1 POST over the plugin's Unix socket written here, not httpx: every socket
-operation waits only for what is left of the deadline, so a filter that trickles its answer byte by byte
-still costs at most its deadline. Must not import Flask or the supervisor.
+Each call is :func:`host.hooks.client.post`, whose deadline is hard. Must not import Flask or the supervisor.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -21,15 +18,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from host.hooks import HOOK_PREFIX, signing
+from host.hooks import HOOK_PREFIX
+from host.hooks.client import CallFailed, post
 from host.hooks.table import FilterRef
 
 log = logging.getLogger(__name__)
-MAX_ANSWER = 64 * 1024
-
-
-class FilterFailed(Exception):
-    """The filter did not give a verdict in time (``reason`` says why)."""
+FilterFailed = CallFailed  # the filter gave no verdict in time: why, in words
 
 
 @dataclass(frozen=True)
@@ -48,61 +42,9 @@ ALLOW = Verdict(True)
 
 def call(ref: FilterRef, payload: bytes, now: float | None = None) -> dict[str, Any]:
     """POST ``payload`` to the filter, signed; its JSON verdict, or FilterFailed within ``ref.deadline``."""
-    deadline = time.monotonic() + ref.deadline
-    msg_id = f"flt_{uuid.uuid4().hex}"
-    head = "".join(f"{k}: {v}\r\n" for k, v in signing.headers(ref.secret, msg_id, payload, now).items())
-    request = (f"POST {HOOK_PREFIX}filters/{ref.name} HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n{head}\r\n").encode() + payload
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        def left() -> float:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise FilterFailed(f"no answer within {ref.deadline:g}s")
-            return remaining
-        sock.settimeout(left())
-        sock.connect(ref.socket)
-        sock.settimeout(left())
-        sock.sendall(request)
-        data = b""
-        while True:
-            sock.settimeout(left())
-            chunk = sock.recv(16384)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > MAX_ANSWER:
-                raise FilterFailed("answer too large")
-            done = _complete(data)
-            if done is not None:
-                return _verdict(*done)
-        done = _complete(data, eof=True)
-        if done is None:
-            raise FilterFailed("connection closed before a complete answer")
-        return _verdict(*done)
-    except TimeoutError as exc:
-        raise FilterFailed(f"no answer within {ref.deadline:g}s") from exc
-    except OSError as exc:
-        raise FilterFailed(f"cannot reach the plugin: {exc.strerror or exc}") from exc
-    finally:
-        sock.close()
-
-
-def _complete(data: bytes, eof: bool = False) -> tuple[int, bytes] | None:
-    """(status, body) once ``data`` holds a whole response (Content-Length, or everything up to EOF)."""
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        return None
-    lines = head.decode("latin-1").split("\r\n")
-    try:
-        status = int(lines[0].split()[1])
-    except (IndexError, ValueError) as exc:
-        raise FilterFailed("not an HTTP answer") from exc
-    length = next((int(v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])
-                   if k.strip().lower() == "content-length" and v.strip().isdigit()), None)
-    if length is not None:
-        return (status, body[:length]) if len(body) >= length else None
-    return (status, body) if eof else None
+    status, _, body = post(ref.socket, f"{HOOK_PREFIX}filters/{ref.name}", payload, ref.secret,
+                           f"flt_{uuid.uuid4().hex}", ref.deadline, now)
+    return _verdict(status, body)
 
 
 def _verdict(status: int, body: bytes) -> dict[str, Any]:

@@ -65,3 +65,19 @@ def requeue(registry: Registry, delivery_id: int, who: str | None = None) -> boo
             return False
     registry.record(None, "hook_requeued", who=who, delivery=delivery_id)
     return True
+
+
+DONE_RETENTION_DAYS = 7.0  # delivered and gone rows: long past any retry (the schedule ends within the hour)
+
+
+def prune(registry: Registry, dead_retention_days: float, now: float | None = None) -> int:
+    """Forget delivered and gone deliveries after :data:`DONE_RETENTION_DAYS`, dead letters after
+    ``dead_retention_days`` (the audit retention; 0 keeps them). Pending ones are never pruned."""
+    now = time.time() if now is None else now
+    with registry.transaction() as db:
+        gone = db.execute("DELETE FROM hook_deliveries WHERE state IN ('delivered', 'gone') AND updated < ?",
+                          (now - DONE_RETENTION_DAYS * 86400,)).rowcount
+        if dead_retention_days > 0:
+            gone += db.execute("DELETE FROM hook_deliveries WHERE state = 'dead' AND updated < ?",
+                               (now - dead_retention_days * 86400,)).rowcount
+    return int(gone)

@@ -19,6 +19,7 @@ from typing import IO, Any
 from host import launch
 from host.egress.point import EgressPoint
 from host.errors import HostError
+from host.hooks import outbox
 from host.layout import Layout
 from host.quota import release_all
 from host.registry import Registry
@@ -170,6 +171,7 @@ class Supervisor:
         self._audit_pruned = now
         try:
             gone = self.registry.prune_events(self.settings.audit_retention_days)
+            outbox.prune(self.registry, self.settings.audit_retention_days)  # delivered events, old dead letters
         except Exception:  # a busy registry must not stop the host; tomorrow's pass catches up
             log.exception("cannot prune the audit log")
             return

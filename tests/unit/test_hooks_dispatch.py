@@ -7,10 +7,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from host.hooks import outbox
+from host.hooks.client import CallFailed
 from host.hooks.dispatch import Dispatcher, Target, next_delay
 from host.hooks.events import CloudEvent, emit
 from host.registry import Registry
@@ -56,7 +56,7 @@ def test_the_schedule_has_jitter_and_an_end() -> None:
 def test_failures_follow_the_schedule_then_dead_letter(reg: Registry) -> None:
     ev = CloudEvent(source="/plugins/notes", type="notes.note.created")
     emit(reg, ev)
-    poster, seen = answering(500, httpx.ConnectError("refused"), 503)
+    poster, seen = answering(500, CallFailed("cannot reach the plugin: Connection refused"), 503)
     d = Dispatcher(reg, lambda _: TARGET, schedule=(0.0, 10.0, 100.0), poster=poster, rng=random.Random(2))
     nexts = []
     for _ in range(3):
@@ -124,3 +124,16 @@ def test_the_supervisor_resolves_live_instances_waits_for_others_and_wakes_sleep
     assert hooks.resolve("seer") == Target(Path("/run/seer/4.sock"), "whsec_x")
     sup.workers["seer"] = worker(State.STOPPED, None, asleep=True)  # scaled to zero
     assert hooks.resolve("seer") == "wait" and submitted == ["wake"]
+
+
+def test_the_outbox_forgets_what_is_done_but_never_what_is_pending(reg: Registry) -> None:
+    for _ in range(3):
+        emit(reg, CloudEvent(source="/plugins/notes", type="notes.note.created"))
+    ids = [r["id"] for r in reg.query("SELECT id FROM hook_deliveries ORDER BY id")]
+    with reg.transaction() as db:
+        db.execute("UPDATE hook_deliveries SET state = 'delivered', updated = 0 WHERE id = ?", (ids[0],))
+        db.execute("UPDATE hook_deliveries SET state = 'dead', updated = 0 WHERE id = ?", (ids[1],))
+        db.execute("UPDATE hook_deliveries SET updated = 0 WHERE id = ?", (ids[2],))  # pending, however old
+    assert outbox.prune(reg, dead_retention_days=0) == 1  # dead letters kept forever with retention 0
+    assert outbox.prune(reg, dead_retention_days=90) == 1
+    assert [r["state"] for r in reg.query("SELECT state FROM hook_deliveries")] == ["pending"]

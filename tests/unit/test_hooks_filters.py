@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from host.hooks import reserved
-from host.hooks.filters import Breaker, FilterFailed, _complete, run_chain
+from host.hooks.client import complete
+from host.hooks.filters import Breaker, FilterFailed, run_chain
 from host.hooks.install_filter import install_policy
 from host.hooks.request_filter import RequestFilters
 from host.hooks.table import FilterRef, FilterTable, Live, snapshot
@@ -158,11 +159,12 @@ def test_the_installer_asks_the_policy_before_building(tmp_path: Path, monkeypat
 
 
 def test_answers_are_parsed_only_when_complete() -> None:
-    assert _complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{\"a\"") is None
-    assert _complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}") == (200, b"{}")
-    assert _complete(b"HTTP/1.1 500 X\r\n\r\nboom", eof=True) == (500, b"boom")
+    assert complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{\"a\"") is None
+    assert complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}") == (200, {"content-length": "2"}, b"{}")
+    assert complete(b"HTTP/1.1 429 X\r\nRetry-After: 7\r\n\r\nboom", eof=True) == (429, {"retry-after": "7"},
+                                                                                      b"boom")
     with pytest.raises(FilterFailed, match="not an HTTP answer"):
-        _complete(b"garbage\r\n\r\n")
+        complete(b"garbage\r\n\r\n")
 
 
 def test_open_circuits_and_the_outbox_are_on_metrics(tmp_path: Path) -> None:
