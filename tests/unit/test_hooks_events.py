@@ -71,3 +71,14 @@ def test_the_envelope_is_cloudevents_structured_json() -> None:
     assert ev.specversion == "1.0" and ev.id.startswith("evt_") and ev.time.endswith("Z")
     with pytest.raises(ValueError, match="extra"):
         CloudEvent.model_validate({"source": "/host", "type": "host.started", "subject": "x"})
+
+
+def test_the_operator_is_told_what_hooks_a_plugin_has_before_installing() -> None:
+    from host.risk import assess, grants
+
+    m = parse_manifest(manifest("waf", ("plugin.*",), ("events:subscribe:plugin.*",),
+                                filters=[{"name": "rules", "point": "request.before"}]))
+    hooks = next(g for g in grants(m) if g.permission == "hooks")
+    assert hooks.value == "events plugin.*; filter rules at request.before (200 ms, on_error=allow)"
+    assert "+2 request.before filter: sees every request to the other plugins (headers and cookies) and may " \
+           "refuse it or add headers" in assess(m).reasons
