@@ -20,7 +20,7 @@ TARGET = Target(Path("/nonexistent.sock"), "whsec_AAAA")
 
 @pytest.fixture
 def reg(tmp_path: Path) -> Registry:
-    r = Registry(tmp_path / "r.db")
+    r = Registry(tmp_path / "registry.db")
     m = {"name": "seer", "version": "1.0", "entrypoint": "app:app",
          "permissions": {"host_api": ["events:subscribe:notes.*"]}, "hooks": {"events": ["notes.*"]}}
     r.put("seer", "1.0", "i1", m, True)
@@ -137,3 +137,28 @@ def test_the_outbox_forgets_what_is_done_but_never_what_is_pending(reg: Registry
     assert outbox.prune(reg, dead_retention_days=0) == 1  # dead letters kept forever with retention 0
     assert outbox.prune(reg, dead_retention_days=90) == 1
     assert [r["state"] for r in reg.query("SELECT state FROM hook_deliveries")] == ["pending"]
+
+
+def test_host_hooks_lists_dead_letters_and_requeues_them(reg: Registry, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from host.cli import cli
+
+    ev = CloudEvent(source="/plugins/notes", type="notes.note.created")
+    emit(reg, ev)
+    poster, _ = answering(500)
+    Dispatcher(reg, lambda _: TARGET, schedule=(0.0,), poster=poster).run_now(pending(reg), TARGET)
+    home = str(reg.path.parent)
+    out = CliRunner().invoke(cli, ["--home", home, "hooks", "--state", "dead"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0].split() == ["PLUGIN", "PENDING", "DELIVERED", "DEAD", "GONE"]
+    assert lines[1].split() == ["seer", "0", "0", "1", "0"]
+    row = lines[4].split()
+    assert (row[2], row[3], row[4], row[5], row[6], row[7:]) == ("seer", "notes.note.created", "dead", "1", ev.id,
+                                                                 ["HTTP", "500"])
+    out = CliRunner().invoke(cli, ["--home", home, "hooks", "requeue", row[0]])
+    assert (out.exit_code, out.output) == (0, f"delivery {row[0]} queued again\n")
+    out = CliRunner().invoke(cli, ["--home", home, "hooks", "requeue", row[0]])
+    assert str(out.exception) == f"delivery {row[0]} is not a dead letter (see `host hooks --state dead`)"
+    assert getattr(out.exception, "exit_code", None) == 2  # a usage error: exit 2 from `host`
