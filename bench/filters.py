@@ -5,13 +5,15 @@
 Installs the bundled inbox (the target) and gatekeeper (a request.before filter), then times sequential GETs
 of /plugins/inbox/headers.json with the gatekeeper disabled (no filter published: the web tier pays one
 stat), enabled (one signed call to the filter's socket per request), and disabled again, all in the same
-run. Prints medians, p90 and the ratio and difference to no filter; plus, in process, what the web tier's
-hook gate costs per request when no filter is registered. Talks only to 127.0.0.1 and Unix sockets.
+run. Prints medians, p90 and the ratio and difference to no filter; the signed filter call alone (straight
+to the gatekeeper's socket); and, in process, what the web tier's hook gate costs per request when no
+filter is registered. Talks only to 127.0.0.1 and Unix sockets.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -21,7 +23,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from host.hooks.filters import call
 from host.hooks.request_filter import RequestFilters
+from host.hooks.table import FilterTable
 from tests.integration.harness import BUNDLED, ServedHost, run_host, short_home
 
 URL = "/plugins/inbox/headers.json"
@@ -59,6 +63,21 @@ def gate_cost(n: int = 100_000) -> float:
         return (time.perf_counter() - t0) / n
 
 
+def filter_calls(home: Path, n: int) -> list[float]:
+    """The signed call alone, straight to the gatekeeper's socket (what the web tier does per request)."""
+    (ref,) = FilterTable(home / "run" / "hooks.json").at("request.before")
+    payload = json.dumps({"point": "request.before", "data": {"plugin": "inbox", "method": "GET", "path": URL,
+                                                              "query": "", "client": "127.0.0.1",
+                                                              "headers": {}}}).encode()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        verdict = call(ref, payload)
+        out.append(time.perf_counter() - t0)
+        assert verdict["action"] == "allow", verdict
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=300)
@@ -78,6 +97,7 @@ def main() -> None:
                     time.sleep(0.1)
                 timed(client, 20, tagged=True)
                 filtered = timed(client, args.requests, tagged=True)
+                direct = filter_calls(home, args.requests)
                 host.cli("disable", "gatekeeper")
                 deadline = time.monotonic() + 10
                 while "X-Filter-Gatekeeper" in client.get(URL).json() and time.monotonic() < deadline:
@@ -89,6 +109,7 @@ def main() -> None:
     base = show("no filter (before)", before, None)
     show("request.before: gatekeeper", filtered, base)
     show("no filter (after)", after, base)
+    show("one filter call, no proxy", direct, None)
     print(f"web tier hook gate, no filter registered: {gate_cost() * 1e6:.2f} µs per request (in process)")
 
 

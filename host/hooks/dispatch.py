@@ -170,7 +170,7 @@ class Dispatcher:
         return started
 
     def run_now(self, row: dict[str, Any], target: Target) -> None:
-        """Deliver one row in this thread (tests, and :meth:`poll`'s pool)."""
+        """Deliver one row in the calling thread (:meth:`poll` runs :meth:`_deliver` on its pool instead)."""
         with self._lock:
             self._inflight.setdefault(str(row["plugin"]), set()).add(int(row["id"]))
         self._deliver(row, target)
