@@ -187,6 +187,12 @@ class Supervisor:
         except Exception:  # a busy or broken registry must not end the main loop; the next tick retries
             log.exception("cannot publish the routing snapshot %s", self.layout.routes)
 
+    def _plugin_live(self) -> None:
+        """An instance went live (a worker's thread): its new hook secret into the filter table now, and its
+        pending events out, rather than at the next tick."""
+        self.publish_routes()
+        self.hooks.dispatcher.wake()
+
     def reconcile(self) -> None:
         """Make the set of workers and their desired state match the registry."""
         with self._lock:
@@ -197,6 +203,7 @@ class Supervisor:
                     worker = PluginWorker(name, self.settings, self.registry, children=self.children,
                                           egress=self.egress)
                     worker.web_user = self.web_user
+                    worker.on_live = self._plugin_live
                     self.workers[name] = worker
                     worker.start()
                 if rec.enabled and not worker.want_running:

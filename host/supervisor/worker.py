@@ -124,6 +124,9 @@ class PluginWorker(threading.Thread):
         self.asleep = self.idle_timeout() > 0
         self.quarantines = 0  # times it was quarantined since the host started (/metrics)
         self._was_ready = False  # it served once since the host started: the next start is a restart (event)
+        # Called (in this thread) when an instance goes live: the supervisor republishes the filter table (the
+        # new instance has a new hook secret) and wakes the event dispatcher.
+        self.on_live: Callable[[], None] | None = None
         self.start_seconds: float | None = None  # how long its last instance took to be ready (/metrics)
 
     # -- called from other threads ----------------------------------------------------------------------
@@ -421,6 +424,7 @@ class PluginWorker(threading.Thread):
             return
         self._go_live(outcome)
         self.lc.transition(Ready())
+        self._announce()
         self.start_seconds = time.monotonic() - outcome.started_at
         log.info("%s: ready (pid %s, %.2fs)", self.plugin, outcome.pid, time.monotonic() - outcome.started_at)
         self.registry.record(self.plugin, "ready", pid=outcome.pid)
@@ -451,6 +455,14 @@ class PluginWorker(threading.Thread):
         self._probe_failures = 0
         self._next_probe = time.monotonic() + self.settings.probe_interval
 
+    def _announce(self) -> None:
+        """Once the new instance serves (state RUNNING): tell the supervisor (:attr:`on_live`)."""
+        if self.on_live is not None:
+            try:
+                self.on_live()
+            except Exception:  # the next supervisor tick publishes anyway
+                log.exception("%s: cannot announce the new instance", self.plugin)
+
     def _point_public_socket(self, inst: Instance) -> None:
         public = inst.spec.socket
         tmp = public.with_name(f".{public.name}.{self.generation}")
@@ -473,6 +485,7 @@ class PluginWorker(threading.Thread):
             return False
         self._go_live(outcome)
         self.lc.transition(Replaced())
+        self._announce()
         self.start_seconds = time.monotonic() - outcome.started_at
         self.registry.record(self.plugin, "restarted", pid=outcome.pid)
         emit_quietly(self.registry, host_event("plugin.restarted", plugin=self.plugin))
