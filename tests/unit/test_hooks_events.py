@@ -82,3 +82,23 @@ def test_the_operator_is_told_what_hooks_a_plugin_has_before_installing() -> Non
     assert hooks.value == "events plugin.*; filter rules at request.before (200 ms, on_error=allow)"
     assert "+2 request.before filter: sees every request to the other plugins (headers and cookies) and may " \
            "refuse it or add headers" in assess(m).reasons
+
+
+def test_enabling_and_disabling_emit_host_events(tmp_path: Path) -> None:
+    from host import operations
+    from host.layout import Layout
+    from host.settings import HostSettings
+
+    settings = HostSettings(home=tmp_path)
+    layout = Layout(tmp_path)
+    layout.ensure()
+    reg = Registry(layout.registry)
+    install(reg, "watcher", ("plugin.*",))
+    install(reg, "notes")
+    operations.set_enabled(settings, reg, layout, "notes", False, who="local:test")  # no supervisor: registry only
+    operations.set_enabled(settings, reg, layout, "notes", False, who="local:test")  # no change: no event
+    operations.set_enabled(settings, reg, layout, "notes", True, who="local:test")
+    rows = reg.query("SELECT plugin, type, event FROM hook_deliveries ORDER BY id")
+    assert [(r["plugin"], r["type"]) for r in rows] == [("watcher", "plugin.disabled"), ("watcher", "plugin.enabled")]
+    event = CloudEvent.model_validate_json(rows[0]["event"])
+    assert (event.source, event.data) == ("/host", {"plugin": "notes"})
