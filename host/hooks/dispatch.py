@@ -131,12 +131,23 @@ class Dispatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            wait = self.interval
             try:
                 self.poll()
+                wait = self._until_next(wait)
             except Exception:  # a busy registry must not end delivery; the next tick retries
                 log.exception("hook dispatcher: cannot read the outbox")
-            self._wake.wait(self.interval)
+            self._wake.wait(wait)
             self._wake.clear()
+
+    def _until_next(self, longest: float) -> float:
+        """Seconds until the next retry falls due (a short schedule is kept to), at most ``longest``. Rows due
+        already but held back (plugin not serving, its slots full) wait for a wake or the next tick."""
+        now = time.time()
+        row = self.registry.query("SELECT MIN(next_at) FROM hook_deliveries WHERE state = 'pending' AND next_at > ?",
+                                  (now,))
+        nxt = row[0][0] if row else None
+        return longest if nxt is None else max(0.01, min(longest, float(nxt) - now))
 
     # -- work ---------------------------------------------------------------------------------------------
 
@@ -190,6 +201,7 @@ class Dispatcher:
         finally:
             with self._lock:
                 self._inflight.get(plugin, set()).discard(rid)
+            self._wake.set()  # a slot is free, and a retry may be due sooner than the next tick
 
     def _record(self, row: dict[str, Any], outcome: Outcome) -> None:
         rid, plugin, attempts = int(row["id"]), str(row["plugin"]), int(row["attempts"]) + 1

@@ -86,10 +86,11 @@ def test_events_arrive_once_across_a_plugin_restart_and_a_host_restart(host: Ser
 def test_a_failing_delivery_is_retried_then_a_dead_letter(host: ServedHost) -> None:
     bad = note(host, fail=True)
 
-    def dead() -> dict[str, Any] | None:
-        rows = json.loads(host.cli("hooks", "--state", "dead", "--json").stdout)["deliveries"]
-        return next((r for r in rows if r["event_id"] == bad), None)
-    row = wait_for(dead, 30, interval=0.2, what="a dead letter")
+    reg = Registry(host.home / "registry.db")
+    wait_for(lambda: reg.query("SELECT 1 FROM hook_deliveries WHERE event_id = ? AND state = 'dead'", (bad,)), 30,
+             interval=0.1, what="a dead letter")
+    rows = json.loads(host.cli("hooks", "--state", "dead", "--json").stdout)["deliveries"]  # what the operator sees
+    row = next(r for r in rows if r["event_id"] == bad)
     assert (row["plugin"], row["attempts"], row["last_error"]) == ("inbox", 3, "HTTP 500")
     assert bad not in seen(host)
     audit = host.cli("audit", "--plugin", "inbox", "--json").stdout
