@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,14 @@ from host.runtime.plugin_sdk import hooks as sdk
 SECRET = signing.new_secret()
 
 
-def call(h: sdk.Hooks, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+def call(h: Any, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """POST to ``h`` (a Hooks, or any WSGI app) under the hook prefix."""
+    handle = h.handle if isinstance(h, sdk.Hooks) else h
     environ = {"REQUEST_METHOD": "POST", "PATH_INFO": sdk.PREFIX + path, "CONTENT_LENGTH": str(len(body)),
                "wsgi.input": io.BytesIO(body),
                **{"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()}}
     got: list[str] = []
-    out = b"".join(h.handle(environ, lambda status, hdrs: got.append(status)))
+    out = b"".join(handle(environ, lambda status, hdrs: got.append(status)))
     return int(got[0].split()[0]), json.loads(out)
 
 
@@ -96,3 +99,35 @@ def test_filters_answer_their_verdict(seen: tuple[sdk.Hooks, list[dict[str, Any]
         body = json.dumps({"point": "request.before", "data": {"path": path}}).encode()
         assert call(h, "filters/waf", body, signing.headers(SECRET, "f1", body)) == (200, verdict)
     assert call(h, "filters/nope", b"{}", signing.headers(SECRET, "f2", b"{}"))[0] == 404
+
+
+def test_a_seed_style_plugin_gets_its_hooks_through_the_hosts_wsgi_wrapper(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a plugin venv: plugin_base, plugin_host_wsgi and plugin_sdk side by side, and a PluginBase module
+    that declares a filter with the SDK's module-level decorator (nothing registered with Flask)."""
+    from host.runtime import RUNTIME_DIR
+
+    (tmp_path / "seedmod.py").write_text(
+        "from plugin_base import PluginBase\n"
+        "from plugin_sdk import hooks\n\n"
+        "class Seed(PluginBase):\n"
+        "    def register(self):\n"
+        "        self.app.add_url_rule('/', 'index', lambda: 'hi')\n\n"
+        "@hooks.filter('policy')\n"
+        "def policy(call):\n"
+        "    return hooks.reject(451, 'the seed says no')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(RUNTIME_DIR))
+    monkeypatch.setenv("PLUGIN_HOST_WEBHOOK_SECRET", SECRET)
+    for mod in ("plugin_sdk", "plugin_sdk.hooks", "plugin_base", "plugin_host_wsgi", "seedmod"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+    import plugin_host_wsgi  # type: ignore[import-not-found]
+
+    app = plugin_host_wsgi._Prefixed(plugin_host_wsgi.load("seedmod"))
+    body = json.dumps({"point": "plugin.install", "data": {"name": "x"}}).encode()
+    status, verdict = call(app, "filters/policy", body, signing.headers(SECRET, "flt_1", body))
+    assert (status, verdict) == (200, {"action": "reject", "status": 451, "reason": "the seed says no"})
+    got: list[str] = []
+    page = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "x", "SERVER_PORT": "80",
+                         "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO()}, lambda s, h: got.append(s)))
+    assert (got, page) == (["200 OK"], b"hi")  # the plugin's own pages as before
