@@ -121,6 +121,8 @@ def test_a_seed_style_plugin_gets_its_hooks_through_the_hosts_wsgi_wrapper(
     monkeypatch.setenv("PLUGIN_HOST_WEBHOOK_SECRET", SECRET)
     for mod in ("plugin_sdk", "plugin_sdk.hooks", "plugin_base", "plugin_host_wsgi", "seedmod"):
         monkeypatch.delitem(sys.modules, mod, raising=False)
+        monkeypatch.setitem(sys.modules, mod, None)  # set and then deleted: undo removes what the test imports
+        del sys.modules[mod]
     import plugin_host_wsgi  # type: ignore[import-not-found]
 
     app = plugin_host_wsgi._Prefixed(plugin_host_wsgi.load("seedmod"))
