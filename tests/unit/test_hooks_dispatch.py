@@ -162,3 +162,24 @@ def test_host_hooks_lists_dead_letters_and_requeues_them(reg: Registry, tmp_path
     out = CliRunner().invoke(cli, ["--home", home, "hooks", "requeue", row[0]])
     assert str(out.exception) == f"delivery {row[0]} is not a dead letter (see `host hooks --state dead`)"
     assert getattr(out.exception, "exit_code", None) == 2  # a usage error: exit 2 from `host`
+
+
+def test_an_open_circuit_reported_by_the_web_tier_is_audited_and_counted(reg: Registry, tmp_path: Path) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from host.layout import Layout
+    from host.settings import HostSettings
+    from host.supervisor import metrics
+    from host.supervisor.hooks import SupervisorHooks
+
+    sup = SimpleNamespace(settings=HostSettings(home=tmp_path), layout=Layout(tmp_path), web_user=None,
+                          registry=reg, _lock=threading.Lock(), workers={}, egress_refusals={}, tiers={},
+                          started=0.0)
+    sup.hooks = SupervisorHooks(sup)  # type: ignore[arg-type]
+    for _ in range(2):
+        assert sup.hooks.filter_tripped({"plugin": "waf", "filter": "rules", "reason": "no answer within 0.2s"})
+    audit = reg.events(kinds=["filter_circuit_open"])
+    expected = ("waf", {"filter": "rules", "reason": "no answer within 0.2s"})
+    assert [(e.plugin, e.detail) for e in audit] == [expected] * 2
+    assert metrics.snapshot(sup)["filters_tripped"] == {"waf/rules": 2}  # type: ignore[arg-type]
