@@ -180,3 +180,17 @@ def test_open_circuits_and_the_outbox_are_on_metrics(tmp_path: Path) -> None:
                for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples[(names.FILTER_CIRCUIT_OPEN + "_total", (("filter", "rules"), ("plugin", "waf")))] == 2
     assert samples[(names.HOOK_DELIVERIES, (("plugin", "inbox"), ("state", "dead")))] == 1
+
+
+def test_an_unreachable_fail_closed_policy_holds_installs(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    layout.run.mkdir(parents=True)
+    layout.hooks.write_bytes(snapshot([live("policy", {"name": "p", "point": "plugin.install",
+                                                       "on_error": "reject"})], 1.0))
+    m = parse_manifest({"name": "any", "version": "1.0", "entrypoint": "app:app"})
+
+    def down(ref: FilterRef, payload: bytes) -> dict[str, Any]:
+        raise FilterFailed("cannot reach the plugin: No such file or directory")
+
+    assert install_policy(layout, m, down) == ("refused by policy/p: filter policy/p failed: cannot reach the "
+                                               "plugin: No such file or directory")
