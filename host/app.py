@@ -27,6 +27,7 @@ from host.access_log import AccessLog
 from host.directory import Directory, PluginEntry
 from host.errors import HostError
 from host.headers import Forwarding, request_headers, response_headers
+from host.hooks.request_filter import RequestFilters, filter_tripped
 from host.layout import Layout
 from host.observe import Exchange, Observer
 from host.proxy import (
@@ -91,6 +92,8 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
     app.config["MAX_CONTENT_LENGTH"] = None
     app.extensions["plugin_host"] = {"settings": settings, "pool": pool, "directory": directory, "observer": observer}
     websockets = WebSockets(app, directory, mark_active, websocket_gate)
+    hook_gate = RequestFilters(layout.hooks, settings.hook_filter_headers, threshold=settings.hook_breaker_failures,
+                               cooldown=settings.hook_breaker_cooldown, opened=filter_tripped(layout))
 
     def supervisor_status() -> dict[str, Any] | None:
         """The supervisor's public view (state, retry_in, sandbox level per plugin: no pid, no stderr)."""
@@ -203,6 +206,9 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
             return problem(404, "Unknown plugin", f"no enabled plugin named {name!r}")
         if escapes_prefix(subpath):
             return problem(400, "Bad path", "path segments '.' and '..' are not allowed")
+        refused = hook_gate.gate(request.environ, name, subpath)  # host.hooks: reserved paths, request.before
+        if refused is not None:
+            return problem(*refused, plugin=name)
         if not prefix and (request.method not in IDEMPOTENT or requested(request.environ)):
             other = origins.sibling(request.headers.get("Origin"), name, domain)
             if other is not None:

@@ -28,11 +28,13 @@ from host.egress.point import EgressPoint
 from host.egress.rules import Grant, index_destinations
 from host.errors import HostError, InstallError, UnsafeTree, UsageError
 from host.exits import Cause, ExitReport, Limits, classify
+from host.hooks.events import emit_quietly, host_event
+from host.hooks.install_filter import install_policy
 from host.layout import Layout
 from host.pip_options import UvCommand, index_options, redact, uv_command, without_constraints
 from host.quota import Quota, ensure_mounted, release, remove
 from host.registry import InstallRecord, Provenance, Registry
-from host.runtime import RUNTIME_DIR, RUNTIME_MODULES
+from host.runtime import RUNTIME_DIR, RUNTIME_MODULES, RUNTIME_PACKAGES
 from host.settings import HostSettings
 from host.uids import UidFile
 from manifests import Manifest, load_manifest, parse_manifest
@@ -135,6 +137,9 @@ class Installer:
                                                       if self.settings.signatures == "require" else ""))
         if confirm is not None and not confirm(manifest):
             raise InstallError(name, "asking for consent", "declined; nothing was installed")
+        veto = install_policy(self.layout, manifest)  # the plugin.install filters (a policy plugin may refuse)
+        if veto is not None:
+            raise InstallError(name, "checking the install policy", veto)
 
         with home_lock(self.layout):
             sweep(self.layout, self.registry)
@@ -162,6 +167,9 @@ class Installer:
                                   uid_index=uid_index, plugin_settings=values, who=self.who,
                                   provenance=Provenance(digest, verified.key if verified else None), pin=decision.pin)
                 (target / PARTIAL_MARKER).unlink()
+                emit_quietly(self.registry, host_event("plugin.upgraded" if existing else "plugin.installed",
+                                                       plugin=name, version=manifest.version,
+                                                       **({"from": existing.version} if existing else {})))
             except BaseException:
                 self._quota_after_install(name, failed_first=self.layout.data(name) in fresh)
                 rootfs.remove_tree(target)
@@ -235,6 +243,10 @@ class Installer:
             raise InstallError(name, "creating the venv", f"no site-packages at {site}")
         for mod in RUNTIME_MODULES:
             shutil.copyfile(RUNTIME_DIR / mod, site / mod)
+        for pkg in RUNTIME_PACKAGES:  # its .py files only (no __pycache__ of the host's)
+            (site / pkg).mkdir()
+            for src in sorted((RUNTIME_DIR / pkg).glob("*.py")):
+                shutil.copyfile(src, site / pkg / src.name)
 
         lock = target / "bundle" / lockfile.LOCK_FILE
         if lock.is_file():  # the copy: signed (when the bundle is), and root's

@@ -21,6 +21,7 @@ from host import plugin_settings, rootfs
 from host.egress import point as egress
 from host.egress.netns import PROXY_PORT
 from host.egress.rules import Grant
+from host.hooks import signing
 from host.layout import Layout
 from host.pip_options import UvCommand, index_options, local_paths
 from host.quota import Quota, ensure_mounted
@@ -51,7 +52,7 @@ class LaunchSpec:
     socket: Path  # the stable path the proxy connects to (a symlink to the live instance's socket)
     instance_socket: Path  # where this instance binds
     manifest: Manifest
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)  # holds the hook-signing secret
     install_id: str
     # The plugin's settings (host.plugin_settings) for its settings.json; secrets among them: never printed.
     settings: dict[str, Value] = field(default_factory=dict, repr=False)
@@ -225,7 +226,9 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1,
     perms = manifest.permissions
     res = perms.resources
     policy = runtime_policy(settings, manifest, install, plugin_uid(settings, record.uid_index), str(generation))
-    policy = dataclasses.replace(policy, env={**policy.env, **plugin_settings.environment(manifest, values, data)})
+    # A fresh hook-signing secret for every start (host.hooks.signing): an old instance's cannot sign for the new.
+    policy = dataclasses.replace(policy, env={**policy.env, **plugin_settings.environment(manifest, values, data),
+                                              signing.SECRET_ENV: signing.new_secret()})
     gunicorn = [
         f"{venv}/bin/python", "-m", "gunicorn",
         "--workers", str(res.workers),

@@ -53,6 +53,11 @@ class Layout:
         return self.run / "routes.json"
 
     @property
+    def hooks(self) -> Path:
+        """The live filters the supervisor publishes for the web tier and the installer (host.hooks.table)."""
+        return self.run / "hooks.json"
+
+    @property
     def lock(self) -> Path:
         return self.home / ".lock"
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from host import configure, control, plugin_settings
 from host.errors import HostError, SupervisorUnavailable
+from host.hooks.events import emit_quietly, host_event
 from host.installer import Installer
 from host.layout import Layout
 from host.registry import Registry
@@ -54,6 +55,8 @@ def set_enabled(settings: HostSettings, registry: Registry, layout: Layout, name
     """Enable (start, clearing quarantine) or disable (stopped, its whole tree, when this returns) plugin
     ``name``. Returns (changed, a supervisor was told)."""
     changed = registry.set_enabled(name, enabled, who=who)
+    if changed:
+        emit_quietly(registry, host_event("plugin.enabled" if enabled else "plugin.disabled", plugin=name))
     told = tell(layout, "reload") is not None
     if told and enabled:
         tell(layout, "start", name=name)

@@ -110,6 +110,30 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         plugin  TEXT PRIMARY KEY,
         version TEXT NOT NULL
     )"""),
+    # 6: the hooks outbox (issue 13, host.hooks.events): one row per event and subscribed plugin, delivered at
+    # least once by the supervisor; state pending -> delivered | dead (retries exhausted) | gone (410, or the
+    # plugin was uninstalled). And the event types a plugin unsubscribed from by answering 410.
+    ("""CREATE TABLE IF NOT EXISTS hook_deliveries (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id   TEXT NOT NULL,
+        plugin     TEXT NOT NULL,
+        type       TEXT NOT NULL,
+        event      TEXT NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        next_at    REAL NOT NULL,
+        state      TEXT NOT NULL CHECK(state IN ('pending', 'delivered', 'dead', 'gone')),
+        last_error TEXT,
+        created    REAL NOT NULL,
+        updated    REAL NOT NULL,
+        UNIQUE(event_id, plugin)
+    )""",
+     "CREATE INDEX IF NOT EXISTS hook_deliveries_due ON hook_deliveries(state, next_at)",
+     """CREATE TABLE IF NOT EXISTS hook_unsubscribed (
+        plugin TEXT NOT NULL,
+        type   TEXT NOT NULL,
+        ts     REAL NOT NULL,
+        PRIMARY KEY (plugin, type)
+    )"""),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -228,6 +252,16 @@ class Registry:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of one read (no transaction) for modules that own tables of their own (host.hooks)."""
+        return self._conn().execute(sql, args).fetchall()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE) for modules that own tables of their own (host.hooks)."""
+        with self._tx() as db:
+            yield db
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -61,9 +61,17 @@ def grants(m: Manifest) -> list[Grant]:
         Grant("websockets", f"{p.requests.max_websockets} open at once, closed after "
               f"{p.requests.websocket_idle_seconds:g} s idle", "host proxy (503 / close)"),
         Grant("host API", ", ".join(p.host_api) or "none", "host API token scopes (not served yet: denied)"),
+        Grant("hooks", _hooks_value(m), "host: signed calls to its socket; filters with a deadline"),
         Grant("kernel surface", "ptrace, mount, namespaces, bpf, keyctl, io_uring, perf, modules denied",
               "seccomp + no_new_privs + no capabilities"),
     ]
+
+
+def _hooks_value(m: Manifest) -> str:
+    """Events it receives and filters it runs, in words (a filter is power over the other plugins' traffic)."""
+    parts = [f"events {', '.join(m.hooks.events)}"] if m.hooks.events else []
+    parts += [f"filter {f.name} at {f.point} ({f.deadline_ms} ms, on_error={f.on_error})" for f in m.hooks.filters]
+    return "; ".join(parts) or "none"
 
 
 def destination_risk(d: Destination) -> str:
@@ -102,6 +110,12 @@ def assess(m: Manifest, unsigned: bool = False) -> Risk:
         add(1, f"receives host environment: {', '.join(p.environment)}")
     if any(s.endswith(":write") for s in p.host_api):
         add(1, "may change host state through the host API")
+    points = {f.point for f in m.hooks.filters}
+    if "request.before" in points:
+        add(2, "request.before filter: sees every request to the other plugins (headers and cookies) and may "
+               "refuse it or add headers")
+    if "plugin.install" in points:
+        add(1, "plugin.install filter: sees every manifest installed and may veto the install")
     r = p.resources
     if r.memory_mb > 1024 or r.processes > 256 or r.workers * r.threads > 64 or r.disk_mb > 8192:
         add(1, "large resource allowance")

@@ -127,6 +127,22 @@ class HostSettings(BaseSettings):
     # Audit events (registry `events`) older than this many days are deleted when `host serve` starts and once a
     # day while it runs; 0 keeps them forever.
     audit_retention_days: float = Field(90.0, ge=0)
+    # Hooks (host.hooks). Event deliveries: the delay before each attempt in seconds (comma-separated; each
+    # but the first gets ±20 % jitter); after the last failed attempt an event is a dead letter (`host hooks`).
+    hook_retry_schedule: str = Field("0,5,30,300,1800", pattern=r"^\s*[0-9.]+(\s*,\s*[0-9.]+)*\s*$")
+    hook_delivery_timeout: float = Field(10.0, gt=0)
+    hook_concurrency: int = Field(2, ge=1, le=64, description="Deliveries in flight to one plugin.")
+    # Filters: no filter may take longer than this, whatever its manifest says (seconds).
+    hook_filter_deadline_max: float = Field(1.0, gt=0, le=60)
+    # A filter failing this many times in a row is skipped (its on_error applied) for hook_breaker_cooldown s.
+    hook_breaker_failures: int = Field(5, ge=1)
+    hook_breaker_cooldown: float = Field(30.0, gt=0)
+    # Request headers a request.before filter may add besides X-Filter-* (comma-separated names).
+    hook_filter_headers: str = Field("", pattern=r"^[A-Za-z0-9,\s-]*$")
+
+    @property
+    def hook_schedule(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in self.hook_retry_schedule.split(","))
 
     @property
     def inflight_limit(self) -> int:

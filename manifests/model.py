@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
+from manifests.hooks import EVENT_PATTERN, Hooks, check_permissions
 from manifests.requirements import check_requirement
 from manifests.settings import Setting, SettingKey, check_environment, check_keys
 
@@ -28,6 +29,10 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 FORBIDDEN_ENV = frozenset({"LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"})
 
 MiB = 1024 * 1024
+# resource:action[:argument]; events take an event type or pattern (manifests.hooks.EVENT_PATTERN).
+HOST_API_PATTERN = (r"^(events:read|kv:read|kv:write|events:(emit|subscribe):"
+                    + EVENT_PATTERN.removeprefix("^").removesuffix("$") + ")$")
+_HOST_API = re.compile(HOST_API_PATTERN)
 
 
 class _Frozen(BaseModel):
@@ -185,7 +190,18 @@ class Permissions(_Frozen):
     environment: tuple[str, ...] = Field((), description="Host environment variables passed through by name.")
     resources: Resources = Resources()
     requests: Requests = Requests()
-    host_api: tuple[Literal["events:read", "kv:read", "kv:write"], ...] = ()
+    host_api: tuple[str, ...] = Field(
+        (), description="Host API scopes: kv:read, kv:write, events:read, events:emit:<type>, "
+                        "events:subscribe:<pattern> ('notes.note.created', 'notes.*', 'plugin.*').")
+
+    @field_validator("host_api")
+    @classmethod
+    def _scopes(cls, scopes: tuple[str, ...]) -> tuple[str, ...]:
+        for s in scopes:
+            if not isinstance(s, str) or not _HOST_API.match(s):
+                raise ValueError(f"{s!r}: not a host API scope (kv:read, kv:write, events:read, "
+                                 "events:emit:<type>, events:subscribe:<pattern>)")
+        return scopes
 
     @field_validator("environment")
     @classmethod
@@ -208,6 +224,7 @@ class Manifest(_Frozen):
     requirements: tuple[str, ...] = ()
     health_path: str = Field("/", pattern=r"^/[!-~]*$", description="Path probed for readiness/liveness.")
     permissions: Permissions = Permissions()
+    hooks: Hooks = Field(Hooks(), description="Events the plugin receives and filters it provides (issue 13).")
     settings: dict[SettingKey, Setting] = Field(
         default_factory=dict,
         description="What the operator configures (`host config NAME key=value`): each key arrives as the "
@@ -221,6 +238,7 @@ class Manifest(_Frozen):
     @model_validator(mode="after")
     def _settings_environment(self) -> Manifest:
         check_environment(self.settings, self.permissions.environment)
+        check_permissions(self.hooks, self.permissions.host_api)
         return self
 
     @field_validator("version")

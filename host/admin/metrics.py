@@ -123,4 +123,14 @@ def families(snap: dict[str, Any]) -> list[Any]:
     web = GaugeMetricFamily(names.WEB_UP, "1 while the web tier serving that listener runs", labels=["app"])
     for app, up in sorted(snap.get("web", {}).items()):
         web.add_metric([app], 1.0 if up else 0.0)
-    return [state, enabled, restarts, quarantines, start, egress, memory, cpu, procs, by_state, uptime, web]
+    tripped = CounterMetricFamily(names.FILTER_CIRCUIT_OPEN, "Times a filter failing again and again was skipped "
+                                  "(its on_error applied) since the host started", labels=["plugin", "filter"])
+    for key, n in sorted(snap.get("filters_tripped", {}).items()):
+        tripped.add_metric(key.split("/", 1), float(n))
+    outbox = GaugeMetricFamily(names.HOOK_DELIVERIES, "Event deliveries in the outbox by state (dead: dead "
+                               "letters)", labels=["plugin", "state"])
+    for plugin, per_state in sorted(snap.get("hook_deliveries", {}).items()):
+        for st, n in sorted(per_state.items()):
+            outbox.add_metric([plugin, st], float(n))
+    return [state, enabled, restarts, quarantines, start, egress, memory, cpu, procs, by_state, uptime, web, tripped,
+            outbox]

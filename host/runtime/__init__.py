@@ -7,6 +7,8 @@ from pathlib import Path
 RUNTIME_DIR = Path(__file__).parent
 # module files installed into the plugin venv's site-packages
 RUNTIME_MODULES = ("plugin_base.py", "plugin_host_wsgi.py")
+# packages installed the same way: the plugin SDK (`from plugin_sdk import hooks`)
+RUNTIME_PACKAGES = ("plugin_sdk",)
 # gunicorn loads this WSGI callable; it reads the real entrypoint from PLUGIN_ENTRYPOINT
 WSGI_TARGET = "plugin_host_wsgi:application"
 # gunicorn's config file (worker-death reports): written by root next to the venv, never inside the bundle

@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any
 
+HOOK_PREFIX = "/.well-known/plugin-host/"
 ENTRYPOINT_ERROR = 3  # exit code: the entrypoint could not be loaded (gunicorn's WORKER_BOOT_ERROR too)
 
 
@@ -94,6 +95,12 @@ class _Prefixed:
         host = environ.get("HTTP_X_FORWARDED_HOST")
         if host:
             environ["HTTP_HOST"] = host
+        # Hook calls (signed by the host, never proxied from clients) go to the plugin SDK's handlers when the
+        # plugin registered any; otherwise to the app, which may answer them itself with plain HTTP.
+        if environ.get("PATH_INFO", "").startswith(HOOK_PREFIX):
+            sdk = sys.modules.get("plugin_sdk.hooks")
+            if sdk is not None and sdk.HOOKS:
+                return sdk.HOOKS.handle(environ, start_response)
         return self.app(environ, start_response)
 
 

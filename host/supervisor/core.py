@@ -19,6 +19,7 @@ from typing import IO, Any
 from host import launch
 from host.egress.point import EgressPoint
 from host.errors import HostError
+from host.hooks import outbox
 from host.layout import Layout
 from host.quota import release_all
 from host.registry import Registry
@@ -26,6 +27,7 @@ from host.settings import HostSettings
 from host.supervisor import leftovers, metrics
 from host.supervisor.admin import AdminOps, prepare_uploads
 from host.supervisor.control_server import ControlServer
+from host.supervisor.hooks import SupervisorHooks
 from host.supervisor.process import Children, children_of, process_group
 from host.supervisor.state import SERVING
 from host.supervisor.web import WEB_OPS, RoutesPublisher, bind_listener, public_view, web_env
@@ -74,6 +76,7 @@ class Supervisor:
         self.egress_refusals: dict[str, int] = {}
         self._audit_pruned: float | None = None  # monotonic time of the last audit retention pass
         self._egress_audited: dict[tuple[str, str, str], float] = {}
+        self.hooks = SupervisorHooks(self)  # event delivery, the filter table (host.hooks)
 
     @property
     def web(self) -> subprocess.Popen[bytes] | None:
@@ -152,6 +155,8 @@ class Supervisor:
                     if worker is not None:
                         worker.mark_active()
             return {"ok": True}
+        if op == "filter_tripped":
+            return self.hooks.filter_tripped(req)
         if op == "wake":
             wait = min(max(0.0, float(req.get("wait") or 0.0)), self.settings.request_wait)
             reply = self.handle({"op": "wake", "name": str(req.get("name", "")), "wait": wait})
@@ -166,6 +171,7 @@ class Supervisor:
         self._audit_pruned = now
         try:
             gone = self.registry.prune_events(self.settings.audit_retention_days)
+            outbox.prune(self.registry, self.settings.audit_retention_days)  # delivered events, old dead letters
         except Exception:  # a busy registry must not stop the host; tomorrow's pass catches up
             log.exception("cannot prune the audit log")
             return
@@ -175,9 +181,17 @@ class Supervisor:
     def publish_routes(self) -> None:
         """Republish the web tier's routing snapshot if the registry changed (cheap when it did not)."""
         try:
-            self.routes.publish(self.registry.all())
+            records = self.registry.all()
+            self.routes.publish(records)
+            self.hooks.publish(records)
         except Exception:  # a busy or broken registry must not end the main loop; the next tick retries
             log.exception("cannot publish the routing snapshot %s", self.layout.routes)
+
+    def _plugin_live(self) -> None:
+        """An instance went live (a worker's thread): its new hook secret into the filter table now, and its
+        pending events out, rather than at the next tick."""
+        self.publish_routes()
+        self.hooks.dispatcher.wake()
 
     def reconcile(self) -> None:
         """Make the set of workers and their desired state match the registry."""
@@ -189,6 +203,7 @@ class Supervisor:
                     worker = PluginWorker(name, self.settings, self.registry, children=self.children,
                                           egress=self.egress)
                     worker.web_user = self.web_user
+                    worker.on_live = self._plugin_live
                     self.workers[name] = worker
                     worker.start()
                 if rec.enabled and not worker.want_running:
@@ -205,6 +220,7 @@ class Supervisor:
                 self.workers.pop(name).submit("shutdown", why="uninstalled")
             # Before any caller (`host install`, enable, disable) hears back: the next request sees it.
             self.routes.publish(records.values())
+        self.hooks.publish(records.values())
 
     # -- main loop --------------------------------------------------------------------------------------
 
@@ -260,9 +276,11 @@ class Supervisor:
             self.reconcile()
             for app in self.listeners:
                 self._start_web(app)
+            self.hooks.start()
             self._loop()
         finally:
             log.info("shutting down")
+            self.hooks.close()
             self._stop_web()
             self._shutdown_workers()
             release_all(self.layout)  # the plugins' disk images (lazily where a dying instance still holds one)

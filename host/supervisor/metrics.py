@@ -13,6 +13,7 @@ import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
+from host.hooks import outbox
 from host.layout import Layout
 from host.supervisor.state import State
 from host.webuser import WebUser
@@ -68,8 +69,11 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
     tiers = getattr(sup, "tiers", None)
     if tiers is None:  # a supervisor with a single web tier
         tiers = {"public": sup.web} if sup.web is not None else {}
+    hooks = getattr(sup, "hooks", None)
     return {
         "uptime": round(time.time() - sup.started, 3),
+        "filters_tripped": dict(hooks.tripped) if hooks is not None else {},
+        "hook_deliveries": outbox.counts(sup.registry) if hooks is not None else {},
         "web": {app: proc.poll() is None for app, proc in tiers.items()},
         "states": [str(s) for s in State],
         "plugins": plugins,

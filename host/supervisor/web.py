@@ -4,7 +4,8 @@
   never binds anything itself;
 - the routing snapshot (run/routes.json, see :mod:`host.routes`), republished whenever the registry changes;
 - the web socket (run/web.sock, root:<web gid> 0660), which answers only :data:`WEB_OPS`: a public status
-  (no pid, no stderr), wake and active. start/stop/restart/reload exist only on the root-only control socket;
+  (no pid, no stderr), wake, active and filter_tripped (a filter's circuit opened: audited).
+  start/stop/restart/reload exist only on the root-only control socket;
 - an environment with the web tier's settings and none of the operator's secrets.
 """
 
@@ -26,7 +27,7 @@ from host.settings import HostSettings
 from host.webuser import WebUser
 
 log = logging.getLogger(__name__)
-WEB_OPS = ("status", "wake", "active")
+WEB_OPS = ("status", "wake", "active", "filter_tripped")
 BACKLOG = 2048  # gunicorn's default
 # The operator's environment the web tier keeps: locale, time zone, how Python finds the host package.
 # Not the rest (index credentials, cloud keys, TMPDIR pointing at a root-only dir ...).

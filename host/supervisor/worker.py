@@ -20,6 +20,7 @@ from host.egress.point import EgressPoint
 from host.egress.rules import Grant
 from host.errors import IntegrityError, MissingSettings, QuotaError
 from host.exits import Cause, ExitInfo, Limits, classify, host_killed, worker_death
+from host.hooks.events import emit_quietly, host_event
 from host.launch import LaunchSpec
 from host.layout import Layout
 from host.quota import FullAlarm, disk_usage, refusal, with_disk_layer
@@ -122,6 +123,10 @@ class PluginWorker(threading.Thread):
         # Scale to zero: asleep = wanted, but stopped until the next request wakes it.
         self.asleep = self.idle_timeout() > 0
         self.quarantines = 0  # times it was quarantined since the host started (/metrics)
+        self._was_ready = False  # it served once since the host started: the next start is a restart (event)
+        # Called (in this thread) when an instance goes live: the supervisor republishes the filter table (the
+        # new instance has a new hook secret) and wakes the event dispatcher.
+        self.on_live: Callable[[], None] | None = None
         self.start_seconds: float | None = None  # how long its last instance took to be ready (/metrics)
 
     # -- called from other threads ----------------------------------------------------------------------
@@ -419,9 +424,13 @@ class PluginWorker(threading.Thread):
             return
         self._go_live(outcome)
         self.lc.transition(Ready())
+        self._announce()
         self.start_seconds = time.monotonic() - outcome.started_at
         log.info("%s: ready (pid %s, %.2fs)", self.plugin, outcome.pid, time.monotonic() - outcome.started_at)
         self.registry.record(self.plugin, "ready", pid=outcome.pid)
+        if self._was_ready:  # back after a crash, a failed start or a stop (a first start is no restart)
+            emit_quietly(self.registry, host_event("plugin.restarted", plugin=self.plugin))
+        self._was_ready = True
         self._warn_if_weak()
         self._release_waiters()
 
@@ -446,6 +455,14 @@ class PluginWorker(threading.Thread):
         self._probe_failures = 0
         self._next_probe = time.monotonic() + self.settings.probe_interval
 
+    def _announce(self) -> None:
+        """Once the new instance serves (state RUNNING): tell the supervisor (:attr:`on_live`)."""
+        if self.on_live is not None:
+            try:
+                self.on_live()
+            except Exception:  # the next supervisor tick publishes anyway
+                log.exception("%s: cannot announce the new instance", self.plugin)
+
     def _point_public_socket(self, inst: Instance) -> None:
         public = inst.spec.socket
         tmp = public.with_name(f".{public.name}.{self.generation}")
@@ -468,8 +485,10 @@ class PluginWorker(threading.Thread):
             return False
         self._go_live(outcome)
         self.lc.transition(Replaced())
+        self._announce()
         self.start_seconds = time.monotonic() - outcome.started_at
         self.registry.record(self.plugin, "restarted", pid=outcome.pid)
+        emit_quietly(self.registry, host_event("plugin.restarted", plugin=self.plugin))
         window = self.settings.upgrade_probation
         # With another network grant the egress point now holds the new one: the old instance could not serve
         # as it did, so it drains at once and this upgrade has no automatic rollback (`host rollback` remains).
@@ -539,6 +558,8 @@ class PluginWorker(threading.Thread):
                   "".join(f"\n    {ln}" for ln in info.stderr_tail))
         self.registry.record(self.plugin, "quarantined", **{**_details(info), "reason": self.lc.reason,
                                                              "last": info.reason, "stderr": list(info.stderr_tail)})
+        # Not its stderr: subscribers are other plugins.
+        emit_quietly(self.registry, host_event("plugin.quarantined", plugin=self.plugin, reason=info.reason[:200]))
         self._release_waiters()
 
     def _note(self, info: ExitInfo) -> None:
