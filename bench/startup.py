@@ -97,11 +97,15 @@ def spawn(home: Path, plugin: str, runs: int) -> dict[str, list[float]]:
 
 
 def serve(home: Path, env: dict[str, str], wait: tuple[str, ...] = ()) -> ServedHost:
-    """`host serve` with the default web tier (the harness's ServedHost pins 1 worker x 32 threads)."""
-    defaults = HostSettings.model_fields
-    env = {"HOST_WEB_WORKERS": str(defaults["web_workers"].default),
-           "HOST_WEB_THREADS": str(defaults["web_threads"].default), **env}
+    """`host serve` with the default web tier (the harness's ServedHost pins 1 worker x 32 threads), or what
+    HOST_WEB_WORKERS / HOST_WEB_THREADS in our environment say; every other HOST_* variable passes through."""
+    env = {"HOST_WEB_WORKERS": str(web_setting("web_workers")), "HOST_WEB_THREADS": str(web_setting("web_threads")),
+           **env}
     return ServedHost(home, env=env).start(wait_plugins=wait, timeout=120)
+
+
+def web_setting(field: str) -> int:
+    return int(os.environ.get(f"HOST_{field.upper()}") or HostSettings.model_fields[field].default)
 
 
 def plugin_pids(host: ServedHost) -> set[int]:
