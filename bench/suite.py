@@ -1,5 +1,6 @@
-"""`./dev bench`: the side-by-side benchmark of issue 12, one command, one table (bench/README in the
-project README's Benchmarks section says what each figure means).
+"""`./dev bench`: the side-by-side benchmark of issue 12: one command, one table of medians, ratios and goals.
+
+README's Benchmarks section says what each contender and figure is.
 
     ./dev bench [--quick] [--rounds N] [--seconds S] [--loadgen wrk|python] [--only direct,host-path,...]
 
@@ -130,13 +131,14 @@ def git_commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="./dev bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_const", const="quick", dest="mode", help="about 2 minutes")
+    ap.add_argument("--quick", action="store_const", const="quick", dest="mode",
+                    help="2 rounds of 1 s loads, 3 plugins, no 100-plugin host (~3 min)")
     ap.add_argument("--smoke", action="store_const", const="smoke", dest="mode",
                     help="the smallest end-to-end run (seconds; what the test runs)")
     ap.add_argument("--rounds", type=int, help="rounds of the data-path tests (each contender once a round)")
     ap.add_argument("--seconds", type=float, help="seconds per load run")
     ap.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
-                    help="wrk when installed (auto), else a bounded Python generator")
+                    help="auto: wrk (apt-get installs it when missing and root), else a bounded Python generator")
     ap.add_argument("--only", default=",".join(report.CONTENDERS),
                     help="contenders to run, comma-separated (direct always runs: it is the baseline)")
     ap.add_argument("--many", type=int, help="plugins on the scale-to-zero host (full run: 100; 0 skips it)")
