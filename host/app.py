@@ -22,9 +22,10 @@ from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from host import control, origins
+from host import control, identity, login, origins
 from host.access_log import AccessLog
 from host.directory import Directory, PluginEntry
+from host.end_users import EndUsers
 from host.errors import HostError
 from host.headers import Forwarding, request_headers, response_headers
 from host.hooks.request_filter import RequestFilters, filter_tripped
@@ -73,6 +74,7 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
     slots = Slots(settings.inflight_limit, settings.queue_limit)
     touched: dict[str, float] = {}
     forwarding = Forwarding(settings.forwarded_networks)
+    end_users = EndUsers(layout.run / identity.SECRET_FILE, forwarding, settings.trusted_user_header)
     domain = settings.origin_domain
     observer = Observer(AccessLog(layout.access_logs, settings.log_max_bytes) if settings.access_log else None,
                         RequestMetrics() if settings.request_metrics else None)
@@ -92,6 +94,7 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
     app.config["MAX_CONTENT_LENGTH"] = None
     app.extensions["plugin_host"] = {"settings": settings, "pool": pool, "directory": directory, "observer": observer}
     websockets = WebSockets(app, directory, mark_active, websocket_gate)
+    app.register_blueprint(login.blueprint(layout, end_users, forwarding))
     hook_gate = RequestFilters(layout.hooks, settings.hook_filter_headers, threshold=settings.hook_breaker_failures,
                                cooldown=settings.hook_breaker_cooldown, opened=filter_tripped(layout))
 
@@ -154,7 +157,12 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
         host = public_host()
         links = {p.name: origins.plugin_url(p.name, domain, request.scheme, host) for p in directory.all()
                  } if domain else {}
-        return render_template("index.html", plugins=[p for p in directory.all() if p.enabled], states=states,
+        enabled = [p for p in directory.all() if p.enabled]
+        # Plugins' menu entries: their declared text and paths, escaped by the template, under their own URL.
+        nav = [(p.name, title, (links[p.name].rstrip("/") if links else f"/plugins/{p.name}") + path)
+               for p in enabled for title, path in p.nav]
+        user = end_users.user(request.remote_addr or "", request.headers, request.cookies)
+        return render_template("index.html", plugins=enabled, states=states, nav=nav, user=user,
                                links=links, path_mode=settings.path_mode, warning=origins.SHARED_ORIGIN_WARNING)
 
     @app.get("/healthz")
@@ -231,6 +239,12 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
             slots.release(name)
             raise
 
+    def with_user(headers: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
+        """The signed-in end user (host.end_users): X-Plugin-Host-User, and the assertion for users:read."""
+        entry = directory.get(name)
+        user = end_users.user(request.remote_addr or "", request.headers, request.cookies)
+        return end_users.apply(headers, name, user, entry is not None and entry.users_read)
+
     def forward(name: str, subpath: str, prefix: str, timeout: float, max_body: int, exchange: Exchange
                 ) -> Response:
         env = request.environ
@@ -244,6 +258,7 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
             list(request.headers.items()), prefix=prefix, client_ip=client_ip,
             scheme=request.scheme, host=host, content_length=length if not chunked else None,
         )
+        headers = with_user(headers, name)
         path = upstream_path(env.get("RAW_URI") or env.get("REQUEST_URI"), prefix, subpath)
         query = env.get("QUERY_STRING", "")
         url = path + (f"?{query}" if query else "")

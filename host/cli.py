@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from host import apply_cli, control, hooks_cli, operations, origins, sign_cli
+from host import apply_cli, control, hooks_cli, operations, origins, sign_cli, users_cli
 from host.errors import HostError, NotGranted, SupervisorUnavailable, UsageError
 from host.installer import Installer
 from host.layout import Layout
@@ -625,6 +625,7 @@ cli.add_command(apply_cli.apply)
 cli.add_command(sign_cli.keygen)
 cli.add_command(sign_cli.sign)
 cli.add_command(apply_cli.export)
+cli.add_command(users_cli.user)
 cli.add_command(hooks_cli.hooks)
 
 

@@ -21,6 +21,8 @@ class PluginEntry:
     description: str
     enabled: bool
     limits: Limits
+    users_read: bool = False  # granted users:read: its requests carry the signed user assertion
+    nav: tuple[tuple[str, str], ...] = ()  # (title, path under the plugin) menu entries
 
 
 class Directory:
@@ -47,7 +49,9 @@ class Directory:
                                   enabled=bool(p["enabled"]),
                                   limits=Limits(timeout=float(p["timeout"]), max_body=int(p["max_body"]),
                                                 max_websockets=int(p.get("max_websockets", 16)),
-                                                websocket_idle=float(p.get("websocket_idle", 300.0))))
+                                                websocket_idle=float(p.get("websocket_idle", 300.0))),
+                                  users_read=bool(p.get("users_read", False)),
+                                  nav=tuple((str(e["title"]), str(e["path"])) for e in p.get("nav", ())))
                 for name, p in raw["plugins"].items()
             }
             self._cache = (key, table)

@@ -19,6 +19,7 @@ HostError                       exit code 1 unless stated
  │    └── QuotaUnavailable      this machine cannot enforce disk quotas at all (no root, loop devices, mkfs)
  ├── UnsafeTree                 root will not walk a plugin-writable tree (not a directory, too deep); ``path``
  ├── AdminError                 an admin op refused or failed; ``status`` (HTTP), ``title``, ``extra`` (RFC 9457)
+ ├── HostApiError               a plugin's host-API call refused (host.hostapi); ``status``, ``title``, ``extra``
  └── SupervisorUnavailable      no `host serve` is running for this home (control socket absent)
 """
 
@@ -162,6 +163,22 @@ class AdminError(HostError):
         self.detail = detail
         self.extra = extra
         super().__init__(detail)
+
+    def problem(self) -> dict[str, object]:
+        return {"type": "about:blank", "title": self.title, "status": self.status, "detail": self.detail,
+                **self.extra}
+
+
+class HostApiError(HostError):
+    """A host-API call (host.hostapi) refused: the plugin gets it as an RFC 9457 problem. ``extra``: more
+    members of the problem object (e.g. ``permission``, the one it lacks)."""
+
+    def __init__(self, status: int, title: str, detail: str, plugin: str | None = None, **extra: object) -> None:
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.extra = extra
+        super().__init__(detail, plugin)
 
     def problem(self) -> dict[str, object]:
         return {"type": "about:blank", "title": self.title, "status": self.status, "detail": self.detail,

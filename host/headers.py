@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from host.identity import USER_COOKIE  # the host's end-user session: never forwarded to plugins either
+
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
@@ -127,7 +129,7 @@ def request_headers(incoming: list[tuple[str, str]], *, prefix: str, client_ip: 
         if lk == "authorization" and HOST_TOKEN_PREFIX in v:
             continue
         if lk == "cookie":
-            v = _strip_cookie(v, HOST_COOKIE)
+            v = _strip_cookie(_strip_cookie(v, HOST_COOKIE), USER_COOKIE)
             if not v:
                 continue
         out.append((k, v))
@@ -237,7 +239,7 @@ def scope_cookie(header: str, prefix: str) -> str | None:
         return None
     pair, *attributes = header.split(";")
     name = pair.split("=", 1)[0].strip() if "=" in pair else ""
-    if _cookie_identity(name) == HOST_COOKIE:
+    if _cookie_identity(name) in (HOST_COOKIE, USER_COOKIE):
         log.warning("dropped a Set-Cookie for the host's own cookie %r from the plugin at %s", name, prefix)
         return None
     if not prefix:

@@ -34,7 +34,7 @@ from host.layout import Layout
 from host.pip_options import UvCommand, index_options, redact, uv_command, without_constraints
 from host.quota import Quota, ensure_mounted, release, remove
 from host.registry import InstallRecord, Provenance, Registry
-from host.runtime import RUNTIME_DIR, RUNTIME_MODULES, RUNTIME_PACKAGES
+from host.runtime import RUNTIME_DIR, runtime_files
 from host.settings import HostSettings
 from host.uids import UidFile
 from manifests import Manifest, load_manifest, parse_manifest
@@ -241,12 +241,9 @@ class Installer:
         site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
         if not site.is_dir() or site.is_symlink():
             raise InstallError(name, "creating the venv", f"no site-packages at {site}")
-        for mod in RUNTIME_MODULES:
+        for mod in runtime_files():
+            (site / mod).parent.mkdir(exist_ok=True)
             shutil.copyfile(RUNTIME_DIR / mod, site / mod)
-        for pkg in RUNTIME_PACKAGES:  # its .py files only (no __pycache__ of the host's)
-            (site / pkg).mkdir()
-            for src in sorted((RUNTIME_DIR / pkg).glob("*.py")):
-                shutil.copyfile(src, site / pkg / src.name)
 
         lock = target / "bundle" / lockfile.LOCK_FILE
         if lock.is_file():  # the copy: signed (when the bundle is), and root's

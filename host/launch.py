@@ -255,6 +255,18 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1,
                       instance_sock, manifest, policy.env, record.install_id, values)
 
 
+def with_host_api(spec: LaunchSpec, sock: Path, token: str, user_key: str | None = None) -> LaunchSpec:
+    """The instance with its host API (host.hostapi): its own socket's directory mounted read-only (never
+    another plugin's: with bubblewrap the others are not in its filesystem at all, and on a root host their
+    directories are closed to its gid), the socket path and its per-start token in the environment, and
+    for ``users:read`` the key that verifies the host's user assertions (host.identity)."""
+    env = {**spec.policy.env, "PLUGIN_HOST_API": str(sock), "PLUGIN_HOST_API_TOKEN": token}
+    if user_key is not None:
+        env["PLUGIN_HOST_USER_KEY"] = user_key
+    policy = dataclasses.replace(spec.policy, ro_paths=(*spec.policy.ro_paths, str(sock.parent)), env=env)
+    return dataclasses.replace(spec, policy=policy, env=env)
+
+
 def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd: int | None = None) -> socket.socket:
     """Ready everything an instance needs and bind its listening socket (in the root-only socket dir);
     the policy hands the socket to the plugin. The caller passes it to the runner and then closes it.

@@ -134,6 +134,27 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ts     REAL NOT NULL,
         PRIMARY KEY (plugin, type)
     )"""),
+    # 7: the host API (issue 13, host.hostapi): each plugin's KV store (namespaced by the host from the
+    # authenticated plugin), the sha256 of each running instance's host-API token, and the host's own users.
+    ("""CREATE TABLE IF NOT EXISTS kv (
+        plugin  TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        value   BLOB NOT NULL,
+        expires REAL,
+        updated REAL NOT NULL,
+        PRIMARY KEY (plugin, key)
+    ) WITHOUT ROWID""",
+     """CREATE TABLE IF NOT EXISTS api_tokens (
+        hash     TEXT PRIMARY KEY,
+        plugin   TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        created  REAL NOT NULL
+    )""",
+     """CREATE TABLE IF NOT EXISTS users (
+        name    TEXT PRIMARY KEY,
+        hash    TEXT NOT NULL,
+        created REAL NOT NULL
+    )"""),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -262,6 +283,10 @@ class Registry:
         """One write transaction (BEGIN IMMEDIATE) for modules that own tables of their own (host.hooks)."""
         with self._tx() as db:
             yield db
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, for reads outside a transaction (host.hostapi)."""
+        return self._conn()
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -409,6 +434,7 @@ class Registry:
             else:
                 db.execute("DELETE FROM settings WHERE key = ?", (key,))
                 db.execute("DELETE FROM plugin_settings WHERE plugin = ?", (name,))
+                db.execute("DELETE FROM kv WHERE plugin = ?", (name,))  # its data, kept or not with the rest
             _event(db, name, "uninstalled", {"kept_data": keep_uid}, who)
 
     def set_enabled(self, name: str, enabled: bool, who: str | None = None) -> bool:

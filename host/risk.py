@@ -60,7 +60,8 @@ def grants(m: Manifest) -> list[Grant]:
               "host proxy (504 / 413)"),
         Grant("websockets", f"{p.requests.max_websockets} open at once, closed after "
               f"{p.requests.websocket_idle_seconds:g} s idle", "host proxy (503 / close)"),
-        Grant("host API", ", ".join(p.host_api) or "none", "host API token scopes (not served yet: denied)"),
+        Grant("host API", (", ".join(p.host_api) + f"; KV {p.kv.max_keys} keys, {p.kv.max_kb} KiB") if p.host_api
+              else "none", "its own socket + per-start token; permission checked per call (403), rate-limited"),
         Grant("hooks", _hooks_value(m), "host: signed calls to its socket; filters with a deadline"),
         Grant("kernel surface", "ptrace, mount, namespaces, bpf, keyctl, io_uring, perf, modules denied",
               "seccomp + no_new_privs + no capabilities"),
@@ -108,8 +109,10 @@ def assess(m: Manifest, unsigned: bool = False) -> Risk:
         add(1, f"reads host paths: {', '.join(p.filesystem.read)}")
     if p.environment:
         add(1, f"receives host environment: {', '.join(p.environment)}")
-    if any(s.endswith(":write") for s in p.host_api):
+    if any(s.endswith(":write") or s.startswith("events:emit:") for s in p.host_api):
         add(1, "may change host state through the host API")
+    if "users:read" in p.host_api:
+        add(1, "learns who the signed-in users are (users:read)")
     points = {f.point for f in m.hooks.filters}
     if "request.before" in points:
         add(2, "request.before filter: sees every request to the other plugins (headers and cookies) and may "

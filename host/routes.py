@@ -21,10 +21,12 @@ MiB = 1024 * 1024
 
 
 def snapshot(records: Iterable[PluginRecord]) -> bytes:
-    """Name, version, description, enabled and request limits of each plugin; nothing else."""
+    """Name, version, description, enabled, request limits, users:read and menu entries of each plugin;
+    nothing else."""
     plugins = {}
     for rec in records:
-        req = rec.manifest.get("permissions", {}).get("requests", {})
+        perms = rec.manifest.get("permissions", {})
+        req = perms.get("requests", {})
         plugins[rec.name] = {
             "version": rec.version,
             "description": rec.manifest.get("description", ""),
@@ -33,6 +35,10 @@ def snapshot(records: Iterable[PluginRecord]) -> bytes:
             "max_body": int(req.get("max_body_mb", 16)) * MiB,
             "max_websockets": int(req.get("max_websockets", 16)),
             "websocket_idle": float(req.get("websocket_idle_seconds", 300.0)),
+            # host.end_users: whether its requests carry the signed user assertion
+            "users_read": "users:read" in perms.get("host_api", ()),
+            # menu entries the host's own pages show (declared text and paths; escaped where rendered)
+            "nav": [{"title": str(e["title"]), "path": str(e.get("path", "/"))} for e in rec.manifest.get("nav", ())],
         }
     return json.dumps({"format": FORMAT, "plugins": plugins}, sort_keys=True).encode()
 

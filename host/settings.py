@@ -44,6 +44,12 @@ class HostSettings(BaseSettings):
     # but the proxy can reach `bind`. Empty: believe no one, loopback included (gunicorn's own default trusts
     # 127.0.0.1 and ::1, so any local process could tell plugins the scheme is https).
     forwarded_allow_ips: str = ""
+    # A header naming the signed-in user that a front proxy's SSO sets (e.g. "X-Forwarded-User"): believed only
+    # from the peers in forwarded_allow_ips, always removed before a request reaches a plugin. Empty: none.
+    trusted_user_header: str = Field("", pattern=r"^([A-Za-z0-9-]{1,64})?$")
+    # Host-API calls per plugin: a token bucket of host_api_burst calls refilled at host_api_rate a second.
+    host_api_rate: float = Field(50.0, gt=0)
+    host_api_burst: int = Field(100, ge=1)
     web_workers: int = Field(2, ge=1, le=64)
     # gthread: a pool of `web_threads` threads per web worker; each request in flight holds one (also while it
     # waits in a plugin's line). gevent: a greenlet per request, so thousands of slow clients, long polls and

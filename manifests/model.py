@@ -29,10 +29,6 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 FORBIDDEN_ENV = frozenset({"LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"})
 
 MiB = 1024 * 1024
-# resource:action[:argument]; events take an event type or pattern (manifests.hooks.EVENT_PATTERN).
-HOST_API_PATTERN = (r"^(events:read|kv:read|kv:write|events:(emit|subscribe):"
-                    + EVENT_PATTERN.removeprefix("^").removesuffix("$") + ")$")
-_HOST_API = re.compile(HOST_API_PATTERN)
 
 
 class _Frozen(BaseModel):
@@ -182,6 +178,49 @@ class Requests(_Frozen):
                                           description="A WebSocket with no bytes either way for this long is closed.")
 
 
+# Host API permissions (host.hostapi enforces them): fixed ones, and events:* ones that name an event type.
+HOST_API_PERMISSIONS = frozenset({"kv:read", "kv:write", "settings:read", "users:read", "events:read"})
+# An event type a plugin emits: "<plugin>.<noun>.<verb>" (CloudEvents "type"), lower case.
+EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9-]{0,31}\.[a-z][a-z0-9_]{0,31}\.[a-z][a-z0-9_]{0,31}$"
+_EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
+# events:subscribe:<pattern>: an event type or pattern as [hooks] events takes them (manifests.hooks).
+_SUBSCRIBE_PATTERN = re.compile(EVENT_PATTERN)
+
+
+def check_host_api_permission(perm: str) -> None:
+    """ValueError unless ``perm`` is a host API permission this host knows."""
+    if perm in HOST_API_PERMISSIONS:
+        return
+    if perm.startswith("events:emit:") and _EVENT_TYPE.match(perm.removeprefix("events:emit:")):
+        return
+    if perm.startswith("events:subscribe:") and _SUBSCRIBE_PATTERN.match(perm.removeprefix("events:subscribe:")):
+        return
+    raise ValueError(f"{perm[:80]!a}: not a host API permission (one of {', '.join(sorted(HOST_API_PERMISSIONS))}, "
+                     "events:emit:<name>.<noun>.<verb>, events:subscribe:<pattern>)")
+
+
+class KvQuota(_Frozen):
+    """How much the plugin may keep in its host KV store (key <= 150 characters, value <= 64 KiB each)."""
+
+    max_keys: int = Field(1000, ge=1, le=1_000_000)
+    max_kb: int = Field(1024, ge=1, le=1024 * 1024, description="Total size of keys and values, KiB.")
+
+
+class NavEntry(_Frozen):
+    """A menu entry the host shows on its own pages (as text and a link; never the plugin's HTML)."""
+
+    title: str = Field(..., min_length=1, max_length=60)
+    path: str = Field("/", pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?#-]{0,200}$",
+                      description="Under the plugin's own URL.")
+
+    @field_validator("title")
+    @classmethod
+    def _text(cls, text: str) -> str:
+        if _UNSAFE_TEXT.search(text):
+            raise ValueError(f"{text[:60]!a}: one line of text without control characters")
+        return text
+
+
 class Permissions(_Frozen):
     """Everything a plugin may do. Anything not granted here is denied."""
 
@@ -191,17 +230,17 @@ class Permissions(_Frozen):
     resources: Resources = Resources()
     requests: Requests = Requests()
     host_api: tuple[str, ...] = Field(
-        (), description="Host API scopes: kv:read, kv:write, events:read, events:emit:<type>, "
-                        "events:subscribe:<pattern> ('notes.note.created', 'notes.*', 'plugin.*').")
+        (), description="Host API permissions, 'resource:action': kv:read, kv:write, settings:read, users:read, "
+                        "events:emit:<name>.<noun>.<verb> (only under the plugin's own name), "
+                        "events:subscribe:<pattern>.")
+    kv: KvQuota = KvQuota()
 
     @field_validator("host_api")
     @classmethod
-    def _scopes(cls, scopes: tuple[str, ...]) -> tuple[str, ...]:
-        for s in scopes:
-            if not isinstance(s, str) or not _HOST_API.match(s):
-                raise ValueError(f"{s!r}: not a host API scope (kv:read, kv:write, events:read, "
-                                 "events:emit:<type>, events:subscribe:<pattern>)")
-        return scopes
+    def _host_api(cls, perms: tuple[str, ...]) -> tuple[str, ...]:
+        for perm in perms:
+            check_host_api_permission(perm)
+        return perms
 
     @field_validator("environment")
     @classmethod
@@ -224,6 +263,7 @@ class Manifest(_Frozen):
     requirements: tuple[str, ...] = ()
     health_path: str = Field("/", pattern=r"^/[!-~]*$", description="Path probed for readiness/liveness.")
     permissions: Permissions = Permissions()
+    nav: tuple[NavEntry, ...] = Field((), max_length=8, description="Menu entries on the host's pages.")
     hooks: Hooks = Field(Hooks(), description="Events the plugin receives and filters it provides (issue 13).")
     settings: dict[SettingKey, Setting] = Field(
         default_factory=dict,
@@ -239,6 +279,15 @@ class Manifest(_Frozen):
     def _settings_environment(self) -> Manifest:
         check_environment(self.settings, self.permissions.environment)
         check_permissions(self.hooks, self.permissions.host_api)
+        return self
+
+    @model_validator(mode="after")
+    def _own_event_types(self) -> Manifest:
+        for perm in self.permissions.host_api:
+            kind = perm.removeprefix("events:emit:")
+            if kind != perm and kind.split(".", 1)[0] != self.name:
+                raise ValueError(f"{perm}: a plugin may only emit event types under its own name "
+                                 f"({self.name}.<noun>.<verb>)")
         return self
 
     @field_validator("version")

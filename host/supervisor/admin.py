@@ -198,6 +198,7 @@ class AdminOps:
             "sandbox": {"level": sandbox.get("level"), "backend": sandbox.get("backend"),
                         "missing": list(sandbox.get("missing") or [])} if sandbox else None,
             "urls": origins.public_urls(rec.name, s.bind, s.origin_domain, s.path_mode),
+            "nav": [{"title": e.title, "path": e.path} for e in manifest.nav] if manifest is not None else [],
             "installed_at": rec.installed_at,
             "updated_at": rec.updated_at,
         }

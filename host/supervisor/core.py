@@ -16,10 +16,11 @@ import threading
 import time
 from typing import IO, Any
 
-from host import launch
+from host import identity, launch
 from host.egress.point import EgressPoint
 from host.errors import HostError
 from host.hooks import outbox
+from host.hostapi.server import HostApi
 from host.layout import Layout
 from host.quota import release_all
 from host.registry import Registry
@@ -74,6 +75,11 @@ class Supervisor:
         self.egress = (EgressPoint(launch.egress_uid(settings), self._egress_refused, self.children)
                        if os.geteuid() == 0 else None)
         self.egress_refusals: dict[str, int] = {}
+        # Plugins' host-API sockets and tokens (host.hostapi), and the secret user sessions and assertions are
+        # signed with (host.identity; the web tier reads the same file).
+        self.host_api = HostApi(self.registry, self.layout, settings.host_api_rate, settings.host_api_burst)
+        self.identity_secret = identity.load_or_create_secret(self.layout.run / identity.SECRET_FILE,
+                                                              self.web_user.gid if self.web_user else None)
         self._audit_pruned: float | None = None  # monotonic time of the last audit retention pass
         self._egress_audited: dict[tuple[str, str, str], float] = {}
         self.hooks = SupervisorHooks(self)  # event delivery, the filter table (host.hooks)
@@ -161,6 +167,13 @@ class Supervisor:
             wait = min(max(0.0, float(req.get("wait") or 0.0)), self.settings.request_wait)
             reply = self.handle({"op": "wake", "name": str(req.get("name", "")), "wait": wait})
             return {"ok": True, "plugin": public_view(reply["plugin"])}
+        if op == "user_login":
+            # The host's own login page (host.app): the web tier learns yes or no, never a password hash.
+            from host import users
+
+            ok = users.login(self.registry, str(req.get("name", ""))[:128], str(req.get("password", ""))[:1024],
+                             str(req.get("client", ""))[:64])
+            return {"ok": ok}
         raise HostError(f"op {op!r} is not allowed on the web socket (only {', '.join(WEB_OPS)})")
 
     def prune_audit(self) -> None:
@@ -203,6 +216,7 @@ class Supervisor:
                     worker = PluginWorker(name, self.settings, self.registry, children=self.children,
                                           egress=self.egress)
                     worker.web_user = self.web_user
+                    worker.host_api, worker.identity_secret = self.host_api, self.identity_secret
                     worker.on_live = self._plugin_live
                     self.workers[name] = worker
                     worker.start()
@@ -218,6 +232,7 @@ class Supervisor:
                     worker.submit("upgrade")
             for name in set(self.workers) - set(records):
                 self.workers.pop(name).submit("shutdown", why="uninstalled")
+                self.host_api.close(name)
             # Before any caller (`host install`, enable, disable) hears back: the next request sees it.
             self.routes.publish(records.values())
         self.hooks.publish(records.values())
@@ -246,6 +261,7 @@ class Supervisor:
     def run(self) -> int:
         self.bind()
         assert self._home_lock is not None
+        self.host_api.forget_leftovers()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         if not become_subreaper():
@@ -283,6 +299,7 @@ class Supervisor:
             self.hooks.close()
             self._stop_web()
             self._shutdown_workers()
+            self.host_api.close_all()
             release_all(self.layout)  # the plugins' disk images (lazily where a dying instance still holds one)
             if self.egress is not None:
                 self.egress.close()

@@ -152,6 +152,7 @@ class Instance:
         # reports in a loop costs memory it cannot grow, and is quarantined long before the bound matters.
         self.worker_exits: deque[int | None] = deque(maxlen=1024)
         self.notify = notify
+        self.on_cleanup: Callable[[], None] | None = None  # once it has exited (revokes its host-API token)
         self._counted = {"oom_kills": 0, "forks_refused": 0}
         # The listening socket the host bound for this instance; handed to the plugin at spawn, after
         # which only the plugin holds it (so a dead plugin means refused connections, not hanging ones).
@@ -212,6 +213,9 @@ class Instance:
         and anything still in them. Not the policy file: it is per plugin, and a successor may read it."""
         if self.poll() is None:
             return
+        if self.on_cleanup is not None:
+            self.on_cleanup()
+            self.on_cleanup = None
         self.spec.instance_socket.unlink(missing_ok=True)
         if self.exit_report() is None and self.spec.policy.cgroup_name:
             try:

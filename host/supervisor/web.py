@@ -27,7 +27,7 @@ from host.settings import HostSettings
 from host.webuser import WebUser
 
 log = logging.getLogger(__name__)
-WEB_OPS = ("status", "wake", "active", "filter_tripped")
+WEB_OPS = ("status", "wake", "active", "user_login", "filter_tripped")
 BACKLOG = 2048  # gunicorn's default
 # The operator's environment the web tier keeps: locale, time zone, how Python finds the host package.
 # Not the rest (index credentials, cloud keys, TMPDIR pointing at a root-only dir ...).

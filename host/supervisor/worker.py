@@ -15,12 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from host import integrity, launch
+from host import identity, integrity, launch
 from host.egress.point import EgressPoint
 from host.egress.rules import Grant
 from host.errors import IntegrityError, MissingSettings, QuotaError
 from host.exits import Cause, ExitInfo, Limits, classify, host_killed, worker_death
 from host.hooks.events import emit_quietly, host_event
+from host.hostapi.server import HostApi
 from host.launch import LaunchSpec
 from host.layout import Layout
 from host.quota import FullAlarm, disk_usage, refusal, with_disk_layer
@@ -120,6 +121,8 @@ class PluginWorker(threading.Thread):
         self.last_active = 0.0  # wall clock of the web tier's last "active" for this plugin (scale to zero)
         self.sandbox: dict[str, Any] | None = None  # what the runner applied to the live instance
         self.web_user: WebUser | None = None  # set by the supervisor, which resolves it once
+        self.host_api: HostApi | None = None  # set by the supervisor: plugins' host-API sockets and tokens
+        self.identity_secret: bytes | None = None  # set by the supervisor: keys of users:read plugins derive from it
         # Scale to zero: asleep = wanted, but stopped until the next request wakes it.
         self.asleep = self.idle_timeout() > 0
         self.quarantines = 0  # times it was quarantined since the host started (/metrics)
@@ -320,9 +323,17 @@ class PluginWorker(threading.Thread):
         if rec is None:
             return ExitInfo(None, True, "not installed", setup_failure=True, cause=Cause.SETUP)
         self.generation += 1
+        instance, issued = str(self.generation), False
         try:
             self._check_integrity(rec)
             spec = launch.build(self.settings, rec, self.generation, self.registry.plugin_settings(self.plugin))
+            if spec.manifest.permissions.host_api and self.host_api is not None:
+                sock, token = self.host_api.start_instance(spec.manifest, instance,
+                                                           launch.plugin_uid(self.settings, rec.uid_index))
+                issued = True
+                user_key = (identity.plugin_key(self.identity_secret, self.plugin)
+                            if "users:read" in spec.manifest.permissions.host_api and self.identity_secret else None)
+                spec = launch.with_host_api(spec, sock, token, user_key)
             netns_fd = self._egress_namespace(spec)
             listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index), netns_fd)
             self._disk_applied = disk_usage(self.layout, self.plugin) is not None
@@ -332,7 +343,10 @@ class PluginWorker(threading.Thread):
             # no one else but root may (plugins never see run/).
             share_path(self.layout.run_dir(self.plugin), self.web_user, 0o710)
             share_path(spec.instance_socket, self.web_user, 0o660)
+            if issued and self.host_api is not None:
+                inst.on_cleanup = _revoker(self.host_api, self.plugin, instance)
             inst.spawn()
+            issued = False  # the instance revokes it when it is cleaned up
         except IntegrityError as exc:  # a changed install: it must not run, and a retry would find the same
             log.error("%s: %s", self.plugin, exc.detail)
             self.registry.record(self.plugin, "integrity_failed", path=exc.path, reason=exc.detail)
@@ -346,6 +360,9 @@ class PluginWorker(threading.Thread):
         except Exception as exc:  # a broken install or host: not worth retrying
             log.exception("%s: cannot spawn", self.plugin)
             return ExitInfo(None, True, f"cannot start: {exc}", setup_failure=True, cause=Cause.SETUP)
+        finally:
+            if issued and self.host_api is not None:  # it never ran: its token goes at once
+                self.host_api.stop_instance(self.plugin, instance)
         return inst
 
     def _check_integrity(self, rec: PluginRecord) -> None:
@@ -709,6 +726,10 @@ class PluginWorker(threading.Thread):
         waiters, self._waiters = self._waiters, []
         for w in waiters:
             w.set()
+
+
+def _revoker(api: HostApi, plugin: str, instance: str) -> Callable[[], None]:
+    return lambda: api.stop_instance(plugin, instance)
 
 
 def _details(info: ExitInfo) -> dict[str, Any]:

@@ -111,7 +111,8 @@ class FakeHost:
                 "state": "running" if self.enabled[name] else "disabled", "pid": 42, "restarts": 0,
                 "last_error": None, "risk": {"score": 2, "reasons": []}, "permissions": GRANTS,
                 "sandbox": {"level": "strict", "backend": "bwrap", "missing": []},
-                "urls": ["http://notes.localhost:8000/"]}
+                "urls": ["http://notes.localhost:8000/"],
+                "nav": [{"title": "My <b>notes</b>", "path": "/mine?x=1&y=2"}]}
 
     def ops(self) -> list[str]:
         return [op for op, _, _ in self.calls]
@@ -316,6 +317,13 @@ def test_plugin_page_shows_grants_with_layers_history_and_never_a_secret(client:
     assert 'placeholder="set · leave empty to keep"' in page
     missing = client.get("/admin/plugins/nope")
     assert missing.status_code == 404 and "is not installed" in missing.text
+
+
+def test_plugin_page_shows_its_menu_entries_as_escaped_links(client: FlaskClient) -> None:
+    login(client)
+    page = client.get("/admin/plugins/notes").text
+    assert ('<a href="http://notes.localhost:8000/mine?x=1&amp;y=2" rel="noopener noreferrer" target="_blank">'
+            "My &lt;b&gt;notes&lt;/b&gt;</a>") in page
 
 
 def test_settings_form_sends_typed_values_and_keeps_an_empty_secret(client: FlaskClient, host: FakeHost) -> None:

@@ -54,7 +54,7 @@ def test_bare_module_entrypoint_means_plugin_base_style() -> None:
     ({"permissions": {"filesystem": {"write": ["/srv/../etc"]}}}, "permissions.filesystem.write", "'..'"),
     ({"permissions": {"environment": ["LD_PRELOAD"]}}, "permissions.environment", "may not be passed"),
     ({"permissions": {"resources": {"memory_mb": 1}}}, "permissions.resources.memory_mb", "greater than"),
-    ({"permissions": {"host_api": ["root"]}}, "permissions.host_api", "'root': not a host API scope"),
+    ({"permissions": {"host_api": ["root"]}}, "permissions.host_api", "not a host API permission"),
 ])
 def test_invalid_manifests_name_the_field_and_the_rule(patch: dict[str, object], field: str, message: str) -> None:
     with pytest.raises(ManifestValidationError) as exc:

@@ -34,9 +34,9 @@ def test_routing_snapshot_holds_only_what_routing_needs() -> None:
                                                       websocket_idle_seconds=7), record("b", False)]))
     assert snap == {"format": 1, "plugins": {
         "a": {"version": "1.2.3", "description": "a plugin", "enabled": True, "timeout": 5.0, "max_body": 2 * MiB,
-              "max_websockets": 3, "websocket_idle": 7.0},
+              "max_websockets": 3, "websocket_idle": 7.0, "users_read": False, "nav": []},
         "b": {"version": "1.2.3", "description": "b plugin", "enabled": False, "timeout": 30.0, "max_body": 16 * MiB,
-              "max_websockets": 16, "websocket_idle": 300.0},
+              "max_websockets": 16, "websocket_idle": 300.0, "users_read": False, "nav": []},
     }}
 
 
