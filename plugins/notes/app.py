@@ -1,4 +1,5 @@
-"""A small notes app, written as an ordinary Flask app; it knows nothing about the host."""
+"""A small notes app, written as an ordinary Flask app. The one thing it knows of the host: it announces each new
+note as the event ``notes.note.created`` through the plugin SDK's host API, when the host gives it one."""
 
 import json
 import os
@@ -34,4 +35,17 @@ def add():
         tmp = DATA.with_suffix(".tmp")
         tmp.write_text(json.dumps(notes))
         tmp.replace(DATA)
+        announce(notes[-1])
     return redirect(url_for("index"))
+
+
+def announce(note):
+    """Tell the host, and so every plugin subscribed to notes.note.created; the note is saved either way."""
+    if not os.environ.get("PLUGIN_HOST_API"):
+        return  # run outside the host, or without the grant
+    try:
+        from plugin_sdk.api import HostApi
+
+        HostApi(timeout=2).emit("notes.note.created", {"text": note["text"], "ts": note["ts"]})
+    except Exception:
+        app.logger.warning("could not announce the note (notes.note.created)", exc_info=True)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from host.registry import Registry
-from tests.integration.harness import FIXTURES, HOST, ServedHost, run_host, short_home, wait_for
+from tests.integration.harness import BUNDLED, FIXTURES, HOST, ServedHost, run_host, short_home, wait_for
 
 A, B = "apiuser", "apiother"
 
@@ -35,10 +35,10 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedHost]:
         'host_api = ["kv:read"]')
     (other / "plugin.toml").write_text(toml.split("[[nav]]")[0] + "[permissions" + toml.split("[permissions", 1)[1])
     with short_home() as home:
-        for src in (FIXTURES / "host_api", other):
+        for src in (FIXTURES / "host_api", other, BUNDLED / "notes", BUNDLED / "inbox"):
             run_host(home, "install", str(src), "--yes", check=True)
         served = ServedHost(home, env={"HOST_TRUSTED_USER_HEADER": "X-Forwarded-User",
-                                       "HOST_FORWARDED_ALLOW_IPS": "127.0.0.1"}).start(wait_plugins=(A, B))
+                                       "HOST_FORWARDED_ALLOW_IPS": "127.0.0.1"}).start(wait_plugins=(A, B, "notes", "inbox"))
         try:
             yield served
         finally:
@@ -97,6 +97,17 @@ def test_a_plugin_emits_only_the_event_types_it_was_granted(host: ServedHost) ->
     pytest.importorskip("host.hooks.events", reason="the hooks half of issue 13 (host.hooks) is not merged")
     sent = httpx.post(f"{host.url}/plugins/{A}/emit/apiuser.note.created", json={"id": 1}, timeout=30).json()
     assert sent["id"].startswith("evt_")
+
+
+def test_the_bundled_pair_end_to_end_notes_announces_and_inbox_sees_it(host: ServedHost) -> None:
+    posted = httpx.post(f"{host.url}/plugins/notes/notes", data={"text": "buy milk"}, timeout=30)
+    assert posted.status_code == 302
+
+    def seen() -> list[dict[str, object]]:
+        return [e for e in host.get("/plugins/inbox/events.json").json() if e["data"].get("text") == "buy milk"]
+
+    [event] = wait_for(seen, 30, interval=0.2, what="inbox to receive notes.note.created")
+    assert (event["type"], event["source"]) == ("notes.note.created", "/plugins/notes")
 
 
 def test_cant_read_another_plugins_keys(host: ServedHost) -> None:
