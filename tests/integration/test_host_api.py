@@ -37,8 +37,8 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedHost]:
     with short_home() as home:
         for src in (FIXTURES / "host_api", other, BUNDLED / "notes", BUNDLED / "inbox"):
             run_host(home, "install", str(src), "--yes", check=True)
-        served = ServedHost(home, env={"HOST_TRUSTED_USER_HEADER": "X-Forwarded-User",
-                                       "HOST_FORWARDED_ALLOW_IPS": "127.0.0.1"}).start(wait_plugins=(A, B, "notes", "inbox"))
+        env = {"HOST_TRUSTED_USER_HEADER": "X-Forwarded-User", "HOST_FORWARDED_ALLOW_IPS": "127.0.0.1"}
+        served = ServedHost(home, env=env).start(wait_plugins=(A, B, "notes", "inbox"))
         try:
             yield served
         finally:
