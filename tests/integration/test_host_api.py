@@ -2,7 +2,8 @@
 can neither reach its socket nor read its keys; an ungranted call is a 403 naming the permission; a stopped
 instance's token no longer works; the proxy tells plugins who the user is and strips a client's claims.
 
-One host for the module, with two plugins: ``apiuser`` (kv, users:read, settings) and ``apiother`` (kv:read).
+One host for the module, with ``apiuser`` (kv, users:read, settings, emit), ``apiother`` (kv:read) and the bundled
+pair ``notes`` (emits notes.note.created) and ``inbox`` (subscribes to it).
 """
 
 from __future__ import annotations
