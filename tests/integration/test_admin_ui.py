@@ -71,13 +71,13 @@ def test_log_in_disable_enable_install_configure_log_out(admin_host: tuple[Serve
     assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"], cookie["domain"]) == (
         True, "Strict", "/admin/", "127.0.0.1")  # host-only: no leading dot
     row = page.locator("#plugin-steady")
-    assert row.locator(".badge").inner_text().lower() == "running"
+    assert row.locator(".badge[data-state]").inner_text().lower() == "running"
 
     row.locator('button[data-action="disable"]').click()
     page.wait_for_url("**/admin/?done=disable&plugin=steady")
     assert asked == ["Disable steady? Its pages answer 404 until it is enabled again."]
     assert "steady: disabled" in page.locator(".notice").inner_text()
-    assert page.locator("#plugin-steady .badge").inner_text().lower() == "disabled"
+    assert page.locator("#plugin-steady .badge[data-state]").inner_text().lower() == "disabled"
     started = time.monotonic()
     wait_for(lambda: public_status(host, "/plugins/steady/") == 404, 2.0, what="steady to answer 404")
     took = time.monotonic() - started
@@ -184,7 +184,7 @@ def test_cant_read_or_drive_the_admin_ui_from_a_plugin_page(admin_host: tuple[Se
             assert status == 403 and "cross-origin requests to the admin listener are refused" in body
     assert host.plugin("steady")["state"] == "running"
     page.goto(host.admin_url + "/admin/")
-    assert page.locator("#plugin-steady .badge").inner_text().lower() == "running"
+    assert page.locator("#plugin-steady .badge[data-state]").inner_text().lower() == "running"
 
 
 def test_a_read_token_sees_the_plugins_but_no_controls(admin_host: tuple[ServedHost, str, str],
@@ -195,7 +195,7 @@ def test_a_read_token_sees_the_plugins_but_no_controls(admin_host: tuple[ServedH
     assert page.locator("#plugin-steady").is_visible()
     assert page.locator("#plugin-steady button").count() == 0 and page.locator("nav >> text=Install").count() == 0
     # the table follows changes made elsewhere (here: the command line) without a reload
-    badge = page.locator("#plugin-steady .badge")
+    badge = page.locator("#plugin-steady .badge[data-state]")
     assert badge.inner_text().lower() == "running"
     host.cli("disable", "steady")
     try:
