@@ -1,8 +1,10 @@
 """The Dockerfile's steps, run without a container engine: what it COPYs exists, a plain (non-editable)
-`pip install .` ships every module and data file, and the image's start command works from it."""
+install of the checkout (`pip install .` in the image; uv here when the host has it, for speed) ships every
+module and data file, and the image's start command works from it."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import tempfile
 import venv
 from pathlib import Path
 
+from host.pip_options import uv_command
 from tests.integration.harness import REPO
 
 
@@ -28,10 +31,19 @@ def test_copied_paths_exist() -> None:
 def test_plain_install_serves_the_index_and_runs_the_probe() -> None:
     with tempfile.TemporaryDirectory(prefix="ph-docker-") as tmp:
         env_dir = Path(tmp) / "venv"
-        venv.create(env_dir, with_pip=True)
         py = env_dir / "bin" / "python"
-        pip = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(REPO)],
-                             capture_output=True, text=True, timeout=600, check=False)
+        uv = uv_command("auto", "")
+        if uv is not None:
+            # The same non-editable build from the same pyproject, by the installer the host itself uses
+            # (pip took over 2 minutes here, most of the suite's longest test): what is checked is what it ships.
+            venv.create(env_dir, with_pip=False)
+            argv = [uv.binary, "pip", "install", "--quiet", "--no-config", "--python", str(py), *uv.args, str(REPO)]
+            env = {**os.environ, **uv.env}
+        else:
+            venv.create(env_dir, with_pip=True)
+            argv = [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(REPO)]
+            env = dict(os.environ)
+        pip = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, env=env)
         assert pip.returncode == 0, pip.stderr[-2000:]
         # the image's build step: `host --help`
         assert subprocess.run([str(env_dir / "bin" / "host"), "--help"], capture_output=True,

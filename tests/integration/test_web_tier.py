@@ -133,7 +133,7 @@ def test_cant_reach_what_the_web_tier_does_not_need(served: ServedHost) -> None:
     assert got["plugin socket"] == "ok connected"
     assert got["registry"] == "PermissionError"
     assert got["control socket"] == "PermissionError"
-    only = "(only status, wake, active, filter_tripped)"
+    only = "(only status, wake, active, user_login, filter_tripped)"
     assert got["stop"] == f"refused: echo: op 'stop' is not allowed on the web socket {only}"
     assert got["reload"] == f"refused: op 'reload' is not allowed on the web socket {only}"
     assert got["list plugin run dir"] == "PermissionError"
