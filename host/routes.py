@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -56,3 +57,22 @@ def publish(path: Path, data: bytes, user: WebUser | None) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+class ChangePublisher:
+    """Writes a snapshot file for the web tier with :func:`publish` when (and only when) its content changed
+    (or the file went missing); the supervisor's routing table and its hooks filter table each have one."""
+
+    def __init__(self, path: Path, user: WebUser | None) -> None:
+        self.path = path
+        self.user = user
+        self._last: bytes | None = None
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> bool:
+        with self._lock:
+            if data == self._last and self.path.exists():
+                return False
+            publish(self.path, data, self.user)
+            self._last = data
+        return True

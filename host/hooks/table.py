@@ -95,21 +95,12 @@ class FilterTable:
             return self._cache
 
 
-class TablePublisher:
+class TablePublisher(routes.ChangePublisher):
     """The supervisor's side: writes the table when (and only when) its content changes."""
 
     def __init__(self, path: Path, user: WebUser | None, deadline_cap: float) -> None:
-        self.path = path
-        self.user = user
+        super().__init__(path, user)
         self.deadline_cap = deadline_cap
-        self._last: bytes | None = None
-        self._lock = threading.Lock()
 
     def publish(self, live: Iterable[Live]) -> bool:
-        data = snapshot(live, self.deadline_cap)
-        with self._lock:
-            if data == self._last and self.path.exists():
-                return False
-            routes.publish(self.path, data, self.user)
-            self._last = data
-        return True
+        return self.write(snapshot(live, self.deadline_cap))

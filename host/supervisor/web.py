@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import socket
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from host import routes
 from host.errors import HostError
 from host.registry import PluginRecord
 from host.settings import HostSettings
-from host.webuser import WebUser
 
 log = logging.getLogger(__name__)
 WEB_OPS = ("status", "wake", "active", "user_login", "filter_tripped")
@@ -87,20 +85,8 @@ def sandbox_summary(report_path: Path) -> dict[str, Any] | None:
     return {"backend": report.get("backend"), "level": "weak" if missing else "full", "missing": missing}
 
 
-class RoutesPublisher:
+class RoutesPublisher(routes.ChangePublisher):
     """Writes the routing snapshot when (and only when) its content changes."""
 
-    def __init__(self, path: Path, user: WebUser | None) -> None:
-        self.path = path
-        self.user = user
-        self._last: bytes | None = None
-        self._lock = threading.Lock()
-
     def publish(self, records: Iterable[PluginRecord]) -> bool:
-        data = routes.snapshot(records)
-        with self._lock:
-            if data == self._last and self.path.exists():
-                return False
-            routes.publish(self.path, data, self.user)
-            self._last = data
-        return True
+        return self.write(routes.snapshot(records))
