@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
@@ -44,6 +43,7 @@ from host.proxy import (
 )
 from host.request_metrics import RequestMetrics
 from host.settings import HostSettings
+from host.upstream import UpstreamResponse
 from host.websocket import WebSockets, requested
 from host.ws_relay import Gate
 
@@ -289,11 +289,11 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
         mark_active(name)
         return stream_response(upstream, name, prefix, timeout)
 
-    def stream_response(upstream: httpx.Response, name: str, prefix: str, timeout: float) -> Response:
+    def stream_response(upstream: UpstreamResponse, name: str, prefix: str, timeout: float) -> Response:
         def body() -> Iterator[bytes]:
             try:
                 with upstream_errors(name, timeout):
-                    # Each piece as the socket returned it (httpcore reads up to 64 KiB), never held back to
+                    # Each piece as the socket returned it (up to 64 KiB), never held back to
                     # fill a chunk: a server-sent event or a long-poll answer reaches the client as the plugin
                     # writes it; gunicorn writes each piece at once (TCP_NODELAY, no buffering in gthread).
                     yield from upstream.iter_raw()

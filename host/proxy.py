@@ -1,4 +1,4 @@
-"""Reverse proxy from the web tier to plugin sockets: streaming both ways, pooled per socket, and every httpx
+"""Reverse proxy from the web tier to plugin sockets: streaming both ways, pooled per socket, and every upstream
 error mapped to an HTTP status in ONE place (:func:`upstream_errors`). What headers cross is host.headers' job.
 
 Routes by socket path only; must not import the supervisor.
@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
+from host.upstream import (
+    BadUpstream,
+    ConnectFailed,
+    RequestRefused,
+    SocketPool,
+    UpstreamRequest,
+    UpstreamTimeout,
+)
 
 CHUNK = 64 * 1024
 # Request bodies are read in pieces this large: gunicorn's body reader copies what is left of its buffer on
@@ -48,7 +55,7 @@ class BodyTooLarge(Exception):
 class BadRequestBody(Exception):
     """The client's request body could not be read: broken chunked framing (gunicorn's parser raises
     InvalidChunkSize, ChunkMissingTerminator, InvalidChunkExtension... from ``wsgi.input``) or a body cut
-    short. Raised while httpx pulls the body, so it surfaces from ``handle_request`` as itself."""
+    short. Raised while the upstream client writes the body, so it surfaces from ``handle_request`` as itself."""
 
 
 @dataclass(frozen=True)
@@ -61,23 +68,19 @@ class Limits:
 
 @contextmanager
 def upstream_errors(plugin: str, timeout: float) -> Iterator[None]:
-    """Translate httpx's exceptions into ProxyError at this one boundary."""
+    """Translate the upstream client's exceptions (host.upstream) into ProxyError at this one boundary."""
     try:
         yield
     except BodyTooLarge as exc:
         raise ProxyError(413, "Request body too large", str(exc)) from exc
     except BadRequestBody as exc:
         raise ProxyError(400, "Malformed request body", str(exc)) from exc
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+    except ConnectFailed as exc:
         raise Unavailable(f"plugin {plugin!r} is not accepting connections") from exc
-    except httpx.PoolTimeout as exc:
-        raise ProxyError(503, "Plugin busy", f"plugin {plugin!r} has no free connection", 1) from exc
-    except httpx.TimeoutException as exc:
+    except UpstreamTimeout as exc:
         raise ProxyError(504, "Plugin timed out", f"plugin {plugin!r} did not answer within {timeout:g}s") from exc
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.LocalProtocolError) as exc:
+    except (BadUpstream, RequestRefused) as exc:
         raise ProxyError(502, "Bad gateway", f"plugin {plugin!r} closed the connection or answered garbage") from exc
-    except httpx.HTTPError as exc:
-        raise ProxyError(502, "Bad gateway", f"plugin {plugin!r}: {exc.__class__.__name__}") from exc
 
 
 class Slots:
@@ -148,56 +151,53 @@ class _Waiter:
 
 
 class Pool:
-    """One pooled connection transport per plugin instance, and nothing else.
-
-    Deliberately not an ``httpx.Client``: a client keeps a cookie jar (it stored one user's ``Set-Cookie``
-    and replayed it on other users' requests), default headers (``User-Agent``, ``Accept-Encoding``), auth
-    and redirect handling. The transport holds only idle sockets, and each request carries exactly the
-    headers :func:`request_headers` built from its own client's request.
+    """One keep-alive pool (host.upstream.SocketPool) per plugin instance, and nothing else: no cookie jar
+    (an httpx client stored one user's ``Set-Cookie`` and replayed it on other users' requests), no default
+    headers, auth or redirect handling. Each request carries exactly the headers :func:`request_headers`
+    built from its own client's request.
 
     The plugin's public socket is a symlink (in a root-only dir) to its live instance's socket; the pool
     follows it on every request, so after a zero-downtime restart new requests reach the new instance at
-    once. The old transport is dropped, not closed: responses still streaming from the draining instance
+    once. The old pool's idle connections are closed; responses still streaming from the draining instance
     hold their own connections, which close when those responses end.
     """
 
     def __init__(self) -> None:
-        self._transports: dict[Path, tuple[Path, httpx.HTTPTransport]] = {}
+        self._pools: dict[Path, tuple[Path, SocketPool]] = {}
         self._lock = threading.Lock()
 
-    def transport(self, public: Path) -> httpx.HTTPTransport:
+    def transport(self, public: Path) -> SocketPool:
         try:
             target = public.parent / os.readlink(public)
         except OSError:
             target = public  # not running: the connect fails and the caller waits or answers 503
-        entry = self._transports.get(public)
+        entry = self._pools.get(public)
         if entry is not None and entry[0] == target:
             return entry[1]
         with self._lock:
-            entry = self._transports.get(public)
+            entry = self._pools.get(public)
             if entry is not None and entry[0] == target:
                 return entry[1]
-            transport = httpx.HTTPTransport(uds=str(target), retries=0,
-                                            limits=httpx.Limits(max_connections=256, max_keepalive_connections=32))
-            self._transports[public] = (target, transport)
-        return transport
+            if entry is not None:
+                entry[1].close()
+            pool = SocketPool(str(target))
+            self._pools[public] = (target, pool)
+        return pool
 
     def close(self) -> None:
         with self._lock:
-            for _, t in self._transports.values():
-                t.close()
-            self._transports.clear()
+            for _, p in self._pools.values():
+                p.close()
+            self._pools.clear()
 
 
 def upstream_request(method: str, target: str, headers: list[tuple[str, str]], body: Iterator[bytes] | None,
-                     timeout: float) -> httpx.Request:
+                     timeout: float) -> UpstreamRequest:
     """A request for one plugin socket built from this client's request alone (no shared defaults)."""
-    t = httpx.Timeout(timeout, connect=5.0, pool=5.0)
     # WSGI header strings are the bytes as sent, decoded as latin-1 (PEP 3333); encoded back the same way,
-    # not as ASCII (httpx's default, which failed with a 500 on any obs-text byte from a client).
+    # not as ASCII (which failed with a 500 on any obs-text byte from a client).
     raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-    return httpx.Request(method, "http://plugin" + target, headers=raw, content=body,
-                         extensions={"timeout": t.as_dict()})
+    return UpstreamRequest(method, target, raw, body, timeout)
 
 
 def upstream_path(raw_uri: str | None, prefix: str, subpath: str) -> str:

@@ -1,5 +1,5 @@
 """One origin per plugin: which Host names which plugin, the default domain, settings, and how the web tier
-routes by Host (Flask test client; the plugins are an httpx MockTransport that echoes what it was sent)."""
+routes by Host (Flask test client; the plugins are an httpx-style handler that echoes what it was sent)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from host.headers import request_headers, response_headers
 from host.layout import Layout
 from host.registry import PluginRecord, Registry
 from host.settings import HostSettings
+from tests.unit.mock_upstream import MockUpstream
 
 
 @pytest.mark.parametrize(("bind", "domain"), [
@@ -104,11 +105,11 @@ def client(tmp_path: Path, **settings: Any) -> Any:
     routes.publish(tmp_path / "run" / "routes.json", routes.snapshot([record("notes"), record("off", False)]), None)
     app = create_app(HostSettings(home=tmp_path, **settings))
 
-    def transport(sock: Path) -> httpx.MockTransport:
+    def transport(sock: Path) -> MockUpstream:
         def handle(request: httpx.Request) -> httpx.Response:
             request.extensions["socket"] = sock.parent.name
             return plugin(request)
-        return httpx.MockTransport(handle)
+        return MockUpstream(handle)
 
     app.extensions["plugin_host"]["pool"].transport = transport
     return app.test_client()

@@ -1,5 +1,5 @@
 """The proxy passes each piece of a plugin's response on before it asks the plugin for the next one (no
-socket: the plugin is an httpx MockTransport whose body is a generator, the client Flask's test client)."""
+socket: the plugin is an httpx-style handler whose body is a generator, the client Flask's test client)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from host import routes
 from host.app import create_app
 from host.registry import PluginRecord
 from host.settings import HostSettings
+from tests.unit.mock_upstream import MockUpstream
 
 
 def test_each_piece_reaches_the_client_before_the_plugin_is_asked_for_the_next(tmp_path: Path) -> None:
@@ -33,7 +34,7 @@ def test_each_piece_reaches_the_client_before_the_plugin_is_asked_for_the_next(t
     record = PluginRecord("sse", "1.0", "inst", {"name": "sse"}, True, 1, 0.0, 0.0)
     routes.publish(tmp_path / "run" / "routes.json", routes.snapshot([record]), None)
     app = create_app(HostSettings(home=tmp_path))
-    app.extensions["plugin_host"]["pool"].transport = lambda sock: httpx.MockTransport(plugin)
+    app.extensions["plugin_host"]["pool"].transport = lambda sock: MockUpstream(plugin)
     resp = app.test_client().get("/plugins/sse/events", buffered=False)
     try:
         for piece in resp.response:
