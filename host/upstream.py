@@ -13,11 +13,13 @@ Failures raise :class:`UpstreamError` subclasses, which host.proxy.upstream_erro
 from __future__ import annotations
 
 import http.client
+import re
 import select
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -63,7 +65,69 @@ def ascii_target(target: str) -> str:
     return "".join(c if ord(c) < 0x80 else f"%{ord(c):02X}" for c in target)
 
 
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FOLD = re.compile(r"\r?\n[ \t]+")
+
+
+class _HeadReader:
+    """The response's buffered reader, checking each line of a response head as http.client reads it, as
+    strictly as h11 did: a field name must be a token with no space before its colon, and a line may hold no
+    NUL and no bare CR (CR or LF inside a header could split it into one the plugin may not send). A bare LF
+    ends a line, and folded lines are unfolded later (:func:`_items`). The head of an informational answer
+    (1xx) is followed by another head; past the final one it only passes reads on."""
+
+    def __init__(self, fp: Any) -> None:
+        self._fp = fp
+        self.head = True
+        self._status_line = True
+        self._informational = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self._fp.readline(limit)
+        if self.head:
+            self._check(line)
+        return line
+
+    def _check(self, line: bytes) -> None:
+        content = line[:-2] if line.endswith(b"\r\n") else line[:-1] if line.endswith(b"\n") else line
+        if b"\r" in content or b"\0" in content:
+            raise BadUpstream("a CR or NUL inside a line of the response head")
+        if self._status_line:
+            self._status_line = False
+            code = content.split(None, 2)[1:2]
+            self._informational = bool(code) and code[0].startswith(b"1")
+            return
+        if not content:  # the blank line that ends a head
+            if self._informational:
+                self._status_line = True
+            else:
+                self.head = False
+            return
+        if content[:1] in (b" ", b"\t"):
+            return  # an obs-fold continuation line
+        name, colon, _ = content.partition(b":")
+        if not colon or not _FIELD_NAME.fullmatch(name):
+            raise BadUpstream(f"not a header line: {content[:80]!r}")
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._fp, attr)
+
+
+class _CheckedResponse(http.client.HTTPResponse):
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp = _HeadReader(self.fp)  # type: ignore[assignment]
+
+
+def _items(msg: http.client.HTTPMessage) -> list[tuple[bytes, bytes]]:
+    """The head's fields as the plugin sent them (http.client decoded them as latin-1), folded lines joined
+    with one space as h11 did."""
+    return [(k.encode("latin-1"), _FOLD.sub(" ", v).encode("latin-1")) for k, v in msg.items()]
+
+
 class _Connection(http.client.HTTPConnection):
+    response_class = _CheckedResponse
+
     def __init__(self, path: str, connect_timeout: float) -> None:
         super().__init__("plugin", timeout=connect_timeout)
         self.path = path
@@ -97,7 +161,7 @@ class UpstreamResponse:
         self._resp = resp
         self.status_code = resp.status
         # http.client decoded the header block as latin-1: back to the bytes the plugin sent
-        self.headers = httpx.Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.msg.items()])
+        self.headers = httpx.Headers(_items(resp.msg))
         self._done = False
 
     def iter_raw(self) -> Iterator[bytes]:
@@ -188,6 +252,7 @@ class SocketPool:
             else:
                 conn.endheaders(req.body)
             resp = conn.getresponse()
+            resp = _final(conn, resp, req.method)
         except UpstreamError:
             conn.close()
             raise
@@ -201,3 +266,20 @@ class SocketPool:
             conn.close()  # the request body failed (too large, malformed): the exchange is half-written
             raise
         return UpstreamResponse(self, conn, resp)
+
+
+def _final(conn: _Connection, resp: http.client.HTTPResponse, method: str) -> http.client.HTTPResponse:
+    """The final answer after any informational ones (103 Early Hints ...), which http.client skips only for
+    100: left in place, the real answer would stay in the socket and be read as the NEXT request's answer,
+    another client's. Read from the same buffered reader (it may hold the final answer's bytes already)."""
+    for _ in range(16):
+        if not 100 <= resp.status < 200:
+            return resp
+        if resp.status == 101:
+            raise BadUpstream("101 Switching Protocols to a request that asked for no upgrade")
+        nxt = _CheckedResponse(conn.sock, method=method)
+        nxt.fp.close()
+        nxt.fp, resp.fp = resp.fp, None  # type: ignore[assignment]
+        nxt.begin()
+        resp = nxt
+    raise BadUpstream("more than 16 informational answers")

@@ -1,0 +1,174 @@
+"""host.upstream against a scripted HTTP/1.1 server on a real Unix socket: the bytes the plugin receives are
+exactly the client's, keep-alive connections are reused, an idle one the plugin closed costs no request, and an
+informational answer never leaves the final one behind for the next (another client's) request."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from host.upstream import BadUpstream, SocketPool, UpstreamRequest
+
+Script = Callable[[socket.socket, int], None]  # serves one accepted connection (its number)
+
+
+def read_request(conn: socket.socket) -> bytes:
+    """One request's head (and a chunked body up to its last chunk, or a Content-Length body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = conn.recv(65536)
+        if not piece:
+            return data
+        data += piece
+    head, _, rest = data.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        while not rest.endswith(b"0\r\n\r\n"):
+            rest += conn.recv(65536)
+    elif b"content-length:" in head.lower():
+        n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(rest) < n:
+            rest += conn.recv(65536)
+    return head + b"\r\n\r\n" + rest
+
+
+@contextmanager
+def server(script: Script) -> Iterator[tuple[str, list[bytes], list[int]]]:
+    seen: list[bytes] = []
+    accepted: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="ph-up-") as tmp:
+        path = str(Path(tmp) / "s.sock")
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(path)
+        lsock.listen(8)
+        lsock.settimeout(10)
+
+        def run() -> None:
+            n = 0
+            while True:
+                try:
+                    conn, _ = lsock.accept()
+                except OSError:
+                    return
+                n += 1
+                accepted.append(n)
+                conn.settimeout(10)
+                threading.Thread(target=serve_one, args=(conn, n), daemon=True).start()
+
+        def serve_one(conn: socket.socket, n: int) -> None:
+            with conn:
+                try:
+                    script(conn, n)
+                except OSError:
+                    pass
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        try:
+            yield path, seen, accepted
+        finally:
+            lsock.close()
+
+
+Pools = Callable[[str], SocketPool]
+
+
+@pytest.fixture
+def pools() -> Iterator[Pools]:
+    made: list[SocketPool] = []
+
+    def make(path: str) -> SocketPool:
+        made.append(SocketPool(path))
+        return made[-1]
+
+    yield make
+    for pool in made:
+        pool.close()  # its idle keep-alive connections
+
+
+def get(pool: SocketPool, target: str = "/", headers: list[tuple[bytes, bytes]] | None = None,
+        body: list[bytes] | None = None, method: str = "GET") -> tuple[int, bytes]:
+    resp = pool.handle_request(UpstreamRequest(method, target, headers or [], iter(body) if body else None, 10.0))
+    try:
+        return resp.status_code, b"".join(resp.iter_raw())
+    finally:
+        resp.close()
+
+
+def test_the_plugin_receives_exactly_the_clients_request(pools: Pools) -> None:
+    seen: list[bytes] = []
+
+    def script(conn: socket.socket, n: int) -> None:
+        seen.append(read_request(conn))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with server(script) as (path, _, _):
+        pool = pools(path)
+        assert get(pool, "/caf\xe9?q=1", [(b"Host", b"h"), (b"X-Name", b"caf\xe9")], [b"ab", b"c"],
+                   method="POST") == (200, b"ok")
+    assert seen == [b"POST /caf%E9?q=1 HTTP/1.1\r\nHost: h\r\nX-Name: caf\xe9\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"2\r\nab\r\n1\r\nc\r\n0\r\n\r\n"]  # nothing of our own: no Accept-Encoding, no User-Agent
+
+
+def test_keep_alive_is_reused_and_an_idle_connection_the_plugin_closed_costs_nothing(pools: Pools) -> None:
+    def script(conn: socket.socket, n: int) -> None:
+        for i in range(2 if n == 1 else 10):
+            if not read_request(conn):
+                return
+            conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{n}.{i}".encode())
+        # connection 1 is closed by the plugin after two answers (a keep-alive timeout)
+
+    with server(script) as (path, _, accepted):
+        pool = pools(path)
+        assert get(pool) == (200, b"1.0")
+        assert get(pool) == (200, b"1.1")
+        threading.Event().wait(0.2)  # the plugin has closed connection 1 by now
+        assert get(pool) == (200, b"2.0")  # not an error: the closed one was noticed and a new one opened
+        assert get(pool) == (200, b"2.1")
+        assert accepted == [1, 2]
+
+
+def test_an_early_hint_never_leaves_the_real_answer_for_the_next_request(pools: Pools) -> None:
+    def script(conn: socket.socket, n: int) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+
+    with server(script) as (path, _, accepted):
+        pool = pools(path)
+        assert get(pool) == (200, b"first")
+        assert get(pool) == (200, b"second")
+        assert accepted == [1]
+
+
+def test_a_close_delimited_answer_is_read_to_its_end_and_its_connection_not_reused(pools: Pools) -> None:
+    def script(conn: socket.socket, n: int) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 200_000)
+
+    with server(script) as (path, _, accepted):
+        pool = pools(path)
+        assert get(pool) == (200, b"x" * 200_000)
+        assert get(pool) == (200, b"x" * 200_000)
+        assert accepted == [1, 2]
+
+
+def test_garbage_and_an_unasked_upgrade_are_bad_upstream(pools: Pools) -> None:
+    answers = [b"NOT HTTP\r\n\r\n", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"]
+
+    def script(conn: socket.socket, n: int) -> None:
+        read_request(conn)
+        conn.sendall(answers[n - 1])
+
+    with server(script) as (path, _, _):
+        pool = pools(path)
+        for _ in answers:
+            with pytest.raises(BadUpstream):
+                get(pool)
