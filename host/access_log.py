@@ -25,7 +25,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -55,7 +54,8 @@ class Entry:
     websocket: bool = False
 
     def line(self) -> bytes:
-        stamp = datetime.fromtimestamp(self.time, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        whole = int(self.time)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((self.time - whole) * 1000):03d}Z"
         record: dict[str, Any] = {
             "time": stamp, "client": self.client, "method": self.method, "path": self.path[:MAX_PATH],
             "status": self.status, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
@@ -88,19 +88,19 @@ class AccessLog:
     def write(self, entry: Entry) -> None:
         """Append one line; an OSError (disk full, directory gone) is the caller's to log and ignore."""
         line = entry.line()
-        path = self.path(entry.plugin)
         with self._lock:
-            fd = self._current(entry.plugin, path)
+            fd = self._current(entry.plugin)
             os.write(fd, line)
             if os.fstat(fd).st_size > self.max_bytes:
-                self._rotate(fd, path)
+                self._rotate(fd, self.path(entry.plugin))
                 self._close(entry.plugin)
 
-    def _current(self, plugin: str, path: Path) -> int:
+    def _current(self, plugin: str) -> int:
         now = time.monotonic()
         fd, checked = self._files.get(plugin, (-1, 0.0))
         if fd >= 0 and now - checked < self.REOPEN:
             return fd
+        path = self.path(plugin)
         if fd >= 0:
             try:
                 st, mine = os.stat(path), os.fstat(fd)

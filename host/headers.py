@@ -7,9 +7,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import httpx
+from typing import Protocol
 
 from host.identity import USER_COOKIE  # the host's end-user session: never forwarded to plugins either
 
@@ -50,6 +50,17 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a field name (RFC 9110 5
 MAX_COOKIE_ATTR = 1024  # RFC 6265bis 5.6: browsers ignore an attribute whose value is longer
 
 log = logging.getLogger(__name__)
+
+
+class ResponseHead(Protocol):
+    """A response's fields as the plugin sent them (host.upstream.RawHeaders, or an ``httpx.Headers``)."""
+
+    @property
+    def raw(self) -> Sequence[tuple[bytes, bytes]]: ...
+
+    def get(self, key: str, default: str = ...) -> str | None: ...
+
+    def __contains__(self, key: object) -> bool: ...
 
 
 # A Host value as a front proxy may forward it: a name or IPv4 address, or a bracketed IPv6 address, and a port.
@@ -146,7 +157,7 @@ def request_headers(incoming: list[tuple[str, str]], *, prefix: str, client_ip: 
     return out
 
 
-def response_headers(upstream: httpx.Headers, prefix: str, public: str = "") -> list[tuple[str, str]]:
+def response_headers(upstream: ResponseHead, prefix: str, public: str = "") -> list[tuple[str, str]]:
     """Headers to send the client from a plugin's response.
 
     Taken as the plugin sent the bytes (latin-1, as WSGI servers write them back), not as httpx decodes them
@@ -159,7 +170,7 @@ def response_headers(upstream: httpx.Headers, prefix: str, public: str = "") -> 
     is the origin the client used (``http://127.0.0.1:8000``), whose absolute URLs are moved the same way.
     """
     widening = ORIGIN_WIDE if prefix else SITE_WIDE
-    named_by_connection = {t.strip().lower() for t in upstream.get("connection", "").split(",")}
+    named_by_connection = {t.strip().lower() for t in (upstream.get("connection", "") or "").split(",")}
     chunked = "transfer-encoding" in upstream
     out: list[tuple[str, str]] = []
     for raw_name, raw_value in upstream.raw:

@@ -79,8 +79,13 @@ class Exchange:
         if getattr(resp, "handed_over", False):
             return resp
         target: Any = resp  # a werkzeug Response
-        target.response = _Counted(target.response, self, target.status_code)
+        target.response = self.counted(target.response, target.status_code)
         return resp
+
+    def counted(self, body: Iterable[bytes], status: int) -> Iterable[bytes]:
+        """``body`` of a response with ``status``, counted as the server takes it; the exchange finishes
+        when the server closes it."""
+        return _Counted(body, self, status)
 
     def websocket_closed(self, received: int, sent: int) -> None:
         self.bytes_in += received

@@ -163,25 +163,25 @@ class Pool:
     """
 
     def __init__(self) -> None:
-        self._pools: dict[Path, tuple[Path, SocketPool]] = {}
+        self._pools: dict[Path, tuple[str, SocketPool]] = {}
         self._lock = threading.Lock()
 
     def transport(self, public: Path) -> SocketPool:
         try:
-            target = public.parent / os.readlink(public)
+            link = os.readlink(public)  # relative to the public socket's directory
         except OSError:
-            target = public  # not running: the connect fails and the caller waits or answers 503
+            link = ""  # not running: the connect fails and the caller waits or answers 503
         entry = self._pools.get(public)
-        if entry is not None and entry[0] == target:
+        if entry is not None and entry[0] == link:
             return entry[1]
         with self._lock:
             entry = self._pools.get(public)
-            if entry is not None and entry[0] == target:
+            if entry is not None and entry[0] == link:
                 return entry[1]
             if entry is not None:
                 entry[1].close()
-            pool = SocketPool(str(target))
-            self._pools[public] = (target, pool)
+            pool = SocketPool(str(public.parent / link) if link else str(public))
+            self._pools[public] = (link, pool)
         return pool
 
     def close(self) -> None:

@@ -1,31 +1,33 @@
-"""The proxy's HTTP/1.1 client to plugin sockets: the standard library's ``http.client`` over Unix sockets, with
-a keep-alive pool per socket, and nothing else (no cookie jar, no default headers, no redirects).
+"""The proxy's HTTP/1.1 client to plugin sockets: a small client of our own over Unix sockets, with a keep-alive
+pool per socket, and nothing else (no cookie jar, no default headers, no redirects).
 
 On the hot path httpx cost ~3x the CPU of ``http.client`` per request (URL parsing, request and response
-models, h11 events; issue 12's profile), for features the proxy does not use. ``http.client`` still parses
-what the (untrusted) plugin sends: status line, at most 100 header lines of at most 64 KiB, chunked or
-length-delimited or close-delimited bodies. Requests carry exactly the caller's headers: no Host,
-Accept-Encoding or User-Agent of our own.
+models, h11 events; issue 12's profile), and ``http.client`` itself spent most of its time in ``email.parser``
+building a message object of the response head. This client writes a request head in one piece and reads the
+answer from one buffer: the head split into lines, checked as strictly as h11 did, the body framed by
+Content-Length, chunked coding or the end of the connection (RFC 9112 6.3). What it parses comes from an
+untrusted plugin: a status line, at most 100 header lines, a head of at most 64 KiB, chunk sizes in hex of at
+most 16 digits. Requests carry exactly the caller's headers: no Host, Accept-Encoding or User-Agent of our own.
 
 Failures raise :class:`UpstreamError` subclasses, which host.proxy.upstream_errors maps to HTTP statuses.
 """
 
 from __future__ import annotations
 
-import http.client
 import re
 import select
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-import httpx
-
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024  # the most one socket read returns: a 1 MiB answer crosses in a few pieces, not 16
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 IDLE_PER_SOCKET = 32  # idle keep-alive connections kept per plugin socket (more are closed when given back)
+MAX_HEAD = 64 * 1024  # a response head (status line and fields) longer than this is garbage
+MAX_FIELDS = 100
+MAX_INFORMATIONAL = 16
+SMALL_WRITE = 16 * 1024  # a body piece up to this size is framed (copied) and written in one go
 
 
 class UpstreamError(Exception):
@@ -65,72 +67,59 @@ def ascii_target(target: str) -> str:
     return "".join(c if ord(c) < 0x80 else f"%{ord(c):02X}" for c in target)
 
 
-_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FOLD = re.compile(r"\r?\n[ \t]+")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")  # no space or control character in a request target
+_VALUE_BAD = re.compile(rb"[\x00\r\n]")  # a field value may not end the line or hold a NUL
+_FOLD = re.compile(rb"\r?\n[ \t]+")
+_STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?")
 
 
-class _HeadReader:
-    """The response's buffered reader, checking each line of a response head as http.client reads it, as
-    strictly as h11 did: a field name must be a token with no space before its colon, and a line may hold no
-    NUL and no bare CR (CR or LF inside a header could split it into one the plugin may not send). A bare LF
-    ends a line, and folded lines are unfolded later (:func:`_items`). The head of an informational answer
-    (1xx) is followed by another head; past the final one it only passes reads on."""
+class RawHeaders:
+    """A response head's fields in order, names and values as the bytes the plugin sent; what host.headers
+    reads of them (``raw``, ``get``, ``in``) and nothing more."""
 
-    def __init__(self, fp: Any) -> None:
-        self._fp = fp
-        self.head = True
-        self._status_line = True
-        self._informational = False
+    __slots__ = ("raw",)
 
-    def readline(self, limit: int = -1) -> bytes:
-        line: bytes = self._fp.readline(limit)
-        if self.head:
-            self._check(line)
-        return line
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        self.raw = list(raw)
 
-    def _check(self, line: bytes) -> None:
-        content = line[:-2] if line.endswith(b"\r\n") else line[:-1] if line.endswith(b"\n") else line
-        if b"\r" in content or b"\0" in content:
-            raise BadUpstream("a CR or NUL inside a line of the response head")
-        if self._status_line:
-            self._status_line = False
-            code = content.split(None, 2)[1:2]
-            self._informational = bool(code) and code[0].startswith(b"1")
-            return
-        if not content:  # the blank line that ends a head
-            if self._informational:
-                self._status_line = True
-            else:
-                self.head = False
-            return
-        if content[:1] in (b" ", b"\t"):
-            return  # an obs-fold continuation line
-        name, colon, _ = content.partition(b":")
-        if not colon or not _FIELD_NAME.fullmatch(name):
-            raise BadUpstream(f"not a header line: {content[:80]!r}")
+    def get(self, name: str, default: str = "") -> str:
+        """All values of ``name`` joined with ", " (latin-1), or ``default``."""
+        key = name.lower().encode("latin-1")
+        values = [v.decode("latin-1") for k, v in self.raw if k.lower() == key]
+        return ", ".join(values) if values else default
 
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self._fp, attr)
+    def __contains__(self, name: object) -> bool:
+        key = str(name).lower().encode("latin-1")
+        return any(k.lower() == key for k, _ in self.raw)
 
 
-class _CheckedResponse(http.client.HTTPResponse):
-    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        self.fp = _HeadReader(self.fp)  # type: ignore[assignment]
+def request_head(method: str, target: str, headers: list[tuple[bytes, bytes]], chunked: bool) -> bytes:
+    """The request line and fields, or RequestRefused for anything that could end a line or split the
+    request (a space or control character in the target, a name that is no token, CR, LF or NUL in a value)."""
+    target = ascii_target(target)
+    if not _TOKEN.fullmatch(method.encode("latin-1", "replace")) or _TARGET_BAD.search(target) or not target:
+        raise RequestRefused(f"cannot send the request line {method!r} {target[:80]!r}")
+    lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name) or _VALUE_BAD.search(value):
+            raise RequestRefused(f"cannot send the header {name[:80]!r}")
+        lines.append(name + b": " + value)
+    if chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
-def _items(msg: http.client.HTTPMessage) -> list[tuple[bytes, bytes]]:
-    """The head's fields as the plugin sent them (http.client decoded them as latin-1), folded lines joined
-    with one space as h11 did."""
-    return [(k.encode("latin-1"), _FOLD.sub(" ", v).encode("latin-1")) for k, v in msg.items()]
-
-
-class _Connection(http.client.HTTPConnection):
-    response_class = _CheckedResponse
+class _Connection:
+    """One connection to a plugin socket and what has been read from it but not yet used."""
 
     def __init__(self, path: str, connect_timeout: float) -> None:
-        super().__init__("plugin", timeout=connect_timeout)
         self.path = path
+        self.timeout = connect_timeout
+        self.sock: socket.socket | None = None
+        self.buf = b""
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -142,51 +131,171 @@ class _Connection(http.client.HTTPConnection):
             raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
         self.sock = sock
 
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
+
     def stale(self) -> bool:
         """An idle keep-alive connection the plugin has closed (or sent stray bytes on) reads as readable."""
-        if self.sock is None:
+        if self.sock is None or self.buf:
             return True
         try:
             return bool(select.select([self.sock], [], [], 0)[0])
         except (OSError, ValueError):
             return True
 
+    def recv(self) -> bytes:
+        """What the socket has now (waits for at least one byte), b"" at its end."""
+        assert self.sock is not None
+        return self.sock.recv(CHUNK)
+
+    def fill(self) -> None:
+        data = self.recv()
+        if not data:
+            raise BadUpstream("the plugin closed the connection before its answer was complete")
+        self.buf += data
+
+    def read_head(self) -> tuple[int, int, list[tuple[bytes, bytes]]]:
+        """(minor version, status, fields) of the next response head; the buffer keeps what follows it."""
+        while True:
+            cut = _head_end(self.buf)
+            if cut >= 0:
+                break
+            if len(self.buf) > MAX_HEAD:
+                raise BadUpstream("the response head is longer than 64 KiB")
+            data = self.recv()
+            if not data:
+                raise BadUpstream("the plugin closed the connection before its answer was complete"
+                                  if self.buf else "the plugin closed the connection without answering")
+            self.buf += data
+        if cut > MAX_HEAD:
+            raise BadUpstream("the response head is longer than 64 KiB")
+        head, self.buf = self.buf[:cut], self.buf[cut:]
+        lines = head.split(b"\n")
+        lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines[:-2]]  # the last two: "" "" (blank line)
+        for ln in lines:
+            if b"\r" in ln or b"\0" in ln:
+                raise BadUpstream("a CR or NUL inside a line of the response head")
+        status = _STATUS.fullmatch(lines[0]) if lines else None
+        if status is None:
+            raise BadUpstream(f"not an HTTP/1.x status line: {lines[0][:80] if lines else b''!r}")
+        if len(lines) - 1 > MAX_FIELDS:
+            raise BadUpstream(f"more than {MAX_FIELDS} header lines")
+        fields: list[tuple[bytes, bytes]] = []
+        for ln in lines[1:]:
+            if ln[:1] in (b" ", b"\t"):  # obs-fold: joined to the previous field with one space, as h11 did
+                if not fields:
+                    raise BadUpstream("a continuation line before any header line")
+                name, value = fields[-1]
+                fields[-1] = (name, (value + b" " + ln.strip(b" \t")).strip(b" \t"))
+                continue
+            name, colon, value = ln.partition(b":")
+            if not colon or not _TOKEN.fullmatch(name):
+                raise BadUpstream(f"not a header line: {ln[:80]!r}")
+            fields.append((name, value.strip(b" \t")))
+        return int(status.group(1)), int(status.group(2)), fields
+
+
+def _head_end(buf: bytes) -> int:
+    """Where the head in ``buf`` ends (just past its blank line, CRLF or bare LF), or -1."""
+    crlf, lf = buf.find(b"\n\r\n"), buf.find(b"\n\n")
+    ends = ([crlf + 3] if crlf >= 0 else []) + ([lf + 2] if lf >= 0 else [])
+    return min(ends, default=-1)
+
 
 class UpstreamResponse:
     """What the proxy needs of an answer: status, headers as sent (latin-1), the body piece by piece."""
 
-    def __init__(self, pool: SocketPool, conn: _Connection, resp: http.client.HTTPResponse) -> None:
+    def __init__(self, pool: SocketPool, conn: _Connection, status: int, headers: RawHeaders, framing: str,
+                 length: int, keep_alive: bool) -> None:
         self._pool = pool
         self._conn: _Connection | None = conn
-        self._resp = resp
-        self.status_code = resp.status
-        # http.client decoded the header block as latin-1: back to the bytes the plugin sent
-        self.headers = httpx.Headers(_items(resp.msg))
-        self._done = False
+        self.status_code = status
+        self.headers = headers
+        self._framing = framing  # "none", "length", "chunked", "close"
+        self._left = length  # bytes of the body (length) or of the current chunk (chunked) still to come
+        self._keep_alive = keep_alive
+        self._done = framing == "none" or (framing == "length" and length == 0)
 
     def iter_raw(self) -> Iterator[bytes]:
-        """Each piece as the socket returned it (up to 64 KiB), never held back to fill a chunk."""
-        while True:
-            try:
-                data = self._resp.read1(CHUNK)
-            except TimeoutError as exc:
-                raise UpstreamTimeout("the plugin stopped sending its answer") from exc
-            except (http.client.HTTPException, OSError, ValueError) as exc:
-                raise BadUpstream(f"{type(exc).__name__}: {exc}") from exc
+        """Each piece as the socket returned it (up to 256 KiB), never held back to fill a chunk."""
+        conn = self._conn
+        if conn is None or self._done:
+            return
+        try:
+            if self._framing == "chunked":
+                yield from self._chunks(conn)
+            else:
+                yield from self._plain(conn)
+        except TimeoutError as exc:
+            raise UpstreamTimeout("the plugin stopped sending its answer") from exc
+        except OSError as exc:
+            raise BadUpstream(f"{type(exc).__name__}: {exc}") from exc
+        self._done = True
+
+    def _take(self, conn: _Connection, limit: int) -> bytes:
+        """Up to ``limit`` body bytes: the buffered ones first, else one read from the socket."""
+        if conn.buf:
+            data, conn.buf = conn.buf[:limit], conn.buf[limit:]
+            return data
+        data = conn.recv()
+        if len(data) > limit:
+            data, conn.buf = data[:limit], data[limit:]
+        return data
+
+    def _plain(self, conn: _Connection) -> Iterator[bytes]:
+        if self._framing == "close":
+            while True:
+                data = self._take(conn, CHUNK)
+                if not data:
+                    return
+                yield data
+        while self._left > 0:
+            data = self._take(conn, self._left)
             if not data:
-                self._done = True
-                return
+                raise BadUpstream("the plugin closed the connection before the end of its answer")
+            self._left -= len(data)
             yield data
+
+    def _line(self, conn: _Connection) -> bytes:
+        while True:
+            i = conn.buf.find(b"\n")
+            if i >= 0:
+                line, conn.buf = conn.buf[:i], conn.buf[i + 1:]
+                return line[:-1] if line.endswith(b"\r") else line
+            if len(conn.buf) > MAX_HEAD:
+                raise BadUpstream("a chunk-size or trailer line longer than 64 KiB")
+            conn.fill()
+
+    def _chunks(self, conn: _Connection) -> Iterator[bytes]:
+        while True:
+            size = _CHUNK_SIZE.fullmatch(self._line(conn))
+            if size is None:
+                raise BadUpstream("a malformed chunk size in the plugin's answer")
+            left = int(size.group(1), 16)
+            if left == 0:
+                break
+            while left > 0:
+                data = self._take(conn, left)
+                if not data:
+                    raise BadUpstream("the plugin closed the connection inside a chunk")
+                left -= len(data)
+                yield data
+            if self._line(conn):
+                raise BadUpstream("a chunk not followed by CRLF")
+        for _ in range(MAX_FIELDS + 1):  # trailer fields, dropped (the client's chunked framing is gunicorn's)
+            if not self._line(conn):
+                return
+        raise BadUpstream("too many trailer lines")
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._done and not self._resp.will_close and conn.sock is not None:
-            self._resp.close()
+        if self._done and self._keep_alive and conn.sock is not None and not conn.buf:
             self._pool.give_back(conn)
         else:
-            self._resp.close()
             conn.close()  # an answer not read to its end leaves the connection in an unknown state
 
 
@@ -223,10 +332,12 @@ class SocketPool:
             conn.close()
 
     def handle_request(self, req: UpstreamRequest) -> UpstreamResponse:
+        chunked = req.body is not None and not any(n.lower() == b"content-length" for n, _ in req.headers)
+        head = request_head(req.method, req.target, req.headers, chunked)
         reused = self._take()
         if reused is not None:
             try:
-                return self._exchange(reused, req)
+                return self._exchange(reused, req, head, chunked)
             except BadUpstream:
                 # The plugin closed a kept-alive connection as we wrote on it (gunicorn's keep-alive timeout):
                 # nothing reached the app, so a bodiless idempotent request goes again on a new connection.
@@ -234,52 +345,80 @@ class SocketPool:
                     raise
         conn = _Connection(self.path, self.connect_timeout)
         conn.connect()
-        return self._exchange(conn, req)
+        return self._exchange(conn, req, head, chunked)
 
-    def _exchange(self, conn: _Connection, req: UpstreamRequest) -> UpstreamResponse:
+    def _exchange(self, conn: _Connection, req: UpstreamRequest, head: bytes, chunked: bool) -> UpstreamResponse:
         try:
-            assert conn.sock is not None
-            conn.sock.settimeout(req.timeout)
-            try:
-                conn.putrequest(req.method, ascii_target(req.target), skip_host=True, skip_accept_encoding=True)
-                for name, value in req.headers:
-                    conn.putheader(name, value)
-            except (ValueError, UnicodeError, http.client.InvalidURL) as exc:
-                raise RequestRefused(str(exc)) from exc
-            if req.body is not None and not any(n.lower() == b"content-length" for n, _ in req.headers):
-                conn.putheader(b"Transfer-Encoding", b"chunked")
-                conn.endheaders(req.body, encode_chunked=True)
+            sock = conn.sock
+            assert sock is not None
+            sock.settimeout(req.timeout)
+            if req.body is None:
+                sock.sendall(head)
             else:
-                conn.endheaders(req.body)
-            resp = conn.getresponse()
-            resp = _final(conn, resp, req.method)
+                _send_body(sock, head, req.body, chunked)
+            return self._answer(conn, req.method)
         except UpstreamError:
             conn.close()
             raise
         except TimeoutError as exc:
             conn.close()
             raise UpstreamTimeout("the plugin did not answer in time") from exc
-        except (http.client.HTTPException, OSError) as exc:
+        except OSError as exc:
             conn.close()
             raise BadUpstream(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             conn.close()  # the request body failed (too large, malformed): the exchange is half-written
             raise
-        return UpstreamResponse(self, conn, resp)
+
+    def _answer(self, conn: _Connection, method: str) -> UpstreamResponse:
+        """The final answer after any informational ones (103 Early Hints ...), which are skipped: left in
+        place, the real answer would stay in the socket and be read as the NEXT request's answer, another
+        client's."""
+        for _ in range(MAX_INFORMATIONAL):
+            minor, status, fields = conn.read_head()
+            if status == 101:
+                raise BadUpstream("101 Switching Protocols to a request that asked for no upgrade")
+            if not 100 <= status < 200:
+                break
+        else:
+            raise BadUpstream(f"more than {MAX_INFORMATIONAL} informational answers")
+        headers = RawHeaders(fields)
+        connection = {t.strip().lower() for t in headers.get("connection").split(",")}
+        keep_alive = "close" not in connection and (minor == 1 or "keep-alive" in connection)
+        if method == "HEAD" or status in (204, 304):
+            return UpstreamResponse(self, conn, status, headers, "none", 0, keep_alive)
+        encodings = [t.strip().lower() for t in headers.get("transfer-encoding").split(",") if t.strip()]
+        if encodings:
+            if encodings[-1] == "chunked":
+                return UpstreamResponse(self, conn, status, headers, "chunked", 0, keep_alive)
+            return UpstreamResponse(self, conn, status, headers, "close", 0, False)  # RFC 9112 6.3 (4)
+        lengths = {v.strip() for k, v in headers.raw if k.lower() == b"content-length"}
+        if lengths:
+            values = {x.strip() for v in lengths for x in v.split(b",")}
+            if len(values) != 1 or not next(iter(values)).isdigit() or len(next(iter(values))) > 18:
+                raise BadUpstream(f"an invalid Content-Length: {b', '.join(sorted(lengths))[:80]!r}")
+            return UpstreamResponse(self, conn, status, headers, "length", int(next(iter(values))), keep_alive)
+        return UpstreamResponse(self, conn, status, headers, "close", 0, False)
 
 
-def _final(conn: _Connection, resp: http.client.HTTPResponse, method: str) -> http.client.HTTPResponse:
-    """The final answer after any informational ones (103 Early Hints ...), which http.client skips only for
-    100: left in place, the real answer would stay in the socket and be read as the NEXT request's answer,
-    another client's. Read from the same buffered reader (it may hold the final answer's bytes already)."""
-    for _ in range(16):
-        if not 100 <= resp.status < 200:
-            return resp
-        if resp.status == 101:
-            raise BadUpstream("101 Switching Protocols to a request that asked for no upgrade")
-        nxt = _CheckedResponse(conn.sock, method=method)
-        nxt.fp.close()
-        nxt.fp, resp.fp = resp.fp, None  # type: ignore[assignment]
-        nxt.begin()
-        resp = nxt
-    raise BadUpstream("more than 16 informational answers")
+def _send_body(sock: socket.socket, head: bytes, body: Iterator[bytes], chunked: bool) -> None:
+    """The head and the body after it, chunk-coded when its length is unknown. Each piece is written as it
+    comes (a slow upload streams through); a small one goes in one write with its framing (and the head),
+    a large one is not copied into a framed buffer."""
+    pending = head
+    for piece in body:
+        if not piece:
+            continue
+        if len(piece) <= SMALL_WRITE:
+            sock.sendall(pending + (b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece))
+        else:
+            if chunked:
+                pending += b"%x\r\n" % len(piece)
+            if pending:
+                sock.sendall(pending)
+            sock.sendall(piece)
+            if chunked:
+                sock.sendall(b"\r\n")
+        pending = b""
+    if pending or chunked:
+        sock.sendall(pending + (b"0\r\n\r\n" if chunked else b""))

@@ -42,7 +42,8 @@ def test_native_flask_app_templates_static_form_and_redirect(served: ServedHost)
     assert post.status_code == 302
     assert post.headers["location"] == "/plugins/notes/"
     after = served.get("/plugins/notes/")
-    assert "buy milk" in after.text and "now" in after.text  # rendered with humanize (a PyPI dependency)
+    # rendered with humanize (a PyPI dependency): "now", or "a second ago" on a loaded machine
+    assert "buy milk" in after.text and ("now" in after.text or "second ago" in after.text)
 
 
 def test_app_factory_in_a_package_with_blueprint_and_session(served: ServedHost) -> None:
