@@ -51,12 +51,14 @@ class HostSettings(BaseSettings):
     host_api_rate: float = Field(50.0, gt=0)
     host_api_burst: int = Field(100, ge=1)
     web_workers: int = Field(2, ge=1, le=64)
-    # gthread: a pool of `web_threads` threads per web worker; each request in flight holds one (also while it
-    # waits in a plugin's line). gevent: a greenlet per request, so thousands of slow clients, long polls and
-    # streams, and any burst waiting for a busy plugin, pin no thread; it costs more CPU per request (bench/).
+    # gthread: a pool of up to `web_threads` threads per web worker (started as needed, so an idle host has a
+    # few); each request in flight holds one, also while it waits in a plugin's line: 256 lets a burst of 256
+    # connections to one plugin wait instead of being refused (issue 12). gevent: a greenlet per request, so
+    # thousands of slow clients, long polls and streams pin no thread; it costs more CPU per request (bench/).
     web_worker_class: Literal["gthread", "gevent"] = "gthread"
-    web_threads: int = Field(32, ge=1, le=512)
-    # Requests in flight to ONE plugin per web worker; 0 = automatic (gevent: 64; gthread: half the threads).
+    web_threads: int = Field(256, ge=1, le=1024)
+    # Requests in flight to ONE plugin per web worker; 0 = automatic (gevent: 64; gthread: half the threads,
+    # at most 32: the plugin serves a few at a time, the rest wait in the host's line, not in its backlog).
     plugin_max_inflight: int = Field(0, ge=0)
     # Requests to ONE plugin per web worker that wait for a free slot beyond those in flight, first come first
     # served, each at most `plugin_queue_wait` seconds (and never beyond the plugin's request timeout); only a
@@ -154,17 +156,18 @@ class HostSettings(BaseSettings):
     def inflight_limit(self) -> int:
         if self.plugin_max_inflight:
             return self.plugin_max_inflight
-        return 64 if self.web_worker_class == "gevent" else max(1, self.web_threads // 2)
+        return 64 if self.web_worker_class == "gevent" else max(1, min(32, self.web_threads // 2))
 
     @property
     def queue_limit(self) -> int:
         """Waiters per plugin per web worker. With threads, each waiter holds one, so a hung plugin may hold
-        at most three quarters of them (in flight + waiting); the rest serve every other plugin."""
+        all but a reserve of them (in flight + waiting): a quarter of the threads, at most 32, which serve
+        every other plugin and the host's pages."""
         if self.plugin_queue >= 0:
             return self.plugin_queue
         if self.web_worker_class == "gevent":
             return 1024
-        return max(0, self.web_threads - self.inflight_limit - max(1, self.web_threads // 4))
+        return max(0, self.web_threads - self.inflight_limit - max(1, min(32, self.web_threads // 4)))
 
     @field_validator("forwarded_allow_ips")
     @classmethod

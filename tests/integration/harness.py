@@ -113,7 +113,7 @@ class ServedHost:
             self.env["HOST_ADMIN_BIND"] = f"127.0.0.1:{self.admin_port}"
         elif self.env["HOST_ADMIN_BIND"]:
             self.admin_port = int(self.env["HOST_ADMIN_BIND"].rpartition(":")[2])
-        env = {**os.environ, "HOST_WEB_WORKERS": "1", "HOST_WEB_THREADS": "32", **self.env}
+        env = {**os.environ, "HOST_WEB_WORKERS": "1", **self.env}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([*HOST, "--home", str(self.home), "serve", "--create", "--bind",
                                           f"127.0.0.1:{self.port}"], stdout=log, stderr=subprocess.STDOUT,

@@ -3,6 +3,7 @@ in line up to a bound, and beyond it gets 503 at once."""
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 
@@ -45,3 +46,30 @@ def test_a_burst_waits_in_line_a_full_line_gets_503_and_the_other_plugins_never_
         # Ordering, not a stopwatch (a loaded machine makes every request slow): the healthy plugin was
         # answered while the hung one still held every slot it may hold, so it never waited for one of them.
         assert answered < min(held_until), "a request to a healthy plugin waited behind a slow one"
+
+
+def test_a_burst_far_beyond_what_a_plugin_serves_at_once_waits_and_is_all_answered() -> None:
+    # The default settings (one web worker here): 60 requests at once to a plugin that serves 4 at a time,
+    # 50 ms each, all waiting well within its 3 s timeout. With the old default (32 threads: 16 in flight +
+    # 8 waiting per plugin) the 25th and later concurrent requests got 503 at once.
+    with served_plugins(FIXTURES / "echo", wait=("echo",)) as host:
+        conns = [http.client.HTTPConnection("127.0.0.1", host.port, timeout=60) for _ in range(60)]
+        for c in conns:
+            c.connect()  # all connected first, so the requests arrive together
+        barrier = threading.Barrier(len(conns), timeout=30)
+        statuses: list[int] = []
+
+        def one(conn: http.client.HTTPConnection) -> None:
+            barrier.wait()
+            conn.request("GET", "/plugins/echo/sleep/0.05")
+            resp = conn.getresponse()
+            resp.read()
+            statuses.append(resp.status)
+            conn.close()
+
+        clients = [threading.Thread(target=one, args=(c,)) for c in conns]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(60)
+        assert statuses == [200] * len(conns)
