@@ -82,7 +82,7 @@ class Incoming:
     """What the proxy reads of one client request, straight from its WSGI environ; each derived value is
     worked out once (issue 12: the Flask path parsed the client's address and Host three times per request)."""
 
-    __slots__ = ("_client", "_forwarding", "_headers", "environ", "method", "peer", "scheme")
+    __slots__ = ("_client", "_forwarding", "_headers", "environ", "method", "peer", "scheme", "upgrade")
 
     def __init__(self, environ: dict[str, Any], forwarding: Forwarding) -> None:
         self.environ = environ
@@ -92,6 +92,7 @@ class Incoming:
         self._forwarding = forwarding
         self._headers: list[tuple[str, str]] | None = None
         self._client: tuple[str, str] | None = None
+        self.upgrade = requested(environ)  # a WebSocket handshake
 
     def headers(self) -> list[tuple[str, str]]:
         """The request's headers as werkzeug names them (``X-Foo``), in the environ's order."""
@@ -228,7 +229,7 @@ class PluginProxy:
         req.changed()
         if refused is not None:
             return problem(*refused, plugin=name)
-        upgrade = requested(req.environ)
+        upgrade = req.upgrade
         if not prefix and (req.method not in IDEMPOTENT or upgrade):
             other = origins.sibling(req.environ.get("HTTP_ORIGIN"), name, self.domain)
             if other is not None:
@@ -267,7 +268,7 @@ class PluginProxy:
         query = env.get("QUERY_STRING", "")
         url = path + (f"?{query}" if query else "")
         sock = self.socket(name)
-        if requested(env):
+        if req.upgrade:
             assert self.websocket is not None
             return self.websocket(name, sock, url, headers, prefix, done=lambda: self.slots.release(name),
                                   wait=self.wait_until_available, closed=exchange.websocket_closed)
@@ -374,7 +375,7 @@ class Front:
 
     def route(self, req: Incoming) -> tuple[str, str, str] | None:
         """(plugin, subpath, prefix) for a request this front serves itself, or None."""
-        if requested(req.environ):
+        if req.upgrade:
             return None
         label = origins.plugin_label(req.client()[1], self.proxy.domain)
         if label is not None:

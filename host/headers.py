@@ -81,9 +81,11 @@ class Forwarding:
         """Whether ``peer`` is a front proxy. A Unix-socket peer has no address; gunicorn believes its
         scheme header unconditionally, so it is believed here too, but only once some proxy is configured
         (with none, the web tier gives gunicorn no scheme header to believe)."""
+        if not self.proxies:
+            return False
         ip = _ip(peer)
         if ip is None:
-            return bool(self.proxies) and not peer
+            return not peer
         return any(ip in net for net in self.proxies)
 
     def client(self, peer: str, host: str, incoming: list[tuple[str, str]]) -> tuple[str, str]:

@@ -79,20 +79,21 @@ class RawHeaders:
     """A response head's fields in order, names and values as the bytes the plugin sent; what host.headers
     reads of them (``raw``, ``get``, ``in``) and nothing more."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("_names", "raw")
 
     def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
         self.raw = list(raw)
+        self._names = [k.lower() for k, _ in self.raw]
 
     def get(self, name: str, default: str = "") -> str:
         """All values of ``name`` joined with ", " (latin-1), or ``default``."""
         key = name.lower().encode("latin-1")
-        values = [v.decode("latin-1") for k, v in self.raw if k.lower() == key]
-        return ", ".join(values) if values else default
+        if key not in self._names:
+            return default
+        return ", ".join(v.decode("latin-1") for k, (_, v) in zip(self._names, self.raw, strict=True) if k == key)
 
     def __contains__(self, name: object) -> bool:
-        key = str(name).lower().encode("latin-1")
-        return any(k.lower() == key for k, _ in self.raw)
+        return str(name).lower().encode("latin-1") in self._names
 
 
 def request_head(method: str, target: str, headers: list[tuple[bytes, bytes]], chunked: bool) -> bytes:
@@ -392,7 +393,8 @@ class SocketPool:
             if encodings[-1] == "chunked":
                 return UpstreamResponse(self, conn, status, headers, "chunked", 0, keep_alive)
             return UpstreamResponse(self, conn, status, headers, "close", 0, False)  # RFC 9112 6.3 (4)
-        lengths = {v.strip() for k, v in headers.raw if k.lower() == b"content-length"}
+        lengths = {v.strip() for k, v in headers.raw if k.lower() == b"content-length"} if "content-length" in \
+            headers else set()
         if lengths:
             values = {x.strip() for v in lengths for x in v.split(b",")}
             if len(values) != 1 or not next(iter(values)).isdigit() or len(next(iter(values))) > 18:

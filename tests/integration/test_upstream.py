@@ -172,3 +172,56 @@ def test_garbage_and_an_unasked_upgrade_are_bad_upstream(pools: Pools) -> None:
         for _ in answers:
             with pytest.raises(BadUpstream):
                 get(pool)
+
+
+def test_chunked_answers_with_extensions_and_trailers_and_a_head_sent_byte_by_byte(pools: Pools) -> None:
+    answer = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Folded: a\r\n  b\r\n\r\n"
+              b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n")
+
+    def script(conn: socket.socket, n: int) -> None:
+        read_request(conn)
+        for i in range(len(answer)):  # the worst case for a reader: one byte per segment
+            conn.sendall(answer[i:i + 1])
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 204 No Content\n\n")  # bare LF line ends, as h11 allowed
+
+    with server(script) as (path, _, accepted):
+        pool = pools(path)
+        resp = pool.handle_request(UpstreamRequest("GET", "/", [], None, 10.0))
+        assert (resp.status_code, b"".join(resp.iter_raw())) == (200, b"abcde")
+        assert resp.headers.get("x-folded") == "a b"  # a folded line joined with one space
+        resp.close()
+        assert get(pool) == (204, b"")
+        assert accepted == [1]  # read to its end, trailers included: the connection was reused
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",  # which one? (smuggling)
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n",
+    b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\n\r\n",
+    b"HTTP/2 200\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # then the plugin closes
+])
+def test_what_a_plugin_may_not_answer_is_bad_upstream(pools: Pools, answer: bytes) -> None:
+    def script(conn: socket.socket, n: int) -> None:
+        read_request(conn)
+        conn.sendall(answer)
+
+    with server(script) as (path, _, _), pytest.raises(BadUpstream):
+        get(pools(path))
+
+
+def test_an_http_1_0_answer_without_keep_alive_is_not_reused(pools: Pools) -> None:
+    def script(conn: socket.socket, n: int) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with server(script) as (path, _, accepted):
+        pool = pools(path)
+        assert get(pool) == (200, b"ok")
+        assert get(pool) == (200, b"ok")
+        assert accepted == [1, 2]
