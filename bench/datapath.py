@@ -8,6 +8,7 @@ Samples are appended to ``results[test][contender]``, one per round; the report 
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -152,3 +153,33 @@ def rounds(fronts: list[Front], n_rounds: int, seconds: float, generator: str, l
                     out["WebSocket echo ms"][front.name].append(statistics.median(rtt) * 1e3)
     return {k: dict(v) for k, v in out.items()}
 
+
+
+def neighbour_latency(hog: Front, victim: str, generator: str, seconds: float, connections: int = 128,
+                      slow: float = 0.2) -> dict[str, float]:
+    """Issue 12's fairness: the p50 of one client's sequential GETs to another plugin (``victim``: its URL on
+    the same host), first with the host otherwise idle, then while ``hog``'s plugin is overloaded
+    (``connections`` clients asking for answers that take ``slow`` s each while it serves a few at a time:
+    its line fills, the web tier's threads wait for it). The difference is what one plugin's overload costs
+    another's latency."""
+
+    def p50(duration: float) -> float:
+        times: list[float] = []
+        end = time.monotonic() + duration
+        with httpx.Client(timeout=30) as c:
+            while time.monotonic() < end and len(times) < 5000:
+                t = time.perf_counter()
+                r = c.get(victim)
+                times.append(time.perf_counter() - t)
+                if r.status_code != 200:
+                    raise RuntimeError(f"the neighbour answered {r.status_code}: {r.text[:200]}")
+        return statistics.median(times) * 1e3
+
+    idle = p50(seconds)
+    target = loadgen.Target(hog.port, hog.prefix + f"/sleep/{slow}", hog.host_header)
+    hogging = threading.Thread(target=loadgen.run, args=(target, connections, seconds + 1.5, generator), daemon=True)
+    hogging.start()
+    time.sleep(1.0)  # the hog's line has filled
+    busy = p50(seconds)
+    hogging.join(seconds + 60)
+    return {"idle": idle, "busy": busy}

@@ -34,6 +34,8 @@ GOALS: dict[str, Goal] = {
     "host idle PSS MiB": Goal("<=60 MiB", lambda h, d: h <= 60),
     "install warm s": Goal("<=1 s", lambda h, d: h <= 1),
     "100 plugins: answered": Goal("all 100", lambda h, d: h == 100),
+    # another plugin's p50 while benchapp is overloaded, minus its p50 on the otherwise idle host
+    "neighbour added p50 ms": Goal("<=1 ms", lambda h, d: h <= 1.0),
 }
 
 

@@ -41,15 +41,16 @@ class Plan:
     startup_runs: int
     at_once: int  # plugins cold-started at once (and installed for it)
     many: int  # plugins on one host with scale to zero (0: skipped)
+    fairness: float = 0.0  # seconds per fairness measurement (0: skipped; it installs a second plugin)
 
 
 PLANS = {
-    "full": Plan("full", 3, 3.0, datapath.LOADS, 200, 200, 10, 10, 100),
-    "quick": Plan("quick", 2, 1.0, datapath.LOADS, 50, 50, 3, 3, 0),
+    "full": Plan("full", 3, 3.0, datapath.LOADS, 200, 200, 10, 10, 100, 3.0),
+    "quick": Plan("quick", 2, 1.0, datapath.LOADS, 50, 50, 3, 3, 0, 2.0),
     # The smallest end-to-end configuration (tests/integration/test_bench.py): no installs but benchapp's,
     # whose home the start-up tests reuse (at_once=0).
     "smoke": Plan("smoke", 1, 0.5, tuple(t for t in datapath.LOADS if t.key in ("tiny GET c1", "tiny GET c32",
-                                                                                 "1 MiB POST c8")), 5, 5, 1, 0, 0),
+                                                                                 "1 MiB POST c8")), 5, 5, 1, 0, 0, 0.5),
 }
 
 
@@ -58,7 +59,9 @@ def data_path(plan: Plan, tmp: Path, only: set[str], generator: str, skipped: di
     home = tmp / "h"
     t0 = time.perf_counter()
     run_host(home, "install", str(BENCH / "plugins" / "benchapp"), "--yes", check=True)
-    host = startup.serve(home, {}, wait=(fronts.PLUGIN,))
+    if plan.fairness:  # the neighbour whose latency the fairness test watches
+        run_host(home, "install", str(BENCH / "plugins" / "tiny"), "--yes", check=True)
+    host = startup.serve(home, {}, wait=(fronts.PLUGIN, "tiny") if plan.fairness else (fronts.PLUGIN,))
     print(f"  benchapp installed and served by the host in {time.perf_counter() - t0:.1f} s", flush=True)
     started: list[fronts.Front] = []
     try:
@@ -80,6 +83,15 @@ def data_path(plan: Plan, tmp: Path, only: set[str], generator: str, skipped: di
               f"load, load generator {generator}", flush=True)
         got = datapath.rounds(started, plan.rounds, plan.seconds, generator, plan.loads, plan.events, plan.echoes)
         samples.update(got)
+        path_front = next((f for f in started if f.name == "host-path"), None)
+        if path_front is not None and plan.fairness:
+            print("== fairness: another plugin's latency while benchapp is overloaded", flush=True)
+            for _ in range(plan.rounds):
+                got_n = datapath.neighbour_latency(path_front, f"http://127.0.0.1:{host.port}/plugins/tiny/",
+                                                   generator, plan.fairness)
+                samples.setdefault("neighbour added p50 ms", {}).setdefault("host-path", []).append(
+                    got_n["busy"] - got_n["idle"])
+                samples.setdefault("neighbour p50 idle ms", {}).setdefault("host-path", []).append(got_n["idle"])
     finally:
         for f in started:
             for p in f.procs:
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = PLANS[args.mode or "full"]
     plan = Plan(plan.mode, max(1, min(args.rounds or plan.rounds, 50)), max(0.5, min(args.seconds or plan.seconds,
                 60)), plan.loads, plan.events, plan.echoes, plan.startup_runs, plan.at_once,
-                plan.many if args.many is None else max(0, min(args.many, 500)))
+                plan.many if args.many is None else max(0, min(args.many, 500)), plan.fairness)
     generator = args.loadgen
     if generator != "python":
         try:

@@ -38,3 +38,5 @@ def test_bench_smoke_prints_one_table_and_writes_json(tmp_path: Path) -> None:
     for test in ("kill-to-serving ms", "cold start ms", "cold start x1 at once ms", "host idle PSS MiB"):
         assert rows[test]["median"]["host-path"] > 0, rows[test]
     assert "kill-to-serving ms" in out and "<=250 ms" in out
+    # fairness: another plugin's latency while benchapp is overloaded, against the same plugin on an idle host
+    assert set(rows["neighbour added p50 ms"]["met"]) == {"host-path"}, rows["neighbour added p50 ms"]

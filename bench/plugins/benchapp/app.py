@@ -20,6 +20,13 @@ def ping():
     return "pong"
 
 
+@app.get("/sleep/<float:s>")
+def sleep(s):
+    """A slow answer that costs no CPU: the overloaded plugin of the fairness test."""
+    time.sleep(min(s, 5.0))
+    return "slept"
+
+
 @app.get("/started")
 def started():
     return jsonify(started=STARTED)
