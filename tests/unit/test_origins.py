@@ -208,3 +208,19 @@ def test_doctor_says_whether_plugins_share_an_origin(monkeypatch: pytest.MonkeyP
 ])
 def test_public_urls_of_a_plugin(bind: str, domain: str, path_mode: bool, urls: list[str]) -> None:
     assert origins.public_urls("wiki", bind, domain, path_mode) == urls
+
+
+def test_what_the_fast_front_leaves_to_flask_is_answered_as_before(tmp_path: Path) -> None:
+    # host.front serves plugin requests without Flask; a method no proxy route allows stays Flask's 405 by path,
+    # while a plugin's origin is the plugin's for every method (WebDAV's PROPFIND included).
+    c = client(tmp_path)
+    refused = c.open("/plugins/notes/x", method="PROPFIND", headers={"Host": "127.0.0.1:8000"})
+    assert refused.status_code == 405 and refused.mimetype == "application/problem+json"
+    dav = c.open("/x", method="PROPFIND", headers={"Host": "notes.localhost:8000"})
+    assert dav.status_code == 200 and dav.get_json()["path"] == "/x"
+    assert c.head("/plugins/notes/Home", headers={"Host": "127.0.0.1:8000"}).status_code == 200
+    unknown = c.get("/plugins/nope/x", headers={"Host": "127.0.0.1:8000"})
+    assert unknown.status_code == 404 and unknown.mimetype == "application/problem+json"
+    assert unknown.get_json() == {"type": "about:blank", "title": "Unknown plugin", "status": 404,
+                                  "detail": "no enabled plugin named 'nope'"}
+    assert c.get("/plugins/off/", headers={"Host": "127.0.0.1:8000"}).status_code == 404  # disabled
