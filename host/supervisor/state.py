@@ -38,7 +38,8 @@ SERVING = (State.RUNNING, State.DEGRADED)
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """Backoff ``initial * factor**(n-1)`` (n = failures in the window, ±jitter), at most ``cap``; the
+    """Backoff ``initial * factor**(n-1)`` (n = failures in the window, ±jitter), at most ``cap``, except
+    that a serving plugin's first failure in the window restarts it at once; the
     ``max_failures``-th failure within ``window`` seconds quarantines. The defaults reach the cap before
     they quarantine: 0.1, 0.2, 0.4 ... 25.6, 30, 30 s, and the 12th failure in 10 minutes quarantines
     (a plugin that never comes up is retried for about two minutes, long enough to ride out a restarting
@@ -185,9 +186,13 @@ class Lifecycle:
                     self._go(State.QUARANTINED)
                     self.reason = self._too_many(info)
                 else:
-                    # -> BACKOFF: wait initial * factor^(n-1), capped, with jitter.
+                    # -> BACKOFF: wait initial * factor^(n-1), capped, with jitter; no wait at all when a
+                    # plugin that was serving fails for the first time in the window (a one-off crash, an
+                    # OOM kill: nothing to wait for, and every millisecond is an outage). A failed start is
+                    # no such one-off, and a second failure is the start of a loop: those wait.
+                    first_crash = st in SERVING and len(self.failures) == 1
                     self._go(State.BACKOFF)
-                    self.backoff_until = now + self.next_delay()
+                    self.backoff_until = now + (0.0 if first_crash else self.next_delay())
                     self.reason = info.reason
             case WorkerDied(info=info):
                 self._expect(st, *SERVING)

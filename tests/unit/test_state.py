@@ -98,6 +98,26 @@ def test_a_plugin_that_crashes_every_11_seconds_is_quarantined() -> None:
     assert lc.reason is not None and lc.reason.startswith("12 failures in 600s; last: exited with code 1")
 
 
+def test_a_serving_plugins_first_crash_restarts_at_once_a_second_one_backs_off() -> None:
+    """A one-off crash costs no backoff; a loop (a second failure in the window, or a failed start) does."""
+    lc, clock = make(window=60)
+    lc.transition(Start())
+    lc.transition(Ready())
+    clock.t += 5
+    assert lc.transition(Failed(crash())) == State.BACKOFF
+    assert lc.backoff_until == clock.t and lc.wake_at() == clock.t
+    assert lc.transition(Tick()) == State.STARTING  # on the very next turn, no clock advance
+    lc.transition(Ready())
+    clock.t += 5
+    lc.transition(Failed(crash()))  # the second in the window
+    assert lc.backoff_until - clock.t == pytest.approx(0.2)
+    assert lc.transition(Tick()) == State.BACKOFF
+    clock.t += 61  # both forgotten: a first crash again
+    lc.transition(Start(operator=True))
+    assert lc.transition(Failed(crash(start=True))) == State.BACKOFF  # but a failed start is no one-off
+    assert lc.backoff_until - clock.t == pytest.approx(0.1)
+
+
 def test_failures_outside_the_window_are_forgotten() -> None:
     lc, clock = make(max_failures=3, window=60)
     lc.transition(Start())

@@ -316,6 +316,24 @@ def test_a_crash_is_recorded_with_its_cause_and_run_time_and_noted_in_the_plugin
     assert snap["last_exit"]["reason"] == "exited with code 1: MemoryError"
 
 
+def test_a_killed_plugin_is_replaced_on_the_next_turn_a_second_kill_waits_for_the_backoff(make: Any) -> None:
+    w = make()
+    w.submit("enable")
+    w._step()
+    w.spawned[0].exit(-9)  # SIGKILLed (the OOM killer, an operator's kill -9)
+    w._step()
+    assert w.lc.state == State.BACKOFF and w.snapshot()["retry_in"] == 0
+    w._step()  # the clock did not move: no backoff to wait out
+    assert w.lc.state == State.RUNNING and len(w.spawned) == 2 and w.lc.restarts == 1
+    w.spawned[1].exit(-9)
+    w._step()
+    w._step()
+    assert w.lc.state == State.BACKOFF and len(w.spawned) == 2  # a second failure in the window waits
+    w.lc.clock.t += 1  # type: ignore[attr-defined]
+    w._step()
+    assert w.lc.state == State.RUNNING and len(w.spawned) == 3
+
+
 def test_a_start_that_times_out_says_what_the_last_probe_saw(make: Any) -> None:
     w = make(ready=Readiness.TIMEOUT, start_timeout=2)
     w.submit("enable")

@@ -1,0 +1,53 @@
+"""Only the start-up figures of `./dev bench` (spawn-to-ready and PSS bare vs sandboxed, kill-to-serving, cold
+start alone and N at once), on a home that is kept between runs so the installs happen once:
+
+    .venv/bin/python -m bench.startup_only --home /tmp/sb [--runs 5] [--at-once 3] [--only spawn,kill,cold]
+
+Prints the median of each figure (and every sample) as one line per test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+from pathlib import Path
+
+from bench import startup
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", type=Path, required=True, help="kept between runs; installed into when empty")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--at-once", type=int, default=3)
+    ap.add_argument("--only", default="spawn,kill,cold")
+    args = ap.parse_args(argv)
+    home: Path = args.home / "s"
+    names = [f"tiny{i}" for i in range(args.at_once)]
+    for i, name in enumerate(names):
+        if not (home / "plugins" / name).exists():
+            print(f"installing {name}: {startup.install(home, args.home, i):.1f}s", flush=True)
+    only = set(args.only.split(","))
+    print(subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(), flush=True)
+    if "spawn" in only:
+        s = startup.spawn(home, names[0], args.runs)
+        show("spawn-to-ready bare ms", [x * 1e3 for x in s["bare s"]])
+        show("spawn-to-ready sandboxed ms", [x * 1e3 for x in s["sandboxed s"]])
+        show("PSS bare MiB", s["bare MiB"])
+        show("PSS sandboxed MiB", s["sandboxed MiB"])
+    if "kill" in only:
+        show("kill-to-serving ms", [x * 1e3 for x in startup.kill_to_serving(home, names[0], args.runs)])
+    if "cold" in only:
+        c = startup.cold_starts(home, names, args.runs)
+        show("cold start ms", [x * 1e3 for x in c["single"]])
+        show(f"cold start x{len(names)} at once ms", [x * 1e3 for x in c["many"]])
+    return 0
+
+
+def show(what: str, xs: list[float]) -> None:
+    print(f"{what:32} median {statistics.median(xs):8.1f}   ({', '.join(f'{x:.0f}' for x in xs)})", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
