@@ -267,10 +267,25 @@ def with_host_api(spec: LaunchSpec, sock: Path, token: str, user_key: str | None
     return dataclasses.replace(spec, policy=policy, env=env)
 
 
-def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd: int | None = None) -> socket.socket:
+def serving_backend(settings: HostSettings) -> str:
+    """The runner backend every serving policy names, decided once per supervisor: "bwrap" when the sandbox
+    is strict (namespaces are required) and bubblewrap works here, so that the runner does not probe it again
+    at each start (a fork and exec of bwrap, and the import of subprocess, on every start and cold start);
+    "auto" otherwise (the runner probes, and a weak sandbox falls back to the syscalls backend). Fails closed
+    either way: should bubblewrap stop working later, a strict start fails as it did after its probe."""
+    if settings.sandbox != "strict":
+        return "auto"
+    from sandbox_runner.bwrap import usable
+
+    return "bwrap" if usable()[0] is not None else "auto"
+
+
+def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd: int | None = None,
+            backend: str = "auto") -> socket.socket:
     """Ready everything an instance needs and bind its listening socket (in the root-only socket dir);
     the policy hands the socket to the plugin. The caller passes it to the runner and then closes it.
-    ``netns_fd``: the plugin's egress namespace (the runner must inherit it too)."""
+    ``netns_fd``: the plugin's egress namespace (the runner must inherit it too). ``backend``: see
+    :func:`serving_backend` (it only ever replaces "auto", and only where namespaces are required)."""
     # The data dir is a mount of the plugin's quota image (mounted once, shared by every instance).
     ensure_mounted(settings, spec.name, Quota.of(spec.manifest.permissions.resources), uid)
     rootfs.prepare_plugin_dirs(Layout(settings.home_dir), spec.name, Path(spec.policy.ro_paths[0]), uid)
@@ -282,7 +297,10 @@ def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd:
     try:
         listener.bind(str(spec.instance_socket))
         listener.listen(1024)
-        policy = with_user(settings, dataclasses.replace(spec.policy, listen_fd=listener.fileno()), uid)
+        policy = dataclasses.replace(spec.policy, listen_fd=listener.fileno())
+        if backend == "bwrap" and policy.backend == "auto" and "namespaces" in policy.required:
+            policy = dataclasses.replace(policy, backend="bwrap")
+        policy = with_user(settings, policy, uid)
         if netns_fd is not None:
             hosts = Layout(settings.home_dir).run / f".{spec.name}.hosts"
             tmp = hosts.with_suffix(".tmp")

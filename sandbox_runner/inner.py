@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 
 from sandbox_runner import libc, paths
@@ -72,6 +71,8 @@ def confine(h: Handoff) -> dict[str, Outcome]:
 def resolve(cmd: list[str], env: dict[str, str]) -> str:
     if "/" in cmd[0]:
         return cmd[0]
+    import shutil  # only for a bare name (the host always passes a path); imported before any layer applies
+
     return shutil.which(cmd[0], path=env.get("PATH", os.defpath)) or cmd[0]
 
 

@@ -14,10 +14,10 @@ import signal
 import sys
 from collections.abc import Callable
 
-from sandbox_runner import bwrap, inner, libc, paths, supervise
+from sandbox_runner import bwrap, libc, paths, supervise
 from sandbox_runner.errors import SETUP_FAILED, LayerFailed, LayerUnavailable, SandboxError
 from sandbox_runner.handoff import Handoff, Outcome, outcome
-from sandbox_runner.layers import cgroup, seccomp
+from sandbox_runner.layers import cgroup
 from sandbox_runner.policy import LAYERS, Policy
 
 
@@ -171,6 +171,11 @@ def _exec_child(argv: list[str], groups: cgroup.Groups | None, fds: tuple[int, .
 
 def _run_forked(h: Handoff, groups: cgroup.Groups | None, cmd: list[str], wake_fd: int,
                 started: Callable[[bytes], None]) -> tuple[int, bytes, list[int]]:
+    # Imported here, not at the top: with bwrap the inner stage runs in its own interpreter, and every
+    # module the outer one loads is start-up time and resident memory of each plugin.
+    from sandbox_runner import inner
+    from sandbox_runner.layers import seccomp
+
     seccomp._import()  # load pyseccomp/libseccomp here, where the libraries are still reachable
     # Orphans (double-forked daemons) re-parent to us (run() made us a subreaper), so we can kill them when
     # the command exits even without a cgroup; no pid namespace does it for us in this backend.

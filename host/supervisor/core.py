@@ -83,6 +83,7 @@ class Supervisor:
         self._audit_pruned: float | None = None  # monotonic time of the last audit retention pass
         self._egress_audited: dict[tuple[str, str, str], float] = {}
         self.hooks = SupervisorHooks(self)  # event delivery, the filter table (host.hooks)
+        self.backend = "auto"  # the runner backend of every plugin start, probed once in run()
 
     @property
     def web(self) -> subprocess.Popen[bytes] | None:
@@ -217,6 +218,7 @@ class Supervisor:
                                           egress=self.egress)
                     worker.web_user = self.web_user
                     worker.host_api, worker.identity_secret = self.host_api, self.identity_secret
+                    worker.backend = self.backend
                     worker.on_live = self._plugin_live
                     self.workers[name] = worker
                     worker.start()
@@ -288,6 +290,8 @@ class Supervisor:
             log.info("removed what a killed host or runner left behind: %s", ", ".join(gone))
         self.prune_audit()
         metrics.prepare(self.layout, self.web_user)  # before the web tier starts counting
+        self.backend = launch.serving_backend(self.settings)
+        log.info("plugins start with the %s sandbox backend", self.backend)
         try:
             self.reconcile()
             for app in self.listeners:

@@ -123,6 +123,7 @@ class PluginWorker(threading.Thread):
         self.web_user: WebUser | None = None  # set by the supervisor, which resolves it once
         self.host_api: HostApi | None = None  # set by the supervisor: plugins' host-API sockets and tokens
         self.identity_secret: bytes | None = None  # set by the supervisor: keys of users:read plugins derive from it
+        self.backend = "auto"  # set by the supervisor: the runner backend it probed once (launch.serving_backend)
         # Scale to zero: asleep = wanted, but stopped until the next request wakes it.
         self.asleep = self.idle_timeout() > 0
         self.quarantines = 0  # times it was quarantined since the host started (/metrics)
@@ -335,7 +336,8 @@ class PluginWorker(threading.Thread):
                             if "users:read" in spec.manifest.permissions.host_api and self.identity_secret else None)
                 spec = launch.with_host_api(spec, sock, token, user_key)
             netns_fd = self._egress_namespace(spec)
-            listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index), netns_fd)
+            listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index), netns_fd,
+                                      self.backend)
             self._disk_applied = disk_usage(self.layout, self.plugin) is not None
             inst = Instance(spec, self.sink, spec.manifest.health_path, self.children, listener, netns_fd,
                             notify=self._wake)

@@ -161,3 +161,29 @@ def test_scale_to_zero_cold_start_one_start_for_concurrent_requests_and_idle_sto
     assert results == [200] * 8, host.read_log()[-6000:]
     assert _ready_count(home) == readies + 1
     assert cold < 30  # sanity only; bench/lifecycle.py measures it
+
+
+def test_the_supervisor_probes_bubblewrap_once_not_at_every_start(home: Path, serve: list[ServedHost]) -> None:
+    """Each start and cold start runs bwrap once (the sandbox), not twice (a probe first): the supervisor
+    probed it when it started and names the backend in the policy."""
+    from sandbox_runner.bwrap import find
+
+    real, _ = find()
+    if real is None:
+        pytest.skip("no bubblewrap on this machine")
+    calls = home.parent / "bwrap-calls"
+    wrapper = home.parent / "bwrap-counting"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    host = ServedHost(home, env={"SANDBOX_RUNNER_BWRAP": str(wrapper)})
+    serve.append(host)
+    host.start()
+    readies = _ready_count(home)
+    assert host.get("/plugins/steady/").status_code == 200  # a cold start
+    run_host(home, "restart", "steady", check=True)  # and a second instance
+    assert _ready_count(home) == readies + 1 and len(events(home, "steady", "restarted")) >= 1
+    lines = calls.read_text().splitlines()
+    sandboxes = [ln for ln in lines if "--info-fd" in ln]
+    probes = [ln for ln in lines if ln.endswith("-- /bin/true")]
+    assert len(sandboxes) == 2, lines
+    assert len(probes) <= 1, lines  # the supervisor's own, once

