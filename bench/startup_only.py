@@ -62,11 +62,12 @@ def runner_alone(home: Path, plugin: str, runs: int) -> tuple[list[float], list[
     settings = HostSettings(home=home)
     record = Registry(home / "registry.db").require(plugin)
     uid = launch.plugin_uid(settings, record.uid_index)
+    backend = launch.serving_backend(settings)
     cpu: list[float] = []
     wall: list[float] = []
     for i in range(runs):
         spec = launch.build(settings, record, generation=1000 + i)
-        listener = launch.prepare(settings, spec, uid)
+        listener = launch.prepare(settings, spec, uid, backend=backend)
         argv = [*spec.argv[: spec.argv.index("--") + 1], "/bin/true"]
         before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
         rc = subprocess.run(argv, env={"PATH": os.environ["PATH"]}, pass_fds=(listener.fileno(),),
