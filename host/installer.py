@@ -21,7 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from host import control, integrity, launch, lockfile, plugin_settings, rootfs, signing, snapshots, trust
+import httpx
+
+from host import control, integrity, launch, lockfile, plugin_settings, rootfs, signing, snapshots, trust, wheel_cache
 from host.bundle import BundleError, copy_bundle
 from host.egress.indexes import index_urls
 from host.egress.point import EgressPoint
@@ -37,6 +39,7 @@ from host.registry import InstallRecord, Provenance, Registry
 from host.runtime import RUNTIME_DIR, runtime_files
 from host.settings import HostSettings
 from host.uids import UidFile
+from host.wheel_cache import WheelCache, shared_index
 from manifests import Manifest, load_manifest, parse_manifest
 from manifests.entrypoint import check_entrypoint
 from manifests.settings import Value
@@ -184,6 +187,7 @@ class Installer:
                 self.registry.record(name, kind, who=self.who, **detail)
             self._quota_after_install(name, failed_first=False)
             self._drop_old_installs(name, install_id, existing.install_id if existing else None)
+        self._fill_shared_cache(target / "venv")  # outside the lock: other installs may run meanwhile
         return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped),
                              missing_settings=tuple(plugin_settings.missing(manifest, values)),
                              signer=verified.key_id if verified else None)
@@ -285,7 +289,11 @@ class Installer:
     def _pip(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None = None,
              locked: bool = False) -> None:
         """pip (or uv) runs confined as the plugin's uid: sdist build scripts are plugin-supplied code.
-        ``locked``: the requirements are a bundle's requirements.lock, installed with --require-hashes."""
+        ``locked``: the requirements are a bundle's requirements.lock, installed with --require-hashes.
+
+        With a shared wheel cache (host.wheel_cache) holding wheels, a first attempt takes every package from it
+        and the local find-links only, with no network at all (no index queries: most of a warm install's time);
+        when that cannot satisfy the requirements, the second attempt resolves against the index as before."""
         venv = target / "venv"
         tmp = target / ".tmp"  # pip's HOME and TMPDIR: fresh, and removed when pip is done
         cache = tmp / "cache"  # per install too: build code can write into pip's cache, so no later install reads it
@@ -294,38 +302,95 @@ class Installer:
         if uid is not None:
             for d in (cache, tmp, venv):
                 self._chown(name, d, uid)
-        policy_path = target / ".pip.policy.json"
-        policy = launch.pip_policy(self.settings, name, target, cache, uid, uv)
-        point, netns_fd = self._pip_egress(name)
-        if netns_fd is not None:
-            policy = dataclasses.replace(policy, network=dataclasses.replace(policy.network, netns_fd=netns_fd))
-        launch.write_policy(policy, policy_path)
-        locking: Callable[[Sequence[str]], Sequence[str]] = without_constraints if locked else tuple
-        hashes = ("--require-hashes",) if locked else ()
-        if uv is not None:
-            # --compile-bytecode: the venv is read-only to the plugin, so without it every start recompiles
-            # in memory; --link-mode copy: nothing in the venv is a hard link into the (removed) cache.
-            pip = [uv.binary, "pip", "install", "--no-config", "--no-progress", "--python",
-                   str(venv / "bin" / "python"), "--compile-bytecode", "--link-mode", "copy", *locking(uv.args),
-                   *hashes, "-r", str(target / "requirements.txt")]
-        else:
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
-                   *locking(index_options(self.settings.pip_args, wheelhouse=self.settings.wheelhouse)), *hashes,
-                   "-r", str(target / "requirements.txt")]
+        shared = self._shared_cache()
+        shared = shared if shared is not None and shared.usable() else None
         try:
-            self._run(name, "installing packages", launch.confined(policy_path, pip), log_path, PIP_TIMEOUT,
-                      pass_fds=(netns_fd,) if netns_fd is not None else (), policy=policy)
+            if shared is None or not self._offline_attempt(name, target, uid, log_path, uv, locked, shared):
+                self._pip_attempt(name, target, uid, log_path, uv, locked, shared, online=True)
         finally:
-            if point is not None:
-                point.close()
             rootfs.remove_tree(tmp)
-            policy_path.unlink(missing_ok=True)
         if uid is not None:
             # Only on success: a failed install is removed whole. Hard links stay the plugin's, so refuse them.
             linked = self._chown(name, venv, 0, rootfs.LOCK_STRIP)  # the plugin may read its venv, never change it
             if linked:
                 raise InstallError(name, "locking the venv", f"{venv / linked[0]}: a hard link (its other name may "
                                    "be a host file, so root neither chowns nor chmods it)")
+
+    def _offline_attempt(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None,
+                         locked: bool, shared: WheelCache) -> bool:
+        """Everything from the shared cache and the local find-links; False (and why, as progress) if not."""
+        try:
+            self._pip_attempt(name, target, uid, log_path, uv, locked, shared, online=False)
+        except InstallError as exc:
+            why = str(exc).split(": ", 2)[-1].split(" (full log:")[0]
+            self.progress(f"not all from the shared wheel cache ({why[:120]}); asking the index")
+            return False
+        return True
+
+    def _pip_attempt(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None,
+                     locked: bool, shared: WheelCache | None, online: bool) -> None:
+        """One confined run of the installer; ``online=False``: no network, the shared cache instead of the index."""
+        venv = target / "venv"
+        cache = target / ".tmp" / "cache"
+        policy_path = target / ".pip.policy.json"
+        policy = launch.pip_policy(self.settings, name, target, cache, uid, uv,
+                                   shared=shared.root if shared is not None else None, online=online)
+        point, netns_fd = self._pip_egress(name) if online else (None, None)
+        if netns_fd is not None:
+            policy = dataclasses.replace(policy, network=dataclasses.replace(policy.network, netns_fd=netns_fd))
+        launch.write_policy(policy, policy_path)
+        locking: Callable[[Sequence[str]], Sequence[str]] = without_constraints if locked else tuple
+        hashes = ("--require-hashes",) if locked else ()
+        # the shared cache is one more find-links directory; offline, with no index at all
+        extra = [*(() if online else ("--no-index",)), *(("--find-links", str(shared.root)) if shared else ())]
+        if uv is not None:
+            # --compile-bytecode: the venv is read-only to the plugin, so without it every start recompiles
+            # in memory; --link-mode copy: nothing in the venv is a hard link into the (removed) cache.
+            pip = [uv.binary, "pip", "install", "--no-config", "--no-progress", "--python",
+                   str(venv / "bin" / "python"), "--compile-bytecode", "--link-mode", "copy", *locking(uv.args),
+                   *extra, *(() if online else ("--offline",)), *hashes, "-r", str(target / "requirements.txt")]
+        else:
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
+                   *locking(index_options(self.settings.pip_args, wheelhouse=self.settings.wheelhouse)), *extra,
+                   *hashes, "-r", str(target / "requirements.txt")]
+        try:
+            self._run(name, "installing packages" if online else "installing packages from the shared wheel cache",
+                      launch.confined(policy_path, pip), log_path, PIP_TIMEOUT,
+                      pass_fds=(netns_fd,) if netns_fd is not None else (), policy=policy)
+        finally:
+            if point is not None:
+                point.close()
+            policy_path.unlink(missing_ok=True)
+
+    def _fill_shared_cache(self, venv: Path) -> None:
+        """Put the verified wheel of each release the new venv holds into the shared cache (host.wheel_cache),
+        for the installs after this one. Never fails the install: a wheel not cached is fetched next time."""
+        shared, index = self._shared_cache(), shared_index(self.settings.pip_args)
+        if shared is None or index is None:
+            return
+        site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+        dists = wheel_cache.installed(site)
+        try:
+            shared.ensure()
+            shared.touch(dists)
+            missing = [d for d in dists if not shared.has(*d)]
+            if not missing:
+                return
+            self.progress(f"caching the wheels of {len(missing)} packages for later installs")
+            with httpx.Client(timeout=wheel_cache.TIMEOUT, verify=index.cert or True, follow_redirects=True) as c:
+                shared.fill(missing, index.url, c)
+        except OSError as exc:
+            self.progress(f"warning: the shared wheel cache was not filled: {exc}")
+
+    def _shared_cache(self) -> WheelCache | None:
+        """The home's shared wheel cache, unless it is off (HOST_WHEEL_CACHE_MB=0), the install is offline from
+        a wheelhouse, or an extra index is configured (a release may come from either index, so one fetched
+        from the main index must not stand in for the other's)."""
+        if self.settings.wheel_cache_mb <= 0 or self.settings.wheelhouse is not None:
+            return None
+        if shared_index(self.settings.pip_args) is None:
+            return None
+        return WheelCache(self.layout.wheels, self.settings.wheel_cache_mb * launch.MiB)
 
     @staticmethod
     def _chown(name: str, tree: Path, uid: int, strip: int = 0) -> list[str]:
