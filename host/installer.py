@@ -386,11 +386,10 @@ class Installer:
         """The home's shared wheel cache, unless it is off (HOST_WHEEL_CACHE_MB=0), the install is offline from
         a wheelhouse, or an extra index is configured (a release may come from either index, so one fetched
         from the main index must not stand in for the other's)."""
-        if self.settings.wheel_cache_mb <= 0 or self.settings.wheelhouse is not None:
+        index = shared_index(self.settings.pip_args)
+        if self.settings.wheel_cache_mb <= 0 or self.settings.wheelhouse is not None or index is None:
             return None
-        if shared_index(self.settings.pip_args) is None:
-            return None
-        return WheelCache(self.layout.wheels, self.settings.wheel_cache_mb * launch.MiB)
+        return WheelCache.of(self.layout.wheels, index, self.settings.wheel_cache_mb * launch.MiB)
 
     @staticmethod
     def _chown(name: str, tree: Path, uid: int, strip: int = 0) -> list[str]:

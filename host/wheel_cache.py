@@ -69,17 +69,26 @@ def installed(site_packages: Path) -> list[tuple[str, str]]:
 
 
 class WheelCache:
-    """``<home>/wheels``: what the confined installer may read (``--find-links``), and what the host adds."""
+    """``<home>/wheels/<index key>``: what the confined installer may read (``--find-links``), and what the host
+    adds."""
 
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
 
+    @classmethod
+    def of(cls, top: Path, index: Index, max_bytes: int) -> WheelCache:
+        """The cache of wheels from ``index``, one directory per index URL: after the operator changes the index,
+        a wheel from the old one never stands in for the new one's release of the same name and version."""
+        key = hashlib.sha256(index.url.rstrip("/").encode()).hexdigest()[:16]
+        return cls(top / key, max_bytes)
+
     def ensure(self) -> None:
-        self.root.mkdir(exist_ok=True)
-        if os.geteuid() == 0:
-            os.chown(self.root, 0, 0)
-        os.chmod(self.root, 0o755)  # noqa: S103 - public packages; plugins' installers list and read them
+        for d in (self.root.parent, self.root):
+            d.mkdir(exist_ok=True)
+            if os.geteuid() == 0:
+                os.chown(d, 0, 0)
+            os.chmod(d, 0o755)  # noqa: S103 - public packages; plugins' installers list and read them
 
     def wheels(self) -> list[Path]:
         try:
