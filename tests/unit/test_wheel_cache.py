@@ -104,3 +104,10 @@ def test_the_cache_stands_in_for_exactly_one_http_index(monkeypatch: pytest.Monk
     assert shared_index("--extra-index-url https://private/simple") is None  # which index a release is from
     assert shared_index("--no-index --find-links /srv") is None
     assert shared_index("--index-url file:///srv/simple") is None
+
+
+def test_each_index_has_a_cache_of_its_own(tmp_path: Path) -> None:
+    pypi = WheelCache.of(tmp_path, wheel_cache.Index("https://pypi.org/simple", None), 1)
+    assert WheelCache.of(tmp_path, wheel_cache.Index("https://pypi.org/simple/", "/ca.pem"), 1).root == pypi.root
+    assert WheelCache.of(tmp_path, wheel_cache.Index("https://mirror/simple", None), 1).root != pypi.root
+    assert pypi.root.parent == tmp_path
