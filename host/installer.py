@@ -21,8 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from host import control, integrity, launch, lockfile, plugin_settings, rootfs, signing, snapshots, trust, wheel_cache
 from host.bundle import BundleError, copy_bundle
 from host.egress.indexes import index_urls
@@ -377,8 +375,7 @@ class Installer:
             if not missing:
                 return
             self.progress(f"caching the wheels of {len(missing)} packages for later installs")
-            with httpx.Client(timeout=wheel_cache.TIMEOUT, verify=index.cert or True, follow_redirects=True) as c:
-                shared.fill(missing, index.url, c)
+            wheel_cache.fill_from(shared, missing, index)
         except OSError as exc:
             self.progress(f"warning: the shared wheel cache was not filled: {exc}")
 

@@ -24,12 +24,15 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 from packaging.tags import Tag, sys_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, canonicalize_version, parse_wheel_filename
 
 from host.pip_options import index_options
+
+if TYPE_CHECKING:  # imported when a fill runs: every `host` command imports the installer, few fill the cache
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,8 @@ class WheelCache:
     def fill(self, dists: Iterable[tuple[str, str]], index_url: str, client: httpx.Client) -> list[str]:
         """Download and verify the wheel of each (name, version) not cached yet; returns the filenames added.
         A release without a wheel for this interpreter, or an index that cannot say, is skipped, never fatal."""
+        import httpx
+
         added: list[str] = []
         for name, version in dists:
             if self.has(name, version):
@@ -243,6 +248,14 @@ class Index:
 
     url: str
     cert: str | None
+
+
+def fill_from(cache: WheelCache, dists: Iterable[tuple[str, str]], index: Index) -> list[str]:
+    """:meth:`WheelCache.fill` from ``index`` over a client of its own."""
+    import httpx
+
+    with httpx.Client(timeout=TIMEOUT, verify=index.cert or True, follow_redirects=True) as client:
+        return cache.fill(dists, index.url, client)
 
 
 def shared_index(pip_args: str) -> Index | None:
