@@ -301,6 +301,8 @@ class Installer:
             for d in (cache, tmp, venv):
                 self._chown(name, d, uid)
         shared = self._shared_cache()
+        if shared is not None:
+            shared.prune()  # what is no longer fresh goes before this install could resolve to it
         shared = shared if shared is not None and shared.usable() else None
         try:
             if shared is None or not self._offline_attempt(name, target, uid, log_path, uv, locked, shared):
@@ -370,7 +372,6 @@ class Installer:
         dists = wheel_cache.installed(site)
         try:
             shared.ensure()
-            shared.touch(dists)
             missing = [d for d in dists if not shared.has(*d)]
             if not missing:
                 return

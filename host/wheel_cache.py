@@ -9,7 +9,9 @@ what to fetch: everything stored came from the index, verified. No sdist is ever
 or run here), so a file in this directory is exactly a file the index serves.
 
 Safe to delete at any time (whole or file by file): an install that misses a wheel, or finds it gone halfway,
-resolves against the index as before. Bounded in size: the least recently used wheels go first.
+resolves against the index as before. Only the newest final release of each package goes in, and only for a
+day (FRESH_FOR): installs resolve from the cache first, so an older release in it would be chosen where the index
+offers a newer one; after a day the next install asks the index again. Bounded in size: oldest first.
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from packaging.tags import Tag, sys_tags
-from packaging.utils import InvalidWheelFilename, canonicalize_name, canonicalize_version, parse_wheel_filename
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    canonicalize_version,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
 
 from host.pip_options import index_options
 
@@ -41,6 +51,7 @@ PYPI_SIMPLE = "https://pypi.org/simple"
 MAX_DISTS = 200  # an install names at most this many releases to fetch (a venv is plugin-influenced)
 MAX_WHEEL_BYTES = 256 * 1024 * 1024
 TIMEOUT = 30.0
+FRESH_FOR = 24 * 3600.0  # a wheel's mtime is when the host fetched it as the index's newest release
 _DIST_INFO = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._]*)-([A-Za-z0-9.!+_]+)\.dist-info$")
 _PARTIAL = ".partial-"
 _JSON = "application/vnd.pypi.simple.v1+json"
@@ -106,16 +117,6 @@ class WheelCache:
     def has(self, name: str, version: str) -> bool:
         return any(_same_release(p.name, name, version) for p in self.wheels())
 
-    def touch(self, dists: Iterable[tuple[str, str]]) -> None:
-        """Mark the wheels of ``dists`` as just used (their mtime orders the pruning)."""
-        wanted = {(canonicalize_name(n), canonicalize_version(v)) for n, v in dists}
-        for p in self.wheels():
-            if _release(p.name) in wanted:
-                try:
-                    os.utime(p)
-                except OSError:
-                    pass
-
     def fill(self, dists: Iterable[tuple[str, str]], index_url: str, client: httpx.Client) -> list[str]:
         """Download and verify the wheel of each (name, version) not cached yet; returns the filenames added.
         A release without a wheel for this interpreter, or an index that cannot say, is skipped, never fatal."""
@@ -157,8 +158,9 @@ class WheelCache:
             partial.unlink(missing_ok=True)
 
     def prune(self) -> list[str]:
-        """Remove the least recently used wheels (and partial files of killed downloads) until the cache is
-        within its size."""
+        """Remove the wheels fetched more than FRESH_FOR ago (a newer release may be out: the next install asks
+        the index and fetches again), partial files of killed downloads, then the oldest wheels until the cache
+        is within its size."""
         removed: list[str] = []
         for stale in self.root.glob(f"{_PARTIAL}*"):
             try:
@@ -173,6 +175,11 @@ class WheelCache:
             except OSError:
                 continue
             entries.append((st.st_mtime, st.st_size, p))
+        for mtime, _, p in entries:
+            if mtime < time.time() - FRESH_FOR:
+                p.unlink(missing_ok=True)
+                removed.append(p.name)
+        entries = [e for e in entries if e[2].name not in removed]
         total = sum(size for _, size, _ in entries)
         for _, size, p in sorted(entries, key=lambda e: e[0]):
             if total <= self.max_bytes:
@@ -185,16 +192,22 @@ class WheelCache:
 
 def published_wheel(client: httpx.Client, index_url: str, name: str, version: str) -> Wheel | None:
     """The wheel of ``name`` ``version`` this interpreter would install (best tag first), with the sha256 the
-    index publishes for it (PEP 691 JSON, else the PEP 503 page's ``#sha256=`` fragments); None if it has none."""
+    index publishes for it (PEP 691 JSON, else the PEP 503 page's ``#sha256=`` fragments). None if it has none,
+    or if ``version`` is not the newest final release the index has: the cache holds only releases an
+    unpinned requirement would get from the index today, so a plugin pinning an old release cannot steer
+    later installs (which resolve from the cache first) to it."""
     page = index_url.rstrip("/") + "/" + canonicalize_name(name) + "/"
     r = client.get(page, headers={"Accept": f"{_JSON}, text/html;q=0.1"})
     r.raise_for_status()
     files = list(_json_files(r.json(), page)) if r.headers.get("content-type", "").startswith(_JSON) \
         else list(_html_files(r.text, page))
+    finals = [v for v in map(_version, (f.filename for f in files)) if v is not None and not v.is_prerelease]
+    if not finals or max(finals) != Version(version):
+        return None
     rank = {tag: i for i, tag in enumerate(sys_tags())}
     best: tuple[int, Wheel] | None = None
     for wheel in files:
-        if not _same_release(wheel.filename, name, version):
+        if not _is_wheel(wheel.filename) or not _same_release(wheel.filename, name, version):
             continue
         tags: frozenset[Tag] = parse_wheel_filename(wheel.filename)[3]
         score = min((rank[t] for t in tags if t in rank), default=None)
@@ -210,7 +223,7 @@ def _json_files(data: object, page: str) -> Iterator[Wheel]:
             continue
         filename, url, hashes = f.get("filename"), f.get("url"), f.get("hashes")
         sha = hashes.get("sha256") if isinstance(hashes, dict) else None
-        if isinstance(filename, str) and isinstance(url, str) and isinstance(sha, str) and _is_wheel(filename):
+        if isinstance(filename, str) and isinstance(url, str) and isinstance(sha, str):
             yield Wheel(urllib.parse.urljoin(page, url), filename, sha.lower())
 
 
@@ -222,8 +235,20 @@ def _html_files(text: str, page: str) -> Iterator[Wheel]:
         parts = urllib.parse.urlsplit(url)
         filename = urllib.parse.unquote(parts.path.rsplit("/", 1)[-1])
         sha = parts.fragment.removeprefix("sha256=") if parts.fragment.startswith("sha256=") else None
-        if sha and _is_wheel(filename):
+        if sha:
             yield Wheel(urllib.parse.urlunsplit(parts._replace(fragment="")), filename, sha.lower())
+
+
+def _version(filename: str) -> Version | None:
+    """The release a wheel or sdist file is of (None: neither, or a name that does not parse)."""
+    try:
+        if filename.endswith(".whl"):
+            return parse_wheel_filename(filename)[1]
+        if filename.endswith((".tar.gz", ".zip")):
+            return parse_sdist_filename(filename)[1]
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return None
+    return None
 
 
 def _is_wheel(filename: str) -> bool:

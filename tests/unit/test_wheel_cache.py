@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,8 @@ def _index(body: bytes = GOOD, published: bytes = GOOD, html: bool = False) -> h
     wheel for another platform."""
     sha = hashlib.sha256(published).hexdigest()
     files = [("demo-1.0.tar.gz", "aa" * 32), ("demo-1.0-cp27-cp27m-win32.whl", "bb" * 32),
-             ("demo-1.0-py3-none-any.whl", sha), ("demo-0.9-py3-none-any.whl", "cc" * 32)]
+             ("demo-1.0-py3-none-any.whl", sha), ("demo-0.9-py3-none-any.whl", "cc" * 32),
+             ("demo-1.1rc1.tar.gz", "dd" * 32)]  # a pre-release is not the newest release
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/simple/demo/":
@@ -75,16 +77,25 @@ def test_a_release_without_a_wheel_or_an_unreachable_index_is_skipped(tmp_path: 
     assert not cache.usable()
 
 
-def test_the_least_recently_used_wheels_go_first(tmp_path: Path) -> None:
+def test_stale_wheels_go_then_the_oldest_until_it_fits(tmp_path: Path) -> None:
     cache = WheelCache(tmp_path / "wheels", 250)
     cache.ensure()
-    for i, name in enumerate(("a", "b", "c")):
+    now = time.time()
+    for name, age in (("a", 10), ("b", 20), ("c", 5), ("old", wheel_cache.FRESH_FOR + 60)):
         p = cache.root / f"{name}-1.0-py3-none-any.whl"
         p.write_bytes(b"x" * 100)
-        os.utime(p, (1000 + i, 1000 + i))
-    cache.touch([("a", "1.0")])  # used just now: the newest
-    assert cache.prune() == ["b-1.0-py3-none-any.whl"]
+        os.utime(p, (now - age, now - age))
+    assert sorted(cache.prune()) == ["b-1.0-py3-none-any.whl", "old-1.0-py3-none-any.whl"]
     assert sorted(p.name for p in cache.wheels()) == ["a-1.0-py3-none-any.whl", "c-1.0-py3-none-any.whl"]
+
+
+def test_only_the_newest_final_release_is_cached(tmp_path: Path) -> None:
+    # A plugin pinning an old release must not steer later installs, which resolve from the cache first, to it.
+    assert published_wheel(_index(), INDEX, "demo", "0.9") is None
+    assert published_wheel(_index(), INDEX, "demo", "1.0") is not None
+    cache = WheelCache(tmp_path / "wheels", 1 << 20)
+    cache.ensure()
+    assert cache.fill([("demo", "0.9")], INDEX, _index()) == []
 
 
 def test_what_a_venv_holds_is_read_from_dist_info_names_only(tmp_path: Path) -> None:
