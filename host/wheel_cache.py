@@ -24,6 +24,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +52,7 @@ PYPI_SIMPLE = "https://pypi.org/simple"
 MAX_DISTS = 200  # an install names at most this many releases to fetch (a venv is plugin-influenced)
 MAX_WHEEL_BYTES = 256 * 1024 * 1024
 TIMEOUT = 30.0
+FETCHES = 4  # downloads at once
 FRESH_FOR = 24 * 3600.0  # a wheel's mtime is when the host fetched it as the index's newest release
 _DIST_INFO = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._]*)-([A-Za-z0-9.!+_]+)\.dist-info$")
 _PARTIAL = ".partial-"
@@ -122,17 +124,20 @@ class WheelCache:
         A release without a wheel for this interpreter, or an index that cannot say, is skipped, never fatal."""
         import httpx
 
-        added: list[str] = []
-        for name, version in dists:
-            if self.has(name, version):
-                continue
+        def one(dist: tuple[str, str]) -> str | None:
+            name, version = dist
             try:
                 wheel = published_wheel(client, index_url, name, version)
                 if wheel is not None:
                     self._download(client, wheel)
-                    added.append(wheel.filename)
+                    return wheel.filename
             except (httpx.HTTPError, OSError, ValueError) as exc:
                 log.warning("wheel cache: %s %s not cached: %s", name, version, exc)
+            return None
+
+        missing = [d for d in dists if not self.has(*d)]
+        with ThreadPoolExecutor(FETCHES) as pool:  # mostly waiting on the index: a few at once
+            added = [f for f in pool.map(one, missing) if f is not None]
         self.prune()
         return added
 
