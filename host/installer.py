@@ -382,10 +382,14 @@ class Installer:
 
     def _shared_cache(self) -> WheelCache | None:
         """The home's shared wheel cache, unless it is off (HOST_WHEEL_CACHE_MB=0), the install is offline from
-        a wheelhouse, or an extra index is configured (a release may come from either index, so one fetched
-        from the main index must not stand in for the other's)."""
+        a wheelhouse, an extra index is configured (a release may come from either index, so one fetched
+        from the main index must not stand in for the other's), or the host is not root."""
         index = shared_index(self.settings.pip_args)
         if self.settings.wheel_cache_mb <= 0 or self.settings.wheelhouse is not None or index is None:
+            return None
+        if launch.plugin_uid(self.settings, 0) is None:
+            # Not root: the installer runs as the host's own uid (in a user namespace), so only the sandbox's
+            # read-only mount would keep it out of the cache, and a weak sandbox may have none.
             return None
         return WheelCache.of(self.layout.wheels, index, self.settings.wheel_cache_mb * launch.MiB)
 
