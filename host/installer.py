@@ -3,6 +3,8 @@
 Nothing is visible until the final registry commit. Every install builds into a fresh
 ``plugins/<name>/<install_id>/`` marked with a ``.partial`` file; a failure, Ctrl-C or kill -9 before the
 commit leaves only that marked directory, which is removed at once or by the next sweep (under the home lock).
+The installer holds a flock on that marker while it builds: sweeps leave a live build alone, and the home's
+lock is held only to set up and to commit, so builds of different plugins overlap (locked_for).
 """
 
 from __future__ import annotations
@@ -79,8 +81,70 @@ def home_lock(layout: Layout) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextmanager
+def locked_for(layout: Layout, name: str) -> Iterator[None]:
+    """home_lock, taken at a moment when no build of ``name`` is running: one that is (its partial install's
+    marker flocked by a live installer, host.installer._claim) is waited for first, without the home's lock,
+    so builds of other plugins go on meanwhile."""
+    while True:
+        with home_lock(layout):
+            live = _live_build(layout.plugin_root(name))
+            if live is None:
+                yield
+                return
+        try:
+            fcntl.flock(live, fcntl.LOCK_EX)  # returns when that build has ended, one way or the other
+        finally:
+            os.close(live)
+
+
+def _claim(target: Path) -> int:
+    """Create the install dir with its partial marker, flocked for as long as the returned fd is open."""
+    target.mkdir(parents=True)
+    fd = os.open(target / PARTIAL_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _building(install: Path) -> bool:
+    """A partial install whose build is still running (its marker is flocked by a live installer)."""
+    fd = _marker_held(install)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+def _marker_held(install: Path) -> int | None:
+    """An fd of the partial marker of ``install`` when a live installer holds its flock, else None."""
+    try:
+        fd = os.open(install / PARTIAL_MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return fd
+    os.close(fd)  # closing it drops the lock we just took
+    return None
+
+
+def _live_build(root: Path) -> int | None:
+    """An fd of the marker of a build of this plugin still running, if there is one."""
+    try:
+        installs = list(root.iterdir())
+    except OSError:
+        return None
+    for d in installs:
+        fd = _marker_held(d)
+        if fd is not None:
+            return fd
+    return None
+
+
 def sweep(layout: Layout, registry: Registry) -> list[Path]:
-    """Remove half-finished installs (call under home_lock). Returns what was removed."""
+    """Remove half-finished installs (call under home_lock), except those still being built. Returns what was
+    removed."""
     removed: list[Path] = []
     if not layout.plugins.is_dir():
         return removed
@@ -89,7 +153,7 @@ def sweep(layout: Layout, registry: Registry) -> list[Path]:
             continue
         rec = registry.get(root.name)
         for d in root.iterdir():
-            if not (d / PARTIAL_MARKER).exists():
+            if not (d / PARTIAL_MARKER).exists() or _building(d):
                 continue
             if rec is not None and rec.install_id == d.name:
                 (d / PARTIAL_MARKER).unlink()  # killed between the commit and the marker removal
@@ -142,7 +206,10 @@ class Installer:
         if veto is not None:
             raise InstallError(name, "checking the install policy", veto)
 
-        with home_lock(self.layout):
+        # The home's lock only to set up and to commit, so builds of different plugins overlap; another
+        # install, an uninstall or a rollback of this plugin waits for this build (locked_for).
+        with locked_for(self.layout, name):
+            existing = self.registry.get(name)
             sweep(self.layout, self.registry)
             install_id = f"{manifest.version}-{secrets.token_hex(3)}"
             target = self.layout.install_dir(name, install_id)
@@ -151,27 +218,39 @@ class Installer:
             uid_index = self._uid_index(name)
             # An upgrade (or a reinstall after --keep-data) keeps the values its manifest still declares.
             kept, dropped = plugin_settings.kept_on_upgrade(manifest, self.registry.plugin_settings(name))
-            if dropped:
-                self.progress(f"dropping setting{'s' if len(dropped) > 1 else ''} {', '.join(dropped)}: not "
-                              f"declared by {name} {manifest.version}, or no longer valid for its type")
-            values = {**kept, **given}
-            try:
-                skipped, verified = self._build(source, manifest, target, log_path, uid_index, values,
-                                                (overrides, decision))
-                self.progress("recording file hashes")
-                digest = integrity.record(target)
+            building = _claim(target)  # a live partial install: sweeps leave it alone
+        if dropped:
+            self.progress(f"dropping setting{'s' if len(dropped) > 1 else ''} {', '.join(dropped)}: not "
+                          f"declared by {name} {manifest.version}, or no longer valid for its type")
+        values = {**kept, **given}
+        committed = False
+        try:
+            skipped, verified = self._build(source, manifest, target, log_path, uid_index, values,
+                                            (overrides, decision))
+            self.progress("recording file hashes")
+            digest = integrity.record(target)
+            with home_lock(self.layout):
                 if existing is not None:
                     self._snapshot(manifest, existing.install_id, existing.version, uid_index)
                 self.progress("registering")
                 self.registry.put(name, manifest.version, install_id, manifest.model_dump(mode="json"),
                                   enabled=enable if existing is None else (existing.enabled and enable),
                                   uid_index=uid_index, plugin_settings=values, who=self.who,
-                                  provenance=Provenance(digest, verified.key if verified else None), pin=decision.pin)
+                                  provenance=Provenance(digest, verified.key if verified else None),
+                                  pin=decision.pin)
                 (target / PARTIAL_MARKER).unlink()
                 emit_quietly(self.registry, host_event("plugin.upgraded" if existing else "plugin.installed",
                                                        plugin=name, version=manifest.version,
                                                        **({"from": existing.version} if existing else {})))
-            except BaseException:
+                committed = True  # what follows failing does not undo the install
+                for kind, detail in decision.audit:
+                    self.registry.record(name, kind, who=self.who, **detail)
+                self._quota_after_install(name, failed_first=False)
+                self._drop_old_installs(name, install_id, existing.install_id if existing else None)
+        except BaseException:
+            if committed:
+                raise
+            with home_lock(self.layout):
                 self._quota_after_install(name, failed_first=self.layout.data(name) in fresh)
                 rootfs.remove_tree(target)
                 for d in fresh:
@@ -180,11 +259,9 @@ class Installer:
                     for leftover in self.layout.run.glob(f".{name}.*"):
                         leftover.unlink(missing_ok=True)
                 sweep(self.layout, self.registry)
-                raise
-            for kind, detail in decision.audit:
-                self.registry.record(name, kind, who=self.who, **detail)
-            self._quota_after_install(name, failed_first=False)
-            self._drop_old_installs(name, install_id, existing.install_id if existing else None)
+            raise
+        finally:
+            os.close(building)
         self._fill_shared_cache(target / "venv")  # outside the lock: other installs may run meanwhile
         return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped),
                              missing_settings=tuple(plugin_settings.missing(manifest, values)),
@@ -205,8 +282,6 @@ class Installer:
                ) -> tuple[list[str], signing.Verified | None]:
         name = manifest.name
         uid = launch.plugin_uid(self.settings, uid_index)
-        target.mkdir(parents=True)
-        (target / PARTIAL_MARKER).touch()
         log_path.parent.mkdir(parents=True, exist_ok=True)
 
         self.progress("copying bundle")
@@ -510,7 +585,7 @@ class Installer:
         with the data dir as it was before the upgrade away from it when a snapshot was kept. The plugin must
         be stopped (host.operations.rollback). Returns (from version, to version, data restored). The current
         data is snapshotted first, to its own install, so a failed restore puts it back."""
-        with home_lock(self.layout):
+        with locked_for(self.layout, name):
             rec = self.registry.require(name)
             target = self.rollback_target(name, to)
             restored = False
@@ -536,7 +611,7 @@ class Installer:
     def uninstall(self, name: str, *, keep_data: bool = False) -> list[str]:
         """Remove everything of the plugin but, with ``keep_data``, its data (and its uid, which owns that
         data); returns what was kept, in words."""
-        with home_lock(self.layout):
+        with locked_for(self.layout, name):
             self.registry.require(name)
             self.registry.remove(name, keep_uid=keep_data, who=self.who)
             if not keep_data and launch.plugin_uid(self.settings, 0) is not None:

@@ -1,18 +1,20 @@
 """The wheel cache every install of a home shares (host.wheel_cache), end to end against a local index: the
 first install fills it with verified wheels, a plugin's sdist build code cannot change it, and a later install
-takes everything from it with the index gone."""
+takes everything from it with the index gone. Then: builds of different plugins run at the same time."""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
 import json
+import os
 import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from host.installer import RUNTIME_REQUIREMENTS
 from host.wheel_cache import Index, WheelCache
-from tests.integration.harness import run_host, short_home
+from tests.integration.harness import HOST, run_host, short_home
 
 POISON = "plugin-host-test-cachepoison"
 # The in-tree build backend of an sdist-only dependency: build code the installer runs, as the plugin. It tries
@@ -188,3 +190,72 @@ def test_cant_poison_the_shared_wheel_cache_and_a_later_install_needs_no_index(w
     assert {canonicalize_name(d.name.split("-")[0]) for d in site.glob("*.dist-info")} == \
         {parse_wheel_filename(n)[0] for n in published}
     assert _cached(shared) == cached
+
+
+SLOW = "plugin-host-test-slowbuild"
+# A build backend that waits (at most 60 s) until the test says go, after telling it that it is waiting.
+SLOW_BACKEND = r'''
+import os, time, zipfile
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    home = os.path.expanduser("~")
+    open(os.path.join(home, "waiting"), "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(home, "go")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    dist = "plugin_host_test_slowbuild-1.0"
+    whl = os.path.join(wheel_directory, dist + "-py3-none-any.whl")
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr(dist + ".dist-info/METADATA", "Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        z.writestr(dist + ".dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(dist + ".dist-info/RECORD", "")
+    return os.path.basename(whl)
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+'''
+
+
+def _wait_for(what: str, found: Callable[[], object], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not found():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_builds_of_different_plugins_run_at_the_same_time(world: tuple[Path, LocalIndex, Path],
+                                                          tmp_path: Path) -> None:
+    home, index, _ = world
+    links = index.root / "links"  # an sdist whose build waits for the test
+    src = links / "src" / "plugin_host_test_slowbuild-1.0"
+    src.mkdir(parents=True)
+    (src / "pyproject.toml").write_text('[build-system]\nrequires = []\nbuild-backend = "slowbackend"\n'
+                                        f'backend-path = ["."]\n[project]\nname = "{SLOW}"\nversion = "1.0"\n')
+    (src / "slowbackend.py").write_text(SLOW_BACKEND.replace("{name}", SLOW))
+    (src / "PKG-INFO").write_text(f"Metadata-Version: 2.1\nName: {SLOW}\nVersion: 1.0\n")
+    with tarfile.open(links / f"{src.name}.tar.gz", "w:gz") as tar:
+        tar.add(src, arcname=src.name)
+    for d in (index.root, links):
+        d.chmod(0o755)
+    env = {"HOST_PIP_ARGS": f"--index-url {index.url} --find-links {links}", "PIP_FIND_LINKS": ""}
+    slow = subprocess.Popen([*HOST, "--home", str(home), "install", str(_plugin(tmp_path / "slow", "wc-slow",
+                             f'requirements = ["{SLOW}==1.0"]\n')), "--yes", "--no-enable"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env}, stdin=subprocess.DEVNULL)
+    try:
+        _wait_for("the slow build", lambda: list((home / "plugins" / "wc-slow").glob("*/.tmp/waiting")))
+        # while it builds, another plugin installs from start to finish
+        run_host(home, "install", str(_plugin(tmp_path / "quick", "wc-quick")), "--yes", "--no-enable", check=True,
+                 env=env)
+        assert slow.poll() is None
+        (next((home / "plugins" / "wc-slow").glob("*/.tmp/waiting")).parent / "go").touch()
+        _, err = slow.communicate(timeout=300)
+        assert slow.returncode == 0, err
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.wait()
+    listed = {p["name"] for p in json.loads(run_host(home, "list", "--json", check=True).stdout)}
+    assert {"wc-slow", "wc-quick"} <= listed
