@@ -122,7 +122,7 @@ def lifecycle(plan: Plan, tmp: Path, samples: dict[str, dict[str, list[float]]],
     if plan.many and plan.at_once:
         print(f"== {plan.many} plugins on one host, scale to zero", flush=True)
         t0 = time.perf_counter()
-        # One after another: `host install`'s sweep of half-finished installs would delete a concurrent one's.
+        # One after another, so that each sample is one install's time (builds may overlap since issue 12).
         warm = [startup.install(home, tmp, i) for i in range(n, plan.many)]
         samples.setdefault("install warm s", {"host-path": []})["host-path"] += warm
         extra["installs of the many-plugins host s"] = time.perf_counter() - t0

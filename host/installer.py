@@ -3,6 +3,8 @@
 Nothing is visible until the final registry commit. Every install builds into a fresh
 ``plugins/<name>/<install_id>/`` marked with a ``.partial`` file; a failure, Ctrl-C or kill -9 before the
 commit leaves only that marked directory, which is removed at once or by the next sweep (under the home lock).
+The installer holds a flock on that marker while it builds: sweeps leave a live build alone, and the home's
+lock is held only to set up and to commit, so builds of different plugins overlap (locked_for).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from host import control, integrity, launch, lockfile, plugin_settings, rootfs, signing, snapshots, trust
+from host import control, integrity, launch, lockfile, plugin_settings, rootfs, signing, snapshots, trust, wheel_cache
 from host.bundle import BundleError, copy_bundle
 from host.egress.indexes import index_urls
 from host.egress.point import EgressPoint
@@ -37,6 +39,7 @@ from host.registry import InstallRecord, Provenance, Registry
 from host.runtime import RUNTIME_DIR, runtime_files
 from host.settings import HostSettings
 from host.uids import UidFile
+from host.wheel_cache import WheelCache, shared_index
 from manifests import Manifest, load_manifest, parse_manifest
 from manifests.entrypoint import check_entrypoint
 from manifests.settings import Value
@@ -78,8 +81,70 @@ def home_lock(layout: Layout) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextmanager
+def locked_for(layout: Layout, name: str) -> Iterator[None]:
+    """home_lock, taken at a moment when no build of ``name`` is running: one that is (its partial install's
+    marker flocked by a live installer, host.installer._claim) is waited for first, without the home's lock,
+    so builds of other plugins go on meanwhile."""
+    while True:
+        with home_lock(layout):
+            live = _live_build(layout.plugin_root(name))
+            if live is None:
+                yield
+                return
+        try:
+            fcntl.flock(live, fcntl.LOCK_EX)  # returns when that build has ended, one way or the other
+        finally:
+            os.close(live)
+
+
+def _claim(target: Path) -> int:
+    """Create the install dir with its partial marker, flocked for as long as the returned fd is open."""
+    target.mkdir(parents=True)
+    fd = os.open(target / PARTIAL_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _building(install: Path) -> bool:
+    """A partial install whose build is still running (its marker is flocked by a live installer)."""
+    fd = _marker_held(install)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+def _marker_held(install: Path) -> int | None:
+    """An fd of the partial marker of ``install`` when a live installer holds its flock, else None."""
+    try:
+        fd = os.open(install / PARTIAL_MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return fd
+    os.close(fd)  # closing it drops the lock we just took
+    return None
+
+
+def _live_build(root: Path) -> int | None:
+    """An fd of the marker of a build of this plugin still running, if there is one."""
+    try:
+        installs = list(root.iterdir())
+    except OSError:
+        return None
+    for d in installs:
+        fd = _marker_held(d)
+        if fd is not None:
+            return fd
+    return None
+
+
 def sweep(layout: Layout, registry: Registry) -> list[Path]:
-    """Remove half-finished installs (call under home_lock). Returns what was removed."""
+    """Remove half-finished installs (call under home_lock), except those still being built. Returns what was
+    removed."""
     removed: list[Path] = []
     if not layout.plugins.is_dir():
         return removed
@@ -88,7 +153,7 @@ def sweep(layout: Layout, registry: Registry) -> list[Path]:
             continue
         rec = registry.get(root.name)
         for d in root.iterdir():
-            if not (d / PARTIAL_MARKER).exists():
+            if not (d / PARTIAL_MARKER).exists() or _building(d):
                 continue
             if rec is not None and rec.install_id == d.name:
                 (d / PARTIAL_MARKER).unlink()  # killed between the commit and the marker removal
@@ -141,7 +206,10 @@ class Installer:
         if veto is not None:
             raise InstallError(name, "checking the install policy", veto)
 
-        with home_lock(self.layout):
+        # The home's lock only to set up and to commit, so builds of different plugins overlap; another
+        # install, an uninstall or a rollback of this plugin waits for this build (locked_for).
+        with locked_for(self.layout, name):
+            existing = self.registry.get(name)
             sweep(self.layout, self.registry)
             install_id = f"{manifest.version}-{secrets.token_hex(3)}"
             target = self.layout.install_dir(name, install_id)
@@ -150,27 +218,39 @@ class Installer:
             uid_index = self._uid_index(name)
             # An upgrade (or a reinstall after --keep-data) keeps the values its manifest still declares.
             kept, dropped = plugin_settings.kept_on_upgrade(manifest, self.registry.plugin_settings(name))
-            if dropped:
-                self.progress(f"dropping setting{'s' if len(dropped) > 1 else ''} {', '.join(dropped)}: not "
-                              f"declared by {name} {manifest.version}, or no longer valid for its type")
-            values = {**kept, **given}
-            try:
-                skipped, verified = self._build(source, manifest, target, log_path, uid_index, values,
-                                                (overrides, decision))
-                self.progress("recording file hashes")
-                digest = integrity.record(target)
+            building = _claim(target)  # a live partial install: sweeps leave it alone
+        if dropped:
+            self.progress(f"dropping setting{'s' if len(dropped) > 1 else ''} {', '.join(dropped)}: not "
+                          f"declared by {name} {manifest.version}, or no longer valid for its type")
+        values = {**kept, **given}
+        committed = False
+        try:
+            skipped, verified = self._build(source, manifest, target, log_path, uid_index, values,
+                                            (overrides, decision))
+            self.progress("recording file hashes")
+            digest = integrity.record(target)
+            with home_lock(self.layout):
                 if existing is not None:
                     self._snapshot(manifest, existing.install_id, existing.version, uid_index)
                 self.progress("registering")
                 self.registry.put(name, manifest.version, install_id, manifest.model_dump(mode="json"),
                                   enabled=enable if existing is None else (existing.enabled and enable),
                                   uid_index=uid_index, plugin_settings=values, who=self.who,
-                                  provenance=Provenance(digest, verified.key if verified else None), pin=decision.pin)
+                                  provenance=Provenance(digest, verified.key if verified else None),
+                                  pin=decision.pin)
                 (target / PARTIAL_MARKER).unlink()
                 emit_quietly(self.registry, host_event("plugin.upgraded" if existing else "plugin.installed",
                                                        plugin=name, version=manifest.version,
                                                        **({"from": existing.version} if existing else {})))
-            except BaseException:
+                committed = True  # what follows failing does not undo the install
+                for kind, detail in decision.audit:
+                    self.registry.record(name, kind, who=self.who, **detail)
+                self._quota_after_install(name, failed_first=False)
+                self._drop_old_installs(name, install_id, existing.install_id if existing else None)
+        except BaseException:
+            if committed:
+                raise
+            with home_lock(self.layout):
                 self._quota_after_install(name, failed_first=self.layout.data(name) in fresh)
                 rootfs.remove_tree(target)
                 for d in fresh:
@@ -179,11 +259,10 @@ class Installer:
                     for leftover in self.layout.run.glob(f".{name}.*"):
                         leftover.unlink(missing_ok=True)
                 sweep(self.layout, self.registry)
-                raise
-            for kind, detail in decision.audit:
-                self.registry.record(name, kind, who=self.who, **detail)
-            self._quota_after_install(name, failed_first=False)
-            self._drop_old_installs(name, install_id, existing.install_id if existing else None)
+            raise
+        finally:
+            os.close(building)
+        self._fill_shared_cache(target / "venv")  # outside the lock: other installs may run meanwhile
         return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped),
                              missing_settings=tuple(plugin_settings.missing(manifest, values)),
                              signer=verified.key_id if verified else None)
@@ -203,8 +282,6 @@ class Installer:
                ) -> tuple[list[str], signing.Verified | None]:
         name = manifest.name
         uid = launch.plugin_uid(self.settings, uid_index)
-        target.mkdir(parents=True)
-        (target / PARTIAL_MARKER).touch()
         log_path.parent.mkdir(parents=True, exist_ok=True)
 
         self.progress("copying bundle")
@@ -285,7 +362,11 @@ class Installer:
     def _pip(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None = None,
              locked: bool = False) -> None:
         """pip (or uv) runs confined as the plugin's uid: sdist build scripts are plugin-supplied code.
-        ``locked``: the requirements are a bundle's requirements.lock, installed with --require-hashes."""
+        ``locked``: the requirements are a bundle's requirements.lock, installed with --require-hashes.
+
+        With a shared wheel cache (host.wheel_cache) holding wheels, a first attempt takes every package from it
+        and the local find-links only, with no network at all (no index queries: most of a warm install's time);
+        when that cannot satisfy the requirements, the second attempt resolves against the index as before."""
         venv = target / "venv"
         tmp = target / ".tmp"  # pip's HOME and TMPDIR: fresh, and removed when pip is done
         cache = tmp / "cache"  # per install too: build code can write into pip's cache, so no later install reads it
@@ -294,38 +375,98 @@ class Installer:
         if uid is not None:
             for d in (cache, tmp, venv):
                 self._chown(name, d, uid)
-        policy_path = target / ".pip.policy.json"
-        policy = launch.pip_policy(self.settings, name, target, cache, uid, uv)
-        point, netns_fd = self._pip_egress(name)
-        if netns_fd is not None:
-            policy = dataclasses.replace(policy, network=dataclasses.replace(policy.network, netns_fd=netns_fd))
-        launch.write_policy(policy, policy_path)
-        locking: Callable[[Sequence[str]], Sequence[str]] = without_constraints if locked else tuple
-        hashes = ("--require-hashes",) if locked else ()
-        if uv is not None:
-            # --compile-bytecode: the venv is read-only to the plugin, so without it every start recompiles
-            # in memory; --link-mode copy: nothing in the venv is a hard link into the (removed) cache.
-            pip = [uv.binary, "pip", "install", "--no-config", "--no-progress", "--python",
-                   str(venv / "bin" / "python"), "--compile-bytecode", "--link-mode", "copy", *locking(uv.args),
-                   *hashes, "-r", str(target / "requirements.txt")]
-        else:
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
-                   *locking(index_options(self.settings.pip_args, wheelhouse=self.settings.wheelhouse)), *hashes,
-                   "-r", str(target / "requirements.txt")]
+        shared = self._shared_cache()
+        if shared is not None:
+            shared.prune()  # what is no longer fresh goes before this install could resolve to it
+        shared = shared if shared is not None and shared.usable() else None
         try:
-            self._run(name, "installing packages", launch.confined(policy_path, pip), log_path, PIP_TIMEOUT,
-                      pass_fds=(netns_fd,) if netns_fd is not None else (), policy=policy)
+            if shared is None or not self._offline_attempt(name, target, uid, log_path, uv, locked, shared):
+                self._pip_attempt(name, target, uid, log_path, uv, locked, shared, online=True)
         finally:
-            if point is not None:
-                point.close()
             rootfs.remove_tree(tmp)
-            policy_path.unlink(missing_ok=True)
         if uid is not None:
             # Only on success: a failed install is removed whole. Hard links stay the plugin's, so refuse them.
             linked = self._chown(name, venv, 0, rootfs.LOCK_STRIP)  # the plugin may read its venv, never change it
             if linked:
                 raise InstallError(name, "locking the venv", f"{venv / linked[0]}: a hard link (its other name may "
                                    "be a host file, so root neither chowns nor chmods it)")
+
+    def _offline_attempt(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None,
+                         locked: bool, shared: WheelCache) -> bool:
+        """Everything from the shared cache and the local find-links; False (and why, as progress) if not."""
+        try:
+            self._pip_attempt(name, target, uid, log_path, uv, locked, shared, online=False)
+        except InstallError as exc:
+            why = str(exc).split(": ", 2)[-1].split(" (full log:")[0]
+            self.progress(f"not all from the shared wheel cache ({why[:120]}); asking the index")
+            return False
+        return True
+
+    def _pip_attempt(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None,
+                     locked: bool, shared: WheelCache | None, online: bool) -> None:
+        """One confined run of the installer; ``online=False``: no network, the shared cache instead of the index."""
+        venv = target / "venv"
+        cache = target / ".tmp" / "cache"
+        policy_path = target / ".pip.policy.json"
+        policy = launch.pip_policy(self.settings, name, target, cache, uid, uv,
+                                   shared=shared.root if shared is not None else None, online=online)
+        point, netns_fd = self._pip_egress(name) if online else (None, None)
+        if netns_fd is not None:
+            policy = dataclasses.replace(policy, network=dataclasses.replace(policy.network, netns_fd=netns_fd))
+        launch.write_policy(policy, policy_path)
+        locking: Callable[[Sequence[str]], Sequence[str]] = without_constraints if locked else tuple
+        hashes = ("--require-hashes",) if locked else ()
+        # the shared cache is one more find-links directory; offline, with no index at all
+        extra = [*(() if online else ("--no-index",)), *(("--find-links", str(shared.root)) if shared else ())]
+        if uv is not None:
+            # --compile-bytecode: the venv is read-only to the plugin, so without it every start recompiles
+            # in memory; --link-mode copy: nothing in the venv is a hard link into the (removed) cache.
+            pip = [uv.binary, "pip", "install", "--no-config", "--no-progress", "--python",
+                   str(venv / "bin" / "python"), "--compile-bytecode", "--link-mode", "copy", *locking(uv.args),
+                   *extra, *(() if online else ("--offline",)), *hashes, "-r", str(target / "requirements.txt")]
+        else:
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
+                   *locking(index_options(self.settings.pip_args, wheelhouse=self.settings.wheelhouse)), *extra,
+                   *hashes, "-r", str(target / "requirements.txt")]
+        try:
+            self._run(name, "installing packages" if online else "installing packages from the shared wheel cache",
+                      launch.confined(policy_path, pip), log_path, PIP_TIMEOUT,
+                      pass_fds=(netns_fd,) if netns_fd is not None else (), policy=policy)
+        finally:
+            if point is not None:
+                point.close()
+            policy_path.unlink(missing_ok=True)
+
+    def _fill_shared_cache(self, venv: Path) -> None:
+        """Put the verified wheel of each release the new venv holds into the shared cache (host.wheel_cache),
+        for the installs after this one. Never fails the install: a wheel not cached is fetched next time."""
+        shared, index = self._shared_cache(), shared_index(self.settings.pip_args)
+        if shared is None or index is None:
+            return
+        site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+        dists = wheel_cache.installed(site)
+        try:
+            shared.ensure()
+            missing = [d for d in dists if not shared.has(*d)]
+            if not missing:
+                return
+            self.progress(f"caching the wheels of {len(missing)} packages for later installs")
+            wheel_cache.fill_from(shared, missing, index)
+        except OSError as exc:
+            self.progress(f"warning: the shared wheel cache was not filled: {exc}")
+
+    def _shared_cache(self) -> WheelCache | None:
+        """The home's shared wheel cache, unless it is off (HOST_WHEEL_CACHE_MB=0), the install is offline from
+        a wheelhouse, an extra index is configured (a release may come from either index, so one fetched
+        from the main index must not stand in for the other's), or the host is not root."""
+        index = shared_index(self.settings.pip_args)
+        if self.settings.wheel_cache_mb <= 0 or self.settings.wheelhouse is not None or index is None:
+            return None
+        if launch.plugin_uid(self.settings, 0) is None:
+            # Not root: the installer runs as the host's own uid (in a user namespace), so only the sandbox's
+            # read-only mount would keep it out of the cache, and a weak sandbox may have none.
+            return None
+        return WheelCache.of(self.layout.wheels, index, self.settings.wheel_cache_mb * launch.MiB)
 
     @staticmethod
     def _chown(name: str, tree: Path, uid: int, strip: int = 0) -> list[str]:
@@ -444,7 +585,7 @@ class Installer:
         with the data dir as it was before the upgrade away from it when a snapshot was kept. The plugin must
         be stopped (host.operations.rollback). Returns (from version, to version, data restored). The current
         data is snapshotted first, to its own install, so a failed restore puts it back."""
-        with home_lock(self.layout):
+        with locked_for(self.layout, name):
             rec = self.registry.require(name)
             target = self.rollback_target(name, to)
             restored = False
@@ -470,7 +611,7 @@ class Installer:
     def uninstall(self, name: str, *, keep_data: bool = False) -> list[str]:
         """Remove everything of the plugin but, with ``keep_data``, its data (and its uid, which owns that
         data); returns what was kept, in words."""
-        with home_lock(self.layout):
+        with locked_for(self.layout, name):
             self.registry.require(name)
             self.registry.remove(name, keep_uid=keep_data, who=self.who)
             if not keep_data and launch.plugin_uid(self.settings, 0) is not None:

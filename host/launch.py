@@ -153,12 +153,14 @@ def plugin_network(net: NetworkGrant) -> Network:
 
 
 def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, uid: int | None,
-               uv: UvCommand | None = None) -> Policy:
+               uv: UvCommand | None = None, shared: Path | None = None, online: bool = True) -> Policy:
     """pip with network (to reach the index) but writing only the new venv and a scratch dir (its HOME,
     TMPDIR and ``cache``, inside it) which the installer removes when pip is done.
 
     Build code of sdists runs in here, so no operator PIP_* variable and no pip.conf reaches it: the index
-    configuration comes as explicit options (host.pip_options); the local paths those name are mounted."""
+    configuration comes as explicit options (host.pip_options); the local paths those name are mounted.
+    ``shared``: the home's wheel cache (host.wheel_cache), mounted read-only; ``online=False``: no network at
+    all (the installer's first attempt, from that cache and the local find-links only)."""
     tmp = install / ".tmp"
     env = {
         "PATH": f"{install / 'venv'}/bin:/usr/local/bin:/usr/bin:/bin",
@@ -179,7 +181,8 @@ def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, ui
     return Policy(
         name=name,
         ro_paths=(str(install / "requirements.txt"), sys.base_prefix, *tool,
-                  *local_paths(index_options(settings.pip_args, wheelhouse=settings.wheelhouse))),
+                  *local_paths(index_options(settings.pip_args, wheelhouse=settings.wheelhouse)),
+                  *((str(shared),) if shared is not None else ())),
         rw_paths=(str(install / "venv"), str(cache), str(tmp)),
         env=env,
         cwd=str(install),
@@ -187,7 +190,7 @@ def pip_policy(settings: HostSettings, name: str, install: Path, cache: Path, ui
         gid=uid,
         # Its own namespace: the index hosts through the egress point, nothing else (netns_fd added by the
         # installer). Without an egress point (non-root host) pip shares the host's network.
-        network=Network(enabled=True, connect_ports=(PROXY_PORT,)),
+        network=Network(enabled=True, connect_ports=(PROXY_PORT,)) if online else Network(enabled=False),
         resources=PIP_RESOURCES,
         cgroup_name=cgroup_name(settings, name, "pip") if uid is not None else None,
         required=_required(settings, uid),

@@ -65,6 +65,11 @@ class Layout:
     def cache(self) -> Path:
         return self.home / "cache"
 
+    @property
+    def wheels(self) -> Path:
+        """The wheel cache every install shares (host.wheel_cache): root's, read-only to the installers."""
+        return self.home / "wheels"
+
     def plugin_root(self, name: str) -> Path:
         return self.plugins / name
 

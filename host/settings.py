@@ -131,6 +131,9 @@ class HostSettings(BaseSettings):
     # Offline installs: pip takes every package from this directory of wheels and nothing else
     # (--no-index --find-links DIR; mounted read-only for the confined pip).
     wheelhouse: Path | None = None
+    # The wheel cache all plugin installs of this home share (<home>/wheels, host.wheel_cache): verified binary
+    # wheels the host fetched itself, read-only to the confined installer; its size in MiB (0 = no shared cache).
+    wheel_cache_mb: int = Field(1024, ge=0)
     log_max_bytes: int = Field(5 * 1024 * 1024, ge=4096)
     # Audit events (registry `events`) older than this many days are deleted when `host serve` starts and once a
     # day while it runs; 0 keeps them forever.

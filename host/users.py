@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ def login(registry: Registry, name: str, password: str, client: str) -> bool:
         return False
     row = registry.connection().execute("SELECT hash FROM users WHERE name = ?", (name,)).fetchone()
     # an unknown name costs the same scrypt as a known one: timing does not tell which names exist
-    ok = identity.check_password(password, str(row[0]) if row else _DUMMY)
+    ok = identity.check_password(password, str(row[0]) if row else _dummy())
     if ok and row is not None:
         return True
     registry.record_login_failure(f"user:{client}")
@@ -66,4 +67,7 @@ def login(registry: Registry, name: str, password: str, client: str) -> bool:
     return False
 
 
-_DUMMY = identity.hash_password("not a password of anyone's")
+@functools.cache
+def _dummy() -> str:
+    """Hashed on first use, not at import: every `host` command imports this module (~0.1 s of scrypt)."""
+    return identity.hash_password("not a password of anyone's")
