@@ -34,3 +34,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return len(SLOW_FIRST) + (0 if item.nodeid.startswith("tests/integration/") else 1)
 
     items.sort(key=rank)  # stable: the order inside a module is kept
+
+
+# Wall time per test module (setup + call + teardown of its tests, module fixtures included), printed at the end
+# of every run so SLOW_FIRST can be kept true: with --dist loadfile a module is the unit of scheduling.
+_MODULE_TIMES: dict[str, list[float]] = {}  # path -> [seconds, first report (monotonic), last report, worker]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    import time
+
+    path = report.nodeid.split("::", 1)[0]
+    worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", "-")
+    now = time.monotonic()
+    entry = _MODULE_TIMES.setdefault(path, [0.0, now - report.duration, now, worker])
+    entry[0] += report.duration
+    entry[2] = now
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _MODULE_TIMES:
+        return
+    t0 = min(entry[1] for entry in _MODULE_TIMES.values())
+    terminalreporter.section("module wall times (seconds; start/end from the first report)")
+    for path, (seconds, first, last, worker) in sorted(_MODULE_TIMES.items(), key=lambda kv: -kv[1][0])[:40]:
+        terminalreporter.write_line(f"{seconds:8.1f}  {worker:>4}  {first - t0:7.1f} {last - t0:7.1f}  {path}")
