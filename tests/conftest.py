@@ -16,24 +16,44 @@ def home() -> Iterator[Path]:
         yield h
 
 
-# Modules that take minutes (PyPI installs of real apps, many hosts, browsers), started first: pytest-xdist
-# (--dist loadfile) hands out modules in collection order, so one of these collected last would run alone at
-# the end while the other workers idle.
-SLOW_FIRST = ("test_thirdparty_apps", "test_admin_ui", "test_apply", "test_admin_api", "test_lifecycle",
-              "test_dockerfile", "test_metrics", "test_install_archive", "test_exit_causes", "test_plugin_settings")
+# Seconds each integration module took (the "module wall times" table printed at the end of a run; measured
+# with -n 3 on the loaded 2-core machine, so ~2x an idle one: only their order matters). Modules are handed out
+# longest first (LPT): a long module started last would run alone at the end while the other workers idle.
+# A module not listed yet (a new one) counts as DEFAULT_SECONDS: before the short ones, so it cannot form the
+# tail either. Refresh the table when a module's place in it changes a lot.
+MODULE_SECONDS = {
+    "test_thirdparty_apps": 561, "test_runtime_management": 448, "test_exit_causes": 421, "test_install": 332,
+    "test_signed_install": 331, "test_lifecycle": 278, "test_apply": 277, "test_lifecycle_start": 227,
+    "test_lifecycle_shutdown": 219, "test_plugin_settings": 216, "test_admin_ui": 200, "test_admin_api": 176,
+    "test_isolation": 168, "test_disk_quota": 159, "test_host_api": 150, "test_web_tier": 144,
+    "test_websocket": 142, "test_proxy_sessions": 137, "test_install_hygiene": 134, "test_bench": 133,
+    "test_metrics": 125, "test_sandbox_user": 122, "test_hooks": 120, "test_registry_admin_cli": 115,
+    "test_proxy": 114, "test_install_archive": 114, "test_sandbox_policy": 110, "test_fault_injection": 106,
+    "test_dockerfile": 100, "test_cli_contract": 91, "test_escape": 85, "test_runner_attacks": 62,
+    "test_egress": 61, "test_runner_lifecycle": 20, "test_web_mounts": 19, "test_streaming": 18,
+    "test_install_bundle": 17, "test_runner_fds": 9, "test_origins": 8, "test_kernel_attacks": 8,
+    "test_upstream": 8, "test_browser_isolation": 8, "test_runner_support": 8, "test_probe_deadline": 8,
+}
+DEFAULT_SECONDS = 150
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist (>= 3.6) hands out modules by their number of tests, most first, unless told to keep the
+    # collection order: the order below is the one wanted (a module of 3 tests can take the longest).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow modules first, then the other integration modules, unit tests last; each module's own tests keep
-    their order (many build on the state earlier ones left)."""
-    def rank(item: pytest.Item) -> int:
+    """Integration modules longest first, unit tests last (seconds each); each module's own tests keep their
+    order (many build on the state earlier ones left)."""
+    def rank(item: pytest.Item) -> float:
         path = item.nodeid.split("::", 1)[0]
-        module = path.removeprefix("tests/integration/").removesuffix(".py")
-        if module in SLOW_FIRST and path.startswith("tests/integration/"):
-            return SLOW_FIRST.index(module)
-        return len(SLOW_FIRST) + (0 if item.nodeid.startswith("tests/integration/") else 1)
+        if not path.startswith("tests/integration/"):
+            return 0.0
+        return -MODULE_SECONDS.get(path.removeprefix("tests/integration/").removesuffix(".py"), DEFAULT_SECONDS)
 
-    items.sort(key=rank)  # stable: the order inside a module is kept
+    items.sort(key=rank)  # stable: the order inside a module (and of the unit modules) is kept
 
 
 # Wall time per test module (setup + call + teardown of its tests, module fixtures included), printed at the end
