@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -59,24 +57,25 @@ class Signed:
         return rec.version, rec.install_id, tuple(sorted(p.name for p in (self.home / "plugins" / NAME).iterdir()))
 
 
-def wheelhouse(into: Path) -> str:
-    """Download the runtime's wheels (from pip's configured index) into ``into``; returns their lock."""
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(into),
-                    "flask>=2.2", "gunicorn>=23"], check=True, capture_output=True, timeout=300)
+def wheelhouse(into: Path, runtime_wheels: Path) -> str:
+    """The runtime's wheels (from pip's configured index) copied into ``into``; returns their lock."""
+    into.mkdir(parents=True)
+    for w in runtime_wheels.glob("*.whl"):
+        shutil.copyfile(w, into / w.name)
     return "".join(f"{w.name.split('-')[0]}=={w.name.split('-')[1]} \\\n"
                    f"    --hash=sha256:{hashlib.sha256(w.read_bytes()).hexdigest()}\n"
                    for w in sorted(into.glob("*.whl")))
 
 
 @pytest.fixture(scope="module")
-def signed() -> Iterator[Signed]:
+def signed(runtime_wheels: Path) -> Iterator[Signed]:
     with short_home() as home, pytest.MonkeyPatch.context() as mp:
         work = home.parent / "work"
         work.mkdir()
         mp.setenv("HOST_WHEELHOUSE", str(work / "wheels"))  # every install and the served host: offline
         for key in ("k1", "k2"):
             run_host(home, "keygen", str(work / key), check=True)
-        ctx = Signed(home, ServedHost(home), work, wheelhouse(work / "wheels"))
+        ctx = Signed(home, ServedHost(home), work, wheelhouse(work / "wheels", runtime_wheels))
         out = run_host(home, "install", str(ctx.source("1.0.0", "k1", lock=ctx.lock)), "--yes", check=True)
         assert "pinned as signedapp's publisher (trust on first use)" in out.stderr
         assert "locked packages from requirements.lock (--require-hashes)" in out.stderr
