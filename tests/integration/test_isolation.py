@@ -6,18 +6,40 @@ from __future__ import annotations
 import http.client
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.harness import BUNDLED, FIXTURES, served_plugins
+from tests.integration.harness import BUNDLED, FIXTURES, ServedHost, run_host, short_home
+
+
+@pytest.fixture(scope="module")
+def installed() -> Iterator[Path]:
+    """example and echo, installed once: each test serves them with a host of its own (the settings below are
+    read by `host serve`, not by the install)."""
+    with short_home() as home:
+        for src in (BUNDLED / "example_plugin", FIXTURES / "echo"):
+            run_host(home, "install", str(src), "--yes", check=True)
+        yield home
+
+
+@contextmanager
+def serving(home: Path, env: dict[str, str]) -> Iterator[ServedHost]:
+    host = ServedHost(home, env=env).start(wait_plugins=("example", "echo"))
+    try:
+        yield host
+    finally:
+        host.stop()
 
 
 @pytest.mark.parametrize("worker", ["gthread", "gevent"])
-def test_a_burst_waits_in_line_a_full_line_gets_503_and_the_other_plugins_never_wait(worker: str) -> None:
+def test_a_burst_waits_in_line_a_full_line_gets_503_and_the_other_plugins_never_wait(worker: str,
+                                                                                     installed: Path) -> None:
     # one web worker; echo may have 2 requests in flight and 2 more waiting for them
-    with served_plugins(BUNDLED / "example_plugin", FIXTURES / "echo", wait=("example", "echo"),
-                        env={"HOST_PLUGIN_MAX_INFLIGHT": "2", "HOST_PLUGIN_QUEUE": "2",
+    with serving(installed, {"HOST_PLUGIN_MAX_INFLIGHT": "2", "HOST_PLUGIN_QUEUE": "2",
                              "HOST_WEB_WORKER_CLASS": worker}) as host:
         slow: list[httpx.Response] = []
         held_until: list[float] = []  # when each hog that got a slot was answered
@@ -48,11 +70,11 @@ def test_a_burst_waits_in_line_a_full_line_gets_503_and_the_other_plugins_never_
         assert answered < min(held_until), "a request to a healthy plugin waited behind a slow one"
 
 
-def test_a_burst_far_beyond_what_a_plugin_serves_at_once_waits_and_is_all_answered() -> None:
+def test_a_burst_far_beyond_what_a_plugin_serves_at_once_waits_and_is_all_answered(installed: Path) -> None:
     # The default settings (one web worker here): 60 requests at once to a plugin that serves 4 at a time,
     # 50 ms each, all waiting well within its 3 s timeout. With the old default (32 threads: 16 in flight +
     # 8 waiting per plugin) the 25th and later concurrent requests got 503 at once.
-    with served_plugins(FIXTURES / "echo", wait=("echo",)) as host:
+    with serving(installed, {}) as host:
         conns = [http.client.HTTPConnection("127.0.0.1", host.port, timeout=60) for _ in range(60)]
         for c in conns:
             c.connect()  # all connected first, so the requests arrive together
