@@ -259,9 +259,9 @@ def test_a_health_path_that_trickles_cannot_hold_the_supervisor(host: ServedHost
         r = served.cli("disable", NAME)
         took = time.monotonic() - t0
         assert r.returncode == 0, r.stderr
-        # Not held by the hanging probe (which never ends by itself): the stop grace of 2 s, plus the CLI's own
-        # start-up, which takes up to 3.5 s on a loaded 2-core machine.
-        assert took < 15, f"`host disable` took {took:.1f}s"
+        # Not held by the hanging probe, which never ends by itself (a held command would never return): the
+        # stop grace of 2 s plus the CLI's own start-up, which took up to 16 s on a 2-core machine at load 16.
+        assert took < 60, f"`host disable` took {took:.1f}s"
         assert {p for p in tree if alive(p)} == set()  # stopped when the command returned
         assert listed(served)["state"] == "disabled"
         stopped = latest(served, "stopped")
