@@ -100,13 +100,13 @@ def test_a_worker_killed_by_the_oom_killer_is_named_and_the_reason_clears_on_rec
                 "worker killed by SIGKILL")
     row = wait_for(lambda: (r := listed(host))["state"] == "degraded" and r, 10, what="degraded")
     # first, while the failure is surely still in its window (a loaded machine makes each check below slow)
+    assert host.health()["plugins"][NAME]["state"] == "degraded"  # public: the state, not the reason
     human = host.cli("status", NAME).stdout
     assert f"{NAME} 1.0.0: degraded (" in human and "worker_died" in human and "out_of_memory" in human
     assert row["reason"] == f"{expected} (1 of 4 failures in {WINDOW}s)"
     assert row["last_exit"]["cause"] == "out_of_memory" and row["last_exit"]["worker"]
     assert row["pid"] is not None  # still serving
     assert host.get(f"/plugins/{NAME}/").text == "ok"
-    assert host.health()["plugins"][NAME]["state"] == "degraded"  # public: the state, not the reason
     entry = latest(host, "worker_died")
     assert (entry["cause"], entry["reason"]) == ("out_of_memory", expected)
     assert f"[plugin-host] worker died: {expected}" in plugin_log(host)
