@@ -31,6 +31,7 @@ from gunicorn.app.base import BaseApplication
 import host
 from host import web_mounts
 from host.app import create_app
+from host.arenas import limit_malloc_arenas
 from host.errors import HostError
 from host.layout import Layout
 from host.quota import drop_copies
@@ -185,6 +186,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
 
 def main() -> None:
     parent = os.getppid()
+    limit_malloc_arenas()  # before gunicorn: every worker it forks has a pool of threads
     args = _arguments(sys.argv[1:])
     if args.user is not None:
         keep_python_reachable()

@@ -17,6 +17,7 @@ import time
 from typing import IO, Any
 
 from host import identity, launch
+from host.arenas import limit_malloc_arenas
 from host.egress.point import EgressPoint
 from host.errors import HostError
 from host.hooks import outbox
@@ -261,6 +262,7 @@ class Supervisor:
         self._home_lock = lock
 
     def run(self) -> int:
+        limit_malloc_arenas()  # before our threads: a worker thread per plugin, the control servers
         self.bind()
         assert self._home_lock is not None
         self.host_api.forget_leftovers()

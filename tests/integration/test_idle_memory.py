@@ -4,6 +4,8 @@ on the session's host (no host of its own). The figures are bench/memory.py's, n
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.integration.harness import ServedHost, descendants
 
 
@@ -26,3 +28,37 @@ def test_no_web_process_loads_cryptography(served: ServedHost) -> None:
     web = served.status()["web"]["pid"]
     for pid in {web, *descendants(web)}:
         assert not [f for f in mapped_files(pid) if "/cryptography/" in f], pid
+
+
+HEAP = 64 << 20  # glibc's HEAP_MAX_SIZE on 64-bit: each arena but the main one is a heap this size, so aligned
+
+
+def malloc_arenas(pid: int) -> int:
+    """Arenas of a glibc process besides the main one, counted in /proc/PID/maps: anonymous mappings that
+    start on a 64 MiB boundary and (with the reserved, inaccessible rest of the heap) span exactly 64 MiB."""
+    regions = []
+    with open(f"/proc/{pid}/maps") as fh:
+        for line in fh:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            regions.append((start, end, fields[1], len(fields) > 5))
+    count = 0
+    for i, (start, end, perms, named) in enumerate(regions):
+        if named or start % HEAP or not perms.startswith("rw"):
+            continue
+        rest = regions[i + 1] if i + 1 < len(regions) else None  # the heap's reserved part: ---p, right after
+        if end - start == HEAP or (rest is not None and rest[0] == end and rest[2].startswith("---")
+                                   and not rest[3] and rest[1] - start == HEAP):
+            count += 1
+    return count
+
+
+def test_threaded_host_processes_keep_at_most_two_malloc_arenas(served: ServedHost) -> None:
+    """The supervisor runs a thread per plugin and more; a gthread worker a pool. glibc would give each thread
+    an arena of its own (up to 16 here), each keeping what it once held; host.arenas caps them at two."""
+    assert served.proc is not None
+    supervisor = served.proc.pid
+    web = served.status()["web"]["pid"]
+    assert len(list(Path(f"/proc/{supervisor}/task").iterdir())) > 4  # threaded enough to have asked for more
+    for pid in {supervisor, web, *descendants(web)}:
+        assert malloc_arenas(pid) <= 1, pid  # the main arena and at most one more
