@@ -4,9 +4,27 @@ on the session's host (no host of its own). The figures are bench/memory.py's, n
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.integration.harness import ServedHost, descendants
+from tests.integration.harness import ServedHost, descendants, short_home
+
+# What the web tiers build their apps without: httpx (~5 MiB resident per tier; the proxy speaks http.client
+# and filters headers as sent) and cryptography (~6 MiB; only installs and `host sign` verify or sign).
+NOT_IN_WEB_TIERS = ("httpx", "httpcore", "cryptography")
+BUILD_BOTH_APPS = """
+import json, sys
+from pathlib import Path
+from host.webtier import WebTier
+from host.layout import Layout
+from host.settings import HostSettings
+home = Path(sys.argv[1])
+for app in ("public", "admin"):
+    WebTier(HostSettings(home=home), None, Layout(home), app).load()
+print(json.dumps(sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)))
+"""
 
 
 def mapped_files(pid: int) -> set[str]:
@@ -62,3 +80,12 @@ def test_threaded_host_processes_keep_at_most_two_malloc_arenas(served: ServedHo
     assert len(list(Path(f"/proc/{supervisor}/task").iterdir())) > 4  # threaded enough to have asked for more
     for pid in {supervisor, web, *descendants(web)}:
         assert malloc_arenas(pid) <= 1, pid  # the main arena and at most one more
+
+
+def test_the_web_tiers_build_their_apps_without_httpx_or_cryptography() -> None:
+    with short_home() as home:
+        (home / "run").mkdir(parents=True)
+        got = subprocess.run([sys.executable, "-c", BUILD_BOTH_APPS, str(home), json.dumps(NOT_IN_WEB_TIERS)],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert got.returncode == 0, got.stderr[-2000:]
+        assert json.loads(got.stdout) == []
