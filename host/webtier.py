@@ -34,7 +34,6 @@ from host.app import create_app
 from host.arenas import limit_malloc_arenas
 from host.errors import HostError
 from host.layout import Layout
-from host.quota import drop_copies
 from host.request_metrics import MULTIPROC_ENV, forget_live, forget_worker
 from host.settings import HostSettings
 from host.ws_relay import Gate
@@ -100,6 +99,8 @@ def keep_python_reachable() -> None:
         log.debug("web tier: private mount view over %s", ", ".join(covered))
         # That view copied every plugin disk image mounted on the machine: unneeded here, and each copy would
         # keep an uninstalled plugin's image and loop device alive for as long as the web tier runs.
+        from host.quota import drop_copies  # here: it imports the manifest models, which the public app never needs
+
         drop_copies()
 
 
