@@ -24,15 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from host.bundle import BundleError, copy_bundle
 from host.errors import SignatureError, UsageError
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
     from host.registry import Provenance
+
+# cryptography (~6 MiB resident) is imported where a key is made, loaded or checked: the supervisor imports
+# this module (admin uploads install through it) and should not carry it while nobody installs anything.
 
 SIGNATURE_FILE = "plugin.sig"
 FORMAT = "plugin-host-signature-1"
@@ -92,6 +95,8 @@ def public_text(key: Ed25519PublicKey) -> str:
 def generate(path: Path) -> str:
     """Write a new secret key to ``path`` (0600, never over an existing file) and its public key to
     ``path.pub``; returns the public key text."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     public = public_text(key.public_key())
     secret = f"{_SECRET_HEADER}\n{base64.b64encode(key.private_bytes_raw()).decode()}\n"
@@ -107,6 +112,8 @@ def generate(path: Path) -> str:
 
 
 def load_secret(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         lines = path.read_text().splitlines()
         if len(lines) < 2 or lines[0] != _SECRET_HEADER:
@@ -136,6 +143,9 @@ def _raw_public(public: str) -> bytes:
 
 
 def _verify(public: str, signature: str, message: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(_raw_public(public)).verify(base64.b64decode(signature, validate=True),
                                                                        message)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import h11
-import httpx
 from flask import Flask, Response, current_app, request
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
@@ -33,6 +32,7 @@ from werkzeug.wsgi import ClosingIterator
 from host.directory import Directory
 from host.headers import response_headers
 from host.proxy import CHUNK, Limits, ProxyError, Unavailable
+from host.upstream import RawHeaders
 from host.ws_relay import Gate, Link, Relay, Ticket
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class WebSockets:
                    answer: h11.InformationalResponse, prefix: str, limits: Limits, ticket: Ticket,
                    done: Callable[[], None], closed: Callable[[int, int], None] | None) -> Response:
         lines = ["HTTP/1.1 101 Switching Protocols"]
-        lines += [f"{k}: {v}" for k, v in response_headers(_httpx_headers(answer), prefix)]
+        lines += [f"{k}: {v}" for k, v in response_headers(_sent_headers(answer), prefix)]
         lines += ["Connection: Upgrade", "Upgrade: websocket", "", ""]
         trailing, _ = conn.trailing_data  # what the plugin sent right behind its 101 (a greeting, say)
         mine = client.dup()
@@ -156,9 +156,9 @@ def _route_as_http() -> None:
     request.url_rule, request.view_args, request.routing_exception = rule, dict(args), None
 
 
-def _httpx_headers(event: h11.InformationalResponse | h11.Response) -> httpx.Headers:
+def _sent_headers(event: h11.InformationalResponse | h11.Response) -> RawHeaders:
     """The answer's headers as sent (names not lower-cased), in the form host.headers filters."""
-    return httpx.Headers(event.headers.raw_items())
+    return RawHeaders(event.headers.raw_items())
 
 
 class _NoAnswer(Exception):
@@ -225,7 +225,7 @@ def _read_answer(name: str, sock: socket.socket, target: str, headers: list[tupl
             if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
                 continue  # 100 Continue, 103 Early Hints: the answer is still to come
             if isinstance(event, h11.InformationalResponse):
-                if dict(_httpx_headers(event)).get("upgrade", "").lower() != "websocket":
+                if _sent_headers(event).get("upgrade").lower() != "websocket":
                     raise ProxyError(502, "Bad gateway", f"plugin {name!r} switched to a protocol other than "
                                      "WebSocket")
                 return conn, event
@@ -265,5 +265,5 @@ def _ordinary(name: str, sock: socket.socket, conn: h11.Connection, answer: h11.
                 raise ProxyError(502, "Bad gateway", f"plugin {name!r} answered garbage")
 
     resp = Response(ClosingIterator(body(), [sock.close, done]), status=answer.status_code, direct_passthrough=True)
-    resp.headers = Headers(response_headers(_httpx_headers(answer), prefix))
+    resp.headers = Headers(response_headers(_sent_headers(answer), prefix))
     return resp

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -30,9 +31,9 @@ from gunicorn.app.base import BaseApplication
 import host
 from host import web_mounts
 from host.app import create_app
+from host.arenas import limit_malloc_arenas
 from host.errors import HostError
 from host.layout import Layout
-from host.quota import drop_copies
 from host.request_metrics import MULTIPROC_ENV, forget_live, forget_worker
 from host.settings import HostSettings
 from host.ws_relay import Gate
@@ -98,6 +99,8 @@ def keep_python_reachable() -> None:
         log.debug("web tier: private mount view over %s", ", ".join(covered))
         # That view copied every plugin disk image mounted on the machine: unneeded here, and each copy would
         # keep an uninstalled plugin's image and loop device alive for as long as the web tier runs.
+        from host.quota import drop_copies  # here: it imports the manifest models, which the public app never needs
+
         drop_copies()
 
 
@@ -131,6 +134,9 @@ class WebTier(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "proc_name": "plugin-host-admin" if self.app == "admin" else "plugin-host-web",
             "control_socket_disable": True,
+            # The arbiter builds the app (after the drop: main() drops before gunicorn starts) and its workers
+            # fork from it, sharing its pages copy-on-write instead of each importing and building its own.
+            "preload_app": True,
             # Forwarded headers only from the operator's front proxies (gunicorn's default trusts loopback).
             # One scheme header, the one the proxy sets; with no proxy, none, since gunicorn believes every
             # Unix-socket peer. No SCRIPT_NAME/PATH_INFO from anyone: the host is always mounted at "/".
@@ -148,11 +154,21 @@ class WebTier(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
+        """Build the app; with preload_app, once, in the arbiter, before it forks any worker."""
         if self.app == "admin":
             from host.admin.app import create_admin_app
 
-            return create_admin_app(self.settings, self.layout)
-        return create_app(self.settings, self.layout, self.websocket_gate)
+            wsgi = create_admin_app(self.settings, self.layout)
+        else:
+            wsgi = create_app(self.settings, self.layout, self.websocket_gate)
+        # Everything built so far lives as long as the process: out of the collector's sight, so that a
+        # worker's collections do not write to (and so copy) the pages it shares with the arbiter.
+        gc.collect()
+        gc.freeze()
+        # gunicorn's logger: the one this process's log goes through (into the host's log)
+        logging.getLogger("gunicorn.error").info("%s app built by pid %d as uid %d; workers fork from it",
+                                                 self.app, os.getpid(), os.geteuid())
+        return wsgi
 
 
 def _arguments(argv: list[str]) -> argparse.Namespace:
@@ -171,6 +187,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
 
 def main() -> None:
     parent = os.getppid()
+    limit_malloc_arenas()  # before gunicorn: every worker it forks has a pool of threads
     args = _arguments(sys.argv[1:])
     if args.user is not None:
         keep_python_reachable()

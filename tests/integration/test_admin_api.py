@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.harness import FIXTURES, ServedHost, served_plugins, wait_for
+from tests.integration.harness import FIXTURES, ServedHost, served_plugins, short_home, wait_for
 
 API = "/admin/api/v1"
 SECRET = "s3cret-value-never-shown"
@@ -348,6 +348,7 @@ def test_a_dead_admin_web_tier_is_restarted_and_the_plugins_keep_serving(admin: 
     import signal
 
     host = admin.host
+    assert _ok(admin)  # the admin tier runs once the admin listener has been used
     web = host.status()["web"]
     pid = web["admin_pid"]
     assert pid is not None and pid != web["pid"]
@@ -359,6 +360,30 @@ def test_a_dead_admin_web_tier_is_restarted_and_the_plugins_keep_serving(admin: 
     assert _proxied(host, "steady") == 200
     wait_for(lambda: host.status()["web"]["admin_pid"] not in (None, pid), 15, what="a new admin web tier")
     wait_for(lambda: _ok(admin), 15, what="the admin API answering again")
+
+
+def test_the_admin_web_tier_starts_with_its_first_connection() -> None:
+    """Issue 12: no resident admin web tier (a gunicorn arbiter and worker) until someone uses the admin
+    listener; the connection that finds it absent waits for it and is answered."""
+    with short_home() as home:
+        host = ServedHost(home).start()
+        try:
+            web = host.status()["web"]
+            assert web["pid"] is not None and web["admin_pid"] is None
+            assert [pid for pid in host.all_pids() if _cmdline(pid)[3:5] == ["--app", "admin"]] == []
+            _problem(httpx.get(host.admin_url + API + "/plugins", timeout=60), 401)  # the admin app's answer
+            pid = host.status()["web"]["admin_pid"]
+            assert pid is not None and _cmdline(pid)[3:5] == ["--app", "admin"]
+        finally:
+            host.stop()
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode() for a in fh.read().split(b"\0") if a]  # python -m host.webtier --app APP ...
+    except OSError:
+        return []
 
 
 def _ok(admin: Admin) -> bool:

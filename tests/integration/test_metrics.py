@@ -45,7 +45,8 @@ def token(host: ServedHost) -> str:
 
 def scrape(host: ServedHost, token: str | None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.get(f"{host.admin_url}/metrics", headers=headers, timeout=10)
+    # The first one waits for the admin web tier to start (it starts with the admin listener's first connection).
+    return httpx.get(f"{host.admin_url}/metrics", headers=headers, timeout=60)
 
 
 def samples(host: ServedHost, token: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

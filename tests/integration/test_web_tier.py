@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import traceback
 from pathlib import Path
@@ -212,3 +213,20 @@ def test_serve_refuses_root_as_the_web_user() -> None:
         r = run_host(home, "serve", "--create", "--bind", "127.0.0.1:1", env={"HOST_WEB_USER": "root"}, timeout=60)
     assert r.returncode == 1
     assert "HOST_WEB_USER=root: uid/gid 0; the web tier never runs as root" in r.stderr
+
+
+def test_workers_fork_from_the_app_the_unprivileged_arbiter_built_once(served: ServedHost) -> None:
+    """Issue 12: the arbiter builds the app (after dropping root) and its workers share it copy-on-write,
+    rather than each worker importing and building its own."""
+    web, workers = web_processes(served)
+    uid = served.status()["web"]["uid"]
+    built = re.findall(r"public app built by pid (\d+) as uid (\d+); workers fork from it", served.read_log())
+    assert built.count((str(web), str(uid))) == 1  # once, by the arbiter, not as root
+    assert workers and not {int(pid) for pid, _ in built} & workers  # no worker built an app of its own
+    assert all(ids(pid)["Uid"] == [uid] * 4 for pid in workers)
+    assert all(_parent(pid) == web for pid in workers)
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])

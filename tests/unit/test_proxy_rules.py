@@ -23,7 +23,7 @@ from host.proxy import (
     upstream_request,
 )
 from host.settings import HostSettings
-from host.upstream import BadUpstream, ConnectFailed, RequestRefused, UpstreamTimeout
+from host.upstream import BadUpstream, ConnectFailed, RawHeaders, RequestRefused, UpstreamTimeout
 
 
 def build(headers: list[tuple[str, str]], length: str | None = None) -> dict[str, list[str]]:
@@ -131,6 +131,18 @@ def test_response_headers_pass_byte_for_byte() -> None:
 def test_response_headers_the_web_tier_could_not_send_are_dropped() -> None:
     up = httpx.Headers([(b"X-A", b"a\x01b"), (b"X-B", b"a\x7fb"), (b"X-C", b"a\tb"), (b"X(D)", b"1")])
     assert response_headers(up, "/plugins/p") == [("x-c", "a\tb")]
+
+
+def test_raw_headers_filter_as_httpx_headers_did() -> None:
+    """The web tier's own header block (host.upstream: no httpx import there) filters as httpx.Headers did."""
+    sent = [(b"Connection", b"close, X-Secret"), (b"connection", b"X-Other"), (b"X-Secret", b"1"), (b"X-Other", b"2"),
+            (b"Content-Length", b"2"), (b"TRANSFER-ENCODING", b"chunked"), (b"X-Name", b"caf\xe9"),
+            (b"Set-Cookie", b"a=1"), (b"Location", b"/login"), (b"X-Bad", b"a\x01b")]
+    for prefix in ("/plugins/p", ""):
+        assert response_headers(RawHeaders(sent), prefix) == response_headers(httpx.Headers(sent), prefix)
+    assert response_headers(RawHeaders(sent), "/plugins/p") == [
+        ("x-name", "caf\xe9"), ("set-cookie", "a=1; Path=/plugins/p/"), ("location", "/plugins/p/login")]
+    assert RawHeaders(sent).get("CONNECTION") == "close, X-Secret, X-Other" and RawHeaders([]).get("upgrade") == ""
 
 
 def test_content_length_beside_transfer_encoding_is_dropped() -> None:

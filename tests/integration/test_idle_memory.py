@@ -1,0 +1,95 @@
+"""What an idle host keeps resident (issue 12): heavy modules it needs only to install or sign stay out of the
+supervisor, and the web tier's workers share the app their arbiter built. Observed from outside, in /proc,
+on the session's host (no host of its own). The figures are bench/memory.py's, not asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.harness import ServedHost, descendants, short_home
+
+# What the web tiers build their apps without: httpx (~5 MiB resident per tier; the proxy speaks http.client
+# and filters headers as sent) and cryptography (~6 MiB; only installs and `host sign` verify or sign).
+# The public app also does without the manifest models (pydantic classes; the admin app shows manifests).
+NOT_IN_WEB_TIERS = {"public": ("httpx", "httpcore", "cryptography", "manifests"),
+                    "admin": ("httpx", "httpcore", "cryptography")}
+BUILD_BOTH_APPS = """
+import json, sys
+from pathlib import Path
+from host.webtier import WebTier
+from host.layout import Layout
+from host.settings import HostSettings
+home = Path(sys.argv[1])
+loaded = {}
+for app, heavy in json.loads(sys.argv[2]).items():  # public first: the admin app adds modules
+    WebTier(HostSettings(home=home), None, Layout(home), app).load()
+    loaded[app] = sorted(m for m in heavy if m in sys.modules)
+print(json.dumps(loaded))
+"""
+
+
+def mapped_files(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/maps") as fh:
+        return {line.split(None, 5)[5].strip() for line in fh if len(line.split(None, 5)) == 6}
+
+
+def test_the_idle_supervisor_has_not_loaded_cryptography(served: ServedHost) -> None:
+    """cryptography (Ed25519, ~6 MiB resident) is for signing and verifying bundles: `host install`, `host
+    sign`, an upload's install; the supervisor serving plugins never loads it."""
+    assert served.proc is not None
+    supervisor = served.proc.pid
+    files = mapped_files(supervisor)
+    assert any("/pydantic_core/" in f for f in files)  # the look works: a compiled module it does load
+    assert not [f for f in files if "/cryptography/" in f]
+
+
+def test_no_web_process_loads_cryptography(served: ServedHost) -> None:
+    web = served.status()["web"]["pid"]
+    for pid in {web, *descendants(web)}:
+        assert not [f for f in mapped_files(pid) if "/cryptography/" in f], pid
+
+
+HEAP = 64 << 20  # glibc's HEAP_MAX_SIZE on 64-bit: each arena but the main one is a heap this size, so aligned
+
+
+def malloc_arenas(pid: int) -> int:
+    """Arenas of a glibc process besides the main one, counted in /proc/PID/maps: anonymous mappings that
+    start on a 64 MiB boundary and (with the reserved, inaccessible rest of the heap) span exactly 64 MiB."""
+    regions = []
+    with open(f"/proc/{pid}/maps") as fh:
+        for line in fh:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            regions.append((start, end, fields[1], len(fields) > 5))
+    count = 0
+    for i, (start, end, perms, named) in enumerate(regions):
+        if named or start % HEAP or not perms.startswith("rw"):
+            continue
+        rest = regions[i + 1] if i + 1 < len(regions) else None  # the heap's reserved part: ---p, right after
+        if end - start == HEAP or (rest is not None and rest[0] == end and rest[2].startswith("---")
+                                   and not rest[3] and rest[1] - start == HEAP):
+            count += 1
+    return count
+
+
+def test_threaded_host_processes_keep_at_most_two_malloc_arenas(served: ServedHost) -> None:
+    """The supervisor runs a thread per plugin and more; a gthread worker a pool. glibc would give each thread
+    an arena of its own (up to 16 here), each keeping what it once held; host.arenas caps them at two."""
+    assert served.proc is not None
+    supervisor = served.proc.pid
+    web = served.status()["web"]["pid"]
+    assert len(list(Path(f"/proc/{supervisor}/task").iterdir())) > 4  # threaded enough to have asked for more
+    for pid in {supervisor, web, *descendants(web)}:
+        assert malloc_arenas(pid) <= 1, pid  # the main arena and at most one more
+
+
+def test_the_web_tiers_build_their_apps_without_modules_they_do_not_need() -> None:
+    with short_home() as home:
+        (home / "run").mkdir(parents=True)
+        got = subprocess.run([sys.executable, "-c", BUILD_BOTH_APPS, str(home), json.dumps(NOT_IN_WEB_TIERS)],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert got.returncode == 0, got.stderr[-2000:]
+        assert json.loads(got.stdout) == {"public": [], "admin": []}
