@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import importlib.util
 import logging
 import os
 import signal
@@ -87,6 +88,9 @@ def keep_python_reachable() -> None:
     """Before the drop: make sure the new uid can still import from this installation (host.web_mounts)."""
     paths = web_mounts.python_paths(skip=[os.getcwd()])  # -m puts the cwd first: not needed
     paths.append(os.path.dirname(host.__file__))  # editable installs import it through a finder, not sys.path
+    spec = importlib.util.find_spec("manifests")  # the same for the manifest package, which is imported lazily
+    if spec is not None and spec.origin:
+        paths.append(os.path.dirname(spec.origin))
     try:
         covered = web_mounts.open_up(paths)
     except OSError as exc:
