@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -141,17 +145,46 @@ def test_install_without_yes_and_without_a_terminal_refuses(home: Path) -> None:
     assert snapshot(home)[1] == []
 
 
+@contextlib.contextmanager
+def tarpit_index() -> Iterator[str]:
+    """A package index on 127.0.0.1 that accepts connections and never answers: an install asking it for
+    packages waits there, its venv made, for as long as the test needs (installs from a warm wheel cache are
+    over in well under a second otherwise)."""
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while len(held) < 64:
+            try:
+                held.append(lsock.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{lsock.getsockname()[1]}/simple"
+    finally:
+        lsock.close()
+        for conn in held:
+            conn.close()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_install_interrupted_midway_leaves_nothing_behind(home: Path, sig: int) -> None:
     run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", check=True)
     before = snapshot(home)
-    proc = subprocess.Popen([*HOST, "--home", str(home), "install", str(FIXTURES / "echo"), "--yes"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    # interrupt while pip runs: the venv exists and packages are being installed
-    wait_for(lambda: list((home / "plugins").glob("echo/*/venv/bin/python")), 60, what="venv creation")
-    time.sleep(0.3)
-    os.killpg(proc.pid, sig)
-    out = proc.communicate(timeout=30)[0].decode()
+    with tarpit_index() as index:
+        env = {**os.environ, "HOST_PIP_ARGS": f"--index-url {index}", "PIP_FIND_LINKS": ""}
+        proc = subprocess.Popen([*HOST, "--home", str(home), "install", str(FIXTURES / "echo"), "--yes"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        # interrupt while the installer waits for the index: the venv exists, its packages are not in yet
+        wait_for(lambda: list((home / "plugins").glob("echo/*/venv/bin/python")), 60, what="venv creation")
+        time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        os.killpg(proc.pid, sig)
+        out = proc.communicate(timeout=30)[0].decode()
     if sig == signal.SIGINT:
         assert proc.returncode != 0
         assert "interrupted; nothing was changed" in out or "install failed" in out
