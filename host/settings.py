@@ -51,11 +51,12 @@ class HostSettings(BaseSettings):
     host_api_rate: float = Field(50.0, gt=0)
     host_api_burst: int = Field(100, ge=1)
     web_workers: int = Field(2, ge=1, le=64)
-    # gthread: a pool of up to `web_threads` threads per web worker (started as needed, so an idle host has a
-    # few); each request in flight holds one, also while it waits in a plugin's line: 256 lets a burst of 256
-    # connections to one plugin wait instead of being refused (issue 12). gevent: a greenlet per request, so
-    # thousands of slow clients, long polls and streams pin no thread; it costs more CPU per request (bench/).
-    web_worker_class: Literal["gthread", "gevent"] = "gthread"
+    # gevent (default): a greenlet per request, so thousands of slow clients, long polls, streams and a burst
+    # waiting for a busy plugin pin no thread; with the lean data path it also costs the least CPU per request
+    # (`./dev bench`: ~0.87 ms per tiny GET vs ~1.6 ms for gthread, whose thread hand-offs dominate).
+    # gthread: a pool of up to `web_threads` threads per web worker (started as needed); each request in
+    # flight holds one, also while it waits in a plugin's line.
+    web_worker_class: Literal["gthread", "gevent"] = "gevent"
     web_threads: int = Field(256, ge=1, le=1024)
     # Requests in flight to ONE plugin per web worker; 0 = automatic (gevent: 64; gthread: half the threads,
     # at most 32: the plugin serves a few at a time, the rest wait in the host's line, not in its backlog).
