@@ -20,6 +20,7 @@ from host.access_log import AccessLog
 from host.directory import Directory
 from host.end_users import EndUsers
 from host.front import METHODS, Front, Incoming, PluginProxy, Reply
+from host.front import problem as front_problem
 from host.headers import Forwarding
 from host.hooks.request_filter import RequestFilters, filter_tripped
 from host.layout import Layout
@@ -33,13 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def problem(status: int, title: str, detail: str, retry_after: int | None = None, **extra: Any) -> Response:
-    """An RFC 9457 problem-details response."""
-    resp = jsonify({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra})
-    resp.status_code = status
-    resp.mimetype = "application/problem+json"
-    if retry_after is not None:
-        resp.headers["Retry-After"] = str(retry_after)
-    return resp
+    """An RFC 9457 problem-details response (host.front's, as a Flask response)."""
+    return as_response(front_problem(status, title, detail, retry_after, **extra))
 
 
 def as_response(reply: Reply | Response) -> Response:
