@@ -54,16 +54,29 @@ class Entry:
     websocket: bool = False
 
     def line(self) -> bytes:
+        """The entry as one JSON line (what ``json.dumps(..., separators=(",", ":"), ensure_ascii=True)`` of
+        the record writes, key for key), built by hand: the generic encoder was a third of this module's cost
+        per request."""
         whole = int(self.time)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((self.time - whole) * 1000):03d}Z"
-        record: dict[str, Any] = {
-            "time": stamp, "client": self.client, "method": self.method, "path": self.path[:MAX_PATH],
-            "status": self.status, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-            "duration_ms": round(self.duration * 1000, 2), "plugin": self.plugin, "aborted": self.aborted,
-        }
-        if self.websocket:
-            record["websocket"] = True
-        return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+        tail = ',"websocket":true}\n' if self.websocket else "}\n"
+        return (f'{{"time":"{_stamp(whole)}.{int((self.time - whole) * 1000):03d}Z","client":{_str(self.client)},'
+                f'"method":{_str(self.method)},"path":{_str(self.path[:MAX_PATH])},"status":{int(self.status)},'
+                f'"bytes_in":{int(self.bytes_in)},"bytes_out":{int(self.bytes_out)},'
+                f'"duration_ms":{float(round(self.duration * 1000, 2))!r},"plugin":{_str(self.plugin)},'
+                f'"aborted":{"true" if self.aborted else "false"}{tail}').encode("ascii")
+
+
+_str = json.encoder.encode_basestring_ascii  # a JSON string literal, quotes included, every non-ASCII escaped
+_stamps: tuple[int, str] = (0, "")
+
+
+def _stamp(second: int) -> str:
+    """``2026-12-01T00:44:22`` for ``second`` (UTC), worked out once per second."""
+    global _stamps
+    cached = _stamps
+    if cached[0] != second:
+        cached = _stamps = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return cached[1]
 
 
 class AccessLog:

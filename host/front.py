@@ -25,6 +25,7 @@ from werkzeug.http import HTTP_STATUS_CODES, parse_cookie
 from werkzeug.sansio.utils import get_host
 
 from host import control, identity, origins
+from host import upstream as upstream_client
 from host.directory import Directory, PluginEntry
 from host.end_users import EndUsers
 from host.errors import HostError
@@ -44,7 +45,7 @@ from host.proxy import (
     upstream_request,
 )
 from host.settings import HostSettings
-from host.upstream import UpstreamResponse
+from host.upstream import SpliceBody, UpstreamResponse
 from host.websocket import requested
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class Incoming:
     """What the proxy reads of one client request, straight from its WSGI environ; each derived value is
     worked out once (issue 12: the Flask path parsed the client's address and Host three times per request)."""
 
-    __slots__ = ("_client", "_forwarding", "_headers", "environ", "method", "peer", "scheme", "upgrade")
+    __slots__ = ("_client", "_forwarding", "_headers", "environ", "method", "peer", "scheme", "splice", "upgrade")
 
     def __init__(self, environ: dict[str, Any], forwarding: Forwarding) -> None:
         self.environ = environ
@@ -93,6 +94,7 @@ class Incoming:
         self._headers: list[tuple[str, str]] | None = None
         self._client: tuple[str, str] | None = None
         self.upgrade = requested(environ)  # a WebSocket handshake
+        self.splice = False  # the server writes our pieces with host.gunicorn_wire's splicing writer
 
     def headers(self) -> list[tuple[str, str]]:
         """The request's headers as werkzeug names them (``X-Foo``), in the environ's order."""
@@ -292,6 +294,7 @@ class PluginProxy:
             with upstream_errors(name, timeout):
                 upstream = self.pool.transport(sock).handle_request(upstream_req)
         self.mark_active(name)
+        upstream.splice = req.splice
         public = f"{req.scheme}://{host}" if prefix else ""
         return Reply(upstream.status_code, response_headers(upstream.headers, prefix, public=public),
                      _Streamed(self, upstream, name, timeout))
@@ -341,9 +344,18 @@ class _Streamed:
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
+        with self._failing():
+            piece: Any
+            for piece in self._upstream.iter_raw():
+                if type(piece) is SpliceBody:
+                    piece.guard = self._failing  # its writer moves it: the plugin's failures end the same way
+                yield piece
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
         try:
             with upstream_errors(self._name, self._timeout):
-                yield from self._upstream.iter_raw()
+                yield
         except ProxyError:
             # Headers are gone already; abort the connection so the client sees a truncated body,
             # never a short body passed off as complete.
@@ -392,6 +404,7 @@ class Front:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         req = Incoming(environ, self.proxy.forwarding)
+        req.splice = upstream_client.WRITER_SPLICES  # our body goes straight to gunicorn's writer
         target = self.route(req)
         if target is None:
             answer: Iterable[bytes] = self.fallback(environ, start_response)

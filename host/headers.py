@@ -171,16 +171,20 @@ def response_headers(upstream: ResponseHead, prefix: str, public: str = "") -> l
     In path mode a ``Location`` outside the prefix is moved under it (:func:`prefixed_location`); ``public``
     is the origin the client used (``http://127.0.0.1:8000``), whose absolute URLs are moved the same way.
     """
-    widening = ORIGIN_WIDE if prefix else SITE_WIDE
-    named_by_connection = {t.strip().lower() for t in (upstream.get("connection", "") or "").split(",")}
+    rules = _RULES[bool(prefix)]
+    connection = upstream.get("connection", "") or ""
+    named_by_connection = {t.strip().lower() for t in connection.split(",")} if connection else set()
     chunked = "transfer-encoding" in upstream
     out: list[tuple[str, str]] = []
     for raw_name, raw_value in upstream.raw:
-        lk, v = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-        if (_hop_by_hop(lk) or lk in named_by_connection or lk in widening or _front_proxy_instruction(lk)
-                or (chunked and lk == "content-length")):
+        rule = rules.get(raw_name)
+        if rule is None:
+            rule = _name_rule(raw_name, bool(prefix))
+        lk, verdict = rule
+        if verdict == _DROP or lk in named_by_connection or (chunked and lk == "content-length"):
             continue
-        if not _TOKEN.fullmatch(lk) or _CTL.search(v):
+        v = raw_value.decode("latin-1")
+        if verdict == _BAD_NAME or (not v.isprintable() and _CTL.search(v)):
             log.warning("dropped response header %r from the plugin at %s: invalid name or control character",
                         lk, prefix)
             continue
@@ -193,6 +197,27 @@ def response_headers(upstream: ResponseHead, prefix: str, public: str = "") -> l
             v = prefixed_location(v, prefix, public)
         out.append((lk, v))
     return out
+
+
+_KEEP, _DROP, _BAD_NAME = 0, 1, 2
+# Per mode (path prefix or own origin): a response header's name as sent -> (lower-case name, verdict). Worked
+# out once per name instead of per response; a plugin inventing names only makes it start over.
+_RULES: dict[bool, dict[bytes, tuple[str, int]]] = {True: {}, False: {}}
+_RULES_MAX = 1024
+
+
+def _name_rule(raw_name: bytes, path_mode: bool) -> tuple[str, int]:
+    lk = raw_name.decode("latin-1").lower()
+    widening = ORIGIN_WIDE if path_mode else SITE_WIDE
+    if _hop_by_hop(lk) or lk in widening or _front_proxy_instruction(lk):
+        rule = (lk, _DROP)
+    else:
+        rule = (lk, _KEEP if _TOKEN.fullmatch(lk) else _BAD_NAME)
+    rules = _RULES[path_mode]
+    if len(rules) >= _RULES_MAX:
+        rules.clear()
+    rules[raw_name] = rule
+    return rule
 
 
 def prefixed_location(location: str, prefix: str, public: str = "") -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 import host
-from host import web_mounts
+from host import gunicorn_wire, web_mounts
 from host.app import create_app
 from host.arenas import limit_malloc_arenas
 from host.errors import HostError
@@ -206,6 +206,8 @@ def main() -> None:
         # workers' request series go to files the admin app adds up. /proc/self: each worker's own fd.
         os.environ[MULTIPROC_ENV] = str(layout.metrics)
     sys.argv = sys.argv[:1]  # gunicorn must not parse our arguments
+    # A response's head and first body piece in one send; with gevent, large bodies spliced (host.gunicorn_wire)
+    gunicorn_wire.install(splice=args.app == "public" and settings.web_worker_class == "gevent")
     WebTier(settings, args.listen_fd, layout, args.app).run()
 
 

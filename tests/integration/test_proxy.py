@@ -92,6 +92,32 @@ def test_32_mib_streamed_response(served: ServedHost) -> None:
     assert h.hexdigest() == hashlib.sha256(block * 512).hexdigest()
 
 
+def test_a_large_body_with_a_length_arrives_intact_and_heads_stay_bodiless(served: ServedHost) -> None:
+    # The web tier splices such a body from the plugin's socket to the client's (host.gunicorn_wire): whole
+    # and in order, the connection reusable afterwards, the same bytes by path and by origin.
+    size = 3 * MiB + 7
+    expected = hashlib.sha256((bytes(range(256)) * 256 * 49)[:size]).hexdigest()
+    with httpx.Client(timeout=60) as client:
+        for _ in range(2):  # the second one on the kept-alive connections of both hops
+            r = client.get(served.url + f"/plugins/echo/sized/{size}")
+            assert r.status_code == 200 and r.headers["content-length"] == str(size)
+            assert hashlib.sha256(r.content).hexdigest() == expected
+        r = client.head(served.url + f"/plugins/echo/sized/{size}")
+        assert (r.status_code, r.headers["content-length"], r.content) == (200, str(size), b"")
+        assert client.get(served.url + "/plugins/echo/sized/10").content == bytes(range(10))
+    with served.origin_client("echo", timeout=60) as client:
+        assert hashlib.sha256(client.get(f"/sized/{size}").content).hexdigest() == expected
+
+
+def test_a_body_the_plugin_cuts_short_is_cut_short_for_the_client(served: ServedHost) -> None:
+    # A million bytes announced, ten sent, then the plugin's side closes: the client must see a truncated
+    # body (its connection closed early), never a complete-looking answer or a hang.
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"0123456789"
+    with pytest.raises(httpx.RemoteProtocolError, match=r"incomplete|peer closed"):
+        _plugin_answers(served, answer)
+    assert served.get("/plugins/echo/sized/100000").content[:3] == bytes(range(3))  # and the host serves on
+
+
 @pytest.mark.parametrize(("method", "code"), [("GET", 201), ("POST", 418), ("DELETE", 204), ("PATCH", 409),
                                               ("GET", 500)])
 def test_status_codes_pass_through(served: ServedHost, method: str, code: int) -> None:

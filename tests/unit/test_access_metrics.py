@@ -4,6 +4,7 @@ exposition (names, types, labels; it parses with prometheus_client's own parser)
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,25 @@ def test_a_line_is_one_json_object_whatever_the_path_holds() -> None:
                       "bytes_out": 12, "duration_ms": 4.2, "plugin": "notes", "aborted": False}
     assert format_entry(record) == ('2026-09-21T14:13:20.250Z 127.0.0.1 GET "/plugins/notes/a\\"b\\n{\\"status\\": '
                                     '200}" 200 in=0 out=12 4.2ms')
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"path": "/plugins/notes/\u00e9\u2603\U0001f600\x00\x1f\\\"", "client": "::1", "method": "M\u00c9"},
+    {"duration": 12345.678901, "status": 599, "bytes_in": 10**12, "aborted": True, "websocket": True},
+    {"time": 1_790_000_000.9999, "duration": 0.0, "path": "/" * 5000},
+])
+def test_a_line_is_what_the_json_encoder_writes(kw: dict[str, Any]) -> None:
+    e = entry(**kw)
+    whole = int(e.time)
+    record: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((e.time - whole) * 1000):03d}Z",
+        "client": e.client, "method": e.method, "path": e.path[:2048], "status": e.status, "bytes_in": e.bytes_in,
+        "bytes_out": e.bytes_out, "duration_ms": round(e.duration * 1000, 2), "plugin": e.plugin,
+        "aborted": e.aborted}
+    if e.websocket:
+        record["websocket"] = True
+    assert e.line() == json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
 
 
 def test_rotation_keeps_one_previous_file_and_reading_spans_both(tmp_path: Path) -> None:
