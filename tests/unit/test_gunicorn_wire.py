@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import email.utils
+import runpy
 import time
 
 import pytest
+from gunicorn import util
 from gunicorn.config import Config
+from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
 
 from host import gunicorn_wire
-from host.gunicorn_wire import CoalescingResponse
+from host.gunicorn_wire import SplicingResponse as CoalescingResponse
+from host.runtime import GUNICORN_CONFIG, RUNTIME_DIR
 
 
 class Wire:
@@ -91,3 +95,20 @@ def test_the_date_is_the_current_seconds_in_http_format() -> None:
     parsed = email.utils.parsedate_to_datetime(text).timestamp()
     assert before <= parsed <= time.time() and text.endswith(" GMT")
     assert gunicorn_wire.http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+def test_every_plugins_gunicorn_gets_the_coalescing_writer_from_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gunicorn runs the host's config file and calls its on_starting hook before serving: after that, the
+    # writer gunicorn's workers build for each request (wsgi.create) sends a tiny answer in one piece.
+    monkeypatch.setattr(wsgi, "Response", wsgi.Response)  # put back after the test
+    monkeypatch.setattr(util, "http_date", util.http_date)
+    runpy.run_path(str(RUNTIME_DIR / GUNICORN_CONFIG))["on_starting"](None)
+    cfg = Config()
+    req = next(iter(RequestParser(cfg, iter([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]), ("127.0.0.1", 1))))
+    wire = Wire()
+    resp, _ = wsgi.create(req, wire, ("127.0.0.1", 1), ("127.0.0.1", 2), cfg)
+    resp.start_response("200 OK", [("Content-Length", "4")])
+    resp.write(b"pong")
+    resp.close()
+    assert len(wire.sends) == 1 and wire.sends[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert wire.sends[0].endswith(b"\r\n\r\npong")
