@@ -4,6 +4,7 @@ informational answer never leaves the final one behind for the next (another cli
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from host.upstream import BadUpstream, SocketPool, UpstreamRequest
+from host.upstream import BadUpstream, SocketPool, SpliceBody, UpstreamRequest, UpstreamTimeout
 
 Script = Callable[[socket.socket, int], None]  # serves one accepted connection (its number)
 
@@ -225,3 +226,84 @@ def test_an_http_1_0_answer_without_keep_alive_is_not_reused(pools: Pools) -> No
         assert get(pool) == (200, b"ok")
         assert get(pool) == (200, b"ok")
         assert accepted == [1, 2]
+
+
+def spliced(pool: SocketPool, out: socket.socket, timeout: float = 10.0) -> tuple[int, bytes, SpliceBody]:
+    """GET / with splicing asked for: what came as bytes before the SpliceBody, which is moved into ``out``."""
+    resp = pool.handle_request(UpstreamRequest("GET", "/", [], None, timeout))
+    resp.splice = True
+    pieces = resp.iter_raw()
+    before = b""
+    try:
+        for piece in pieces:
+            if isinstance(piece, SpliceBody):
+                piece.move_to(out)
+                with contextlib.suppress(StopIteration):
+                    next(pieces)  # the writer comes back: the answer is complete
+                return resp.status_code, before, piece
+            before += piece
+        raise AssertionError("no SpliceBody for a Content-Length answer of 1 MiB")
+    finally:
+        resp.close()
+
+
+def client_pair() -> tuple[socket.socket, socket.socket]:
+    """A TCP connection on 127.0.0.1, as the web tier has with its client: (server side, client side)."""
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        client = socket.create_connection(lsock.getsockname())
+        conn, _ = lsock.accept()
+    return conn, client
+
+
+def test_a_spliced_body_arrives_whole_and_the_connection_serves_the_next_answer(pools: Pools) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB
+
+    def script(conn: socket.socket, n: int) -> None:
+        for _ in range(2):
+            read_request(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    with server(script) as (path, _, accepted):
+        pool = pools(path)
+        for _ in range(2):
+            conn, client = client_pair()
+            got = bytearray()
+            reader = threading.Thread(target=lambda: got.extend(recv_all(client, len(body))), daemon=True)
+            reader.start()
+            with client:
+                with conn:
+                    status, before, piece = spliced(pool, conn)
+                reader.join(10)  # to the end of the connection, which closed above
+            assert status == 200 and before + bytes(got) == body and piece.moved == piece.length > 0
+        assert accepted == [1]  # the second answer came on the same, kept-alive connection
+
+
+def recv_all(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        piece = sock.recv(1 << 20)
+        if not piece:
+            break
+        data += piece
+    return data
+
+
+@pytest.mark.parametrize(("then", "error"), [
+    ("close", "the plugin closed the connection before the end of its answer"),
+    ("stall", "the plugin stopped sending its answer"),
+])
+def test_a_plugin_that_stops_midway_through_a_spliced_body_fails_it(pools: Pools, then: str, error: str) -> None:
+    stop = threading.Event()
+
+    def script(conn: socket.socket, n: int) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 10)
+        if then == "stall":
+            stop.wait(10)
+
+    with server(script) as (path, _, _):
+        pool = pools(path)
+        conn, client = client_pair()
+        with conn, client, pytest.raises((BadUpstream, UpstreamTimeout), match=error):
+            spliced(pool, conn, timeout=0.5)
+        stop.set()
