@@ -268,7 +268,7 @@ def test_a_spliced_body_arrives_whole_and_the_connection_serves_the_next_answer(
         for _ in range(2):
             conn, client = client_pair()
             got = bytearray()
-            reader = threading.Thread(target=lambda: got.extend(recv_all(client, len(body))), daemon=True)
+            reader = threading.Thread(target=lambda c=client, g=got: g.extend(recv_all(c, len(body))), daemon=True)
             reader.start()
             with client:
                 with conn:
