@@ -79,6 +79,17 @@ def status_line(status: int) -> str:
     return f"{status} {HTTP_STATUS_CODES.get(status, 'unknown').upper()}"
 
 
+_HEADER_NAMES: dict[str, str] = {}  # environ key -> header name as werkzeug spells it, worked out once per key
+
+
+def _header_name(bare: str, key: str) -> str:
+    name = bare.replace("_", "-").title()
+    if len(_HEADER_NAMES) >= 1024:  # clients inventing names only make it start over
+        _HEADER_NAMES.clear()
+    _HEADER_NAMES[key] = name
+    return name
+
+
 class Incoming:
     """What the proxy reads of one client request, straight from its WSGI environ; each derived value is
     worked out once (issue 12: the Flask path parsed the client's address and Host three times per request)."""
@@ -103,7 +114,8 @@ class Incoming:
             for key, value in self.environ.items():
                 if key.startswith("HTTP_"):
                     if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
-                        out.append((key[5:].replace("_", "-").title(), value))
+                        name = _HEADER_NAMES.get(key)
+                        out.append((name or _header_name(key[5:], key), value))
                 elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
                     out.append((key.replace("_", "-").title(), value))
             self._headers = out

@@ -83,7 +83,6 @@ def ascii_target(target: str) -> str:
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")  # no space or control character in a request target
-_VALUE_BAD = re.compile(rb"[\x00\r\n]")  # a field value may not end the line or hold a NUL
 _FOLD = re.compile(rb"\r?\n[ \t]+")
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?")
@@ -104,6 +103,8 @@ class RawHeaders:
         key = name.lower().encode("latin-1")
         if key not in self._names:
             return default
+        if self._names.count(key) == 1:
+            return self.raw[self._names.index(key)][1].decode("latin-1")
         return ", ".join(v.decode("latin-1") for k, (_, v) in zip(self._names, self.raw, strict=True) if k == key)
 
     def __contains__(self, name: object) -> bool:
@@ -118,7 +119,7 @@ def request_head(method: str, target: str, headers: list[tuple[bytes, bytes]], c
         raise RequestRefused(f"cannot send the request line {method!r} {target[:80]!r}")
     lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
     for name, value in headers:
-        if not _TOKEN.fullmatch(name) or _VALUE_BAD.search(value):
+        if (name not in _NAMES_SEEN and not _seen_token(name)) or b"\r" in value or b"\n" in value or b"\0" in value:
             raise RequestRefused(f"cannot send the header {name[:80]!r}")
         lines.append(name + b": " + value)
     if chunked:
@@ -211,7 +212,7 @@ class _Connection:
         return int(status.group(1)), int(status.group(2)), fields
 
 
-_NAMES_SEEN: set[bytes] = set()  # field names already found to be tokens: checked once, not per response
+_NAMES_SEEN: set[bytes] = set()  # field names (of requests and answers) found to be tokens: checked once
 
 
 def _seen_token(name: bytes) -> bool:
