@@ -23,7 +23,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from host import control, integrity, launch, lockfile, plugin_settings, rootfs, signing, snapshots, trust, wheel_cache
+from host import (
+    control,
+    integrity,
+    launch,
+    lockfile,
+    plugin_settings,
+    rootfs,
+    signing,
+    snapshots,
+    trust,
+    venv_template,
+    wheel_cache,
+)
 from host.bundle import BundleError, copy_bundle
 from host.egress.indexes import index_urls
 from host.egress.point import EgressPoint
@@ -39,6 +51,7 @@ from host.registry import InstallRecord, Provenance, Registry
 from host.runtime import RUNTIME_DIR, runtime_files
 from host.settings import HostSettings
 from host.uids import UidFile
+from host.venv_template import Templates
 from host.wheel_cache import WheelCache, shared_index
 from manifests import Manifest, load_manifest, parse_manifest
 from manifests.entrypoint import check_entrypoint
@@ -50,6 +63,7 @@ from sandbox_runner.policy import Policy
 log = logging.getLogger(__name__)
 
 PARTIAL_MARKER = ".partial"
+KEPT_VENV = ".venv-template"  # in the partial install: its venv, kept for reuse once the install commits
 # The plugin runtime every venv gets next to the plugin's own requirements. pip resolves them together,
 # so a plugin pinning its own Flask keeps it.
 RUNTIME_REQUIREMENTS = ("flask>=2.2", "gunicorn>=23")
@@ -225,8 +239,8 @@ class Installer:
         values = {**kept, **given}
         committed = False
         try:
-            skipped, verified = self._build(source, manifest, target, log_path, uid_index, values,
-                                            (overrides, decision))
+            skipped, verified, reuse = self._build(source, manifest, target, log_path, uid_index, values,
+                                                   (overrides, decision))
             self.progress("recording file hashes")
             digest = integrity.record(target)
             with home_lock(self.layout):
@@ -263,6 +277,7 @@ class Installer:
         finally:
             os.close(building)
         self._fill_shared_cache(target / "venv")  # outside the lock: other installs may run meanwhile
+        self._publish_template(target, reuse)
         return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped),
                              missing_settings=tuple(plugin_settings.missing(manifest, values)),
                              signer=verified.key_id if verified else None)
@@ -279,7 +294,8 @@ class Installer:
 
     def _build(self, source: Path, manifest: Manifest, target: Path, log_path: Path, uid_index: int,
                values: dict[str, Value], trusted: tuple[trust.Overrides, trust.Decision],
-               ) -> tuple[list[str], signing.Verified | None]:
+               ) -> tuple[list[str], signing.Verified | None, tuple[Templates, str] | None]:
+        """Returns the skipped symlinks, the signature, and where the venv kept for reuse goes (if it was)."""
         name = manifest.name
         uid = launch.plugin_uid(self.settings, uid_index)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -303,8 +319,33 @@ class Installer:
             uv = uv_command(self.settings.installer, self.settings.pip_args, self.settings.wheelhouse)
         except ValueError as exc:
             raise InstallError(name, "choosing the installer", str(exc)) from exc
-        self.progress("creating venv")
+        lock = target / "bundle" / lockfile.LOCK_FILE
+        reuse = self._templates(manifest, lock.is_file(), uv)
+        template = reuse[0].find(reuse[1]) if reuse is not None else None
         venv = target / "venv"
+        if template is not None and reuse is not None:
+            self.progress("creating venv: a copy of the one an earlier install built of the same packages")
+            try:
+                reuse[0].clone(template, venv)
+            except OSError as exc:
+                self.progress(f"warning: the kept venv could not be copied ({exc}); building one")
+                rootfs.remove_tree(venv)
+                template = None
+        if template is not None:
+            reqs = list(RUNTIME_REQUIREMENTS)
+            self.progress(f"{len(template.dists)} packages for {', '.join(reqs)} came with it: nothing to install")
+            (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
+            launch.record_runtime_facts(target)
+            return self._check(manifest, target, uid, log_path, values, report.skipped_symlinks, verified, None)
+        self._create_venv(name, venv, uv, log_path)
+        self._install_packages(manifest, target, uid, log_path, uv, lock)
+        launch.record_runtime_facts(target)
+        kept = reuse is not None and self._keep_venv(venv, target)
+        return self._check(manifest, target, uid, log_path, values, report.skipped_symlinks, verified,
+                           reuse if kept else None)
+
+    def _create_venv(self, name: str, venv: Path, uv: UvCommand | None, log_path: Path) -> None:
+        self.progress("creating venv")
         if uv is not None:
             # uv: ~0.1 s of CPU where virtualenv takes ~1.5 s; no pip seeded (uv installs the packages)
             self._run(name, "creating the venv", [uv.binary, "venv", "--no-config", "--quiet", "--python",
@@ -322,7 +363,9 @@ class Installer:
             (site / mod).parent.mkdir(exist_ok=True)
             shutil.copyfile(RUNTIME_DIR / mod, site / mod)
 
-        lock = target / "bundle" / lockfile.LOCK_FILE
+    def _install_packages(self, manifest: Manifest, target: Path, uid: int | None, log_path: Path,
+                          uv: UvCommand | None, lock: Path) -> None:
+        name = manifest.name
         if lock.is_file():  # the copy: signed (when the bundle is), and root's
             text = lock.read_text(errors="replace")
             pinned = lockfile.check(name, text, manifest.requirements)
@@ -333,14 +376,17 @@ class Installer:
             self.progress(f"installing {len(reqs)} packages: {', '.join(reqs)}")
             (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
         self._pip(name, target, uid, log_path, uv, locked=lock.is_file())
-        launch.record_runtime_facts(target)
 
+    def _check(self, manifest: Manifest, target: Path, uid: int | None, log_path: Path, values: dict[str, Value],
+               skipped: list[str], verified: signing.Verified | None, reuse: tuple[Templates, str] | None,
+               ) -> tuple[list[str], signing.Verified | None, tuple[Templates, str] | None]:
+        name, venv = manifest.name, target / "venv"
         # The entrypoint is imported once, confined exactly as it will run, so a plugin that cannot even
         # import never gets registered (and its import-time code never runs with the host's privileges).
         absent = plugin_settings.missing(manifest, values)
         if absent:  # its import may well need them: it is checked when it first starts instead
             self.progress(f"not checking entrypoint {manifest.entrypoint} yet: it needs {', '.join(absent)}")
-            return report.skipped_symlinks, verified
+            return skipped, verified, reuse
         self.progress(f"checking entrypoint {manifest.entrypoint}")
         # It writes into the data dir as the plugin will: inside its disk quota image.
         ensure_mounted(self.settings, name, Quota.of(manifest.permissions.resources), uid)
@@ -357,7 +403,40 @@ class Installer:
         check = launch.confined(policy_path, [str(venv / "bin" / "python"), "-I", "-c", "import plugin_host_wsgi"])
         self._run(name, "checking the entrypoint", check, log_path, CHECK_TIMEOUT, policy=policy)
         policy_path.unlink()
-        return report.skipped_symlinks, verified
+        return skipped, verified, reuse
+
+    def _templates(self, manifest: Manifest, locked: bool, uv: UvCommand | None) -> tuple[Templates, str] | None:
+        """Where the venv of a plugin adding nothing to the runtime is kept and found (host.venv_template), and
+        its key; None for any other plugin, or without the shared wheel cache."""
+        shared = self._shared_cache()
+        if shared is None or locked or manifest.requirements:
+            return None
+        shared.prune()  # as an install would: a release no longer fresh there is asked for again
+        installer = [uv.binary, *uv.args] if uv is not None else \
+            ["pip", *index_options(self.settings.pip_args, wheelhouse=self.settings.wheelhouse)]
+        key = venv_template.key("\n".join(RUNTIME_REQUIREMENTS), installer, f"{_base_python()} {sys.version}",
+                                RUNTIME_DIR, runtime_files(), shared)
+        return Templates(self.layout.venvs, shared), key
+
+    def _keep_venv(self, venv: Path, target: Path) -> bool:
+        """Copy the venv, just installed and locked and before any code of the plugin ran, into the partial
+        install, for host.venv_template once the install commits. Never fails the install."""
+        try:
+            Templates.keep(venv, target / KEPT_VENV)
+        except (OSError, StopIteration) as exc:
+            self.progress(f"warning: the venv is not kept for later installs: {exc}")
+            rootfs.remove_tree(target / KEPT_VENV)
+            return False
+        return True
+
+    def _publish_template(self, target: Path, reuse: tuple[Templates, str] | None) -> None:
+        if reuse is None or not (target / KEPT_VENV).is_dir():
+            return
+        try:
+            reuse[0].publish(reuse[1], target / KEPT_VENV)
+        except OSError as exc:
+            self.progress(f"warning: the venv is not kept for later installs: {exc}")
+            rootfs.remove_tree(target / KEPT_VENV)
 
     def _pip(self, name: str, target: Path, uid: int | None, log_path: Path, uv: UvCommand | None = None,
              locked: bool = False) -> None:

@@ -70,6 +70,11 @@ class Layout:
         """The wheel cache every install shares (host.wheel_cache): root's, read-only to the installers."""
         return self.home / "wheels"
 
+    @property
+    def venvs(self) -> Path:
+        """Venvs kept for reuse by later installs of the same packages (host.venv_template): root's, 0700."""
+        return self.home / "venvs"
+
     def plugin_root(self, name: str) -> Path:
         return self.plugins / name
 

@@ -119,6 +119,12 @@ class WheelCache:
     def has(self, name: str, version: str) -> bool:
         return any(_same_release(p.name, name, version) for p in self.wheels())
 
+    def is_newest(self, name: str, version: str) -> bool:
+        """The cache holds this release, and no newer one of the package (which an install would pick)."""
+        mine = (canonicalize_name(name), canonicalize_version(version))
+        versions = [Version(r[1]) for r in map(_release, (p.name for p in self.wheels())) if r and r[0] == mine[0]]
+        return mine[1] in {canonicalize_version(v) for v in versions} and max(versions) == Version(mine[1])
+
     def fill(self, dists: Iterable[tuple[str, str]], index_url: str, client: httpx.Client) -> list[str]:
         """Download and verify the wheel of each (name, version) not cached yet; returns the filenames added.
         A release without a wheel for this interpreter, or an index that cannot say, is skipped, never fatal."""

@@ -181,6 +181,11 @@ def test_cant_poison_the_shared_wheel_cache_and_a_later_install_needs_no_index(w
     assert "asking the index" in r.stderr  # its sdist is not in the cache: built from the index
     assert _cached(shared) == cached
 
+    # the first plugin's venv is kept for installs of the same packages; the attacker's (its own sdist) is not
+    assert [d.stat().st_mode & 0o777 for d in (home / "venvs").iterdir()] == [0o700]
+    kept = next((home / "venvs").iterdir())
+    assert "a copy of the one an earlier install built" not in r.stderr
+
     index.stop()  # gone: the next install must not need it
     hits = len(index.hits)
     r = _install(home, index, _plugin(tmp_path / "later", "wc-later"))
@@ -190,6 +195,19 @@ def test_cant_poison_the_shared_wheel_cache_and_a_later_install_needs_no_index(w
     assert {canonicalize_name(d.name.split("-")[0]) for d in site.glob("*.dist-info")} == \
         {parse_wheel_filename(n)[0] for n in published}
     assert _cached(shared) == cached
+    # a Flask-only plugin: its venv is a copy of the kept one (no installer ran), its scripts name its own venv,
+    # and it passed the confined entrypoint check like any other
+    assert "a copy of the one an earlier install built of the same packages" in r.stderr
+    venv = site.parents[2]
+    log = next((home / "logs" / "wc-later").glob("install-*.log")).read_text()
+    assert " pip install " not in log and "Bytecode compiled" not in log
+    assert (venv / "bin" / "gunicorn").read_text().startswith(f"#!{venv}/bin/python\n")
+    assert (venv / "bin" / "python").resolve() == (kept / "venv" / "bin" / "python").resolve()
+    assert list(site.glob("flask/__pycache__/*.pyc"))  # the bytecode came along, valid (mtimes kept)
+    probe = subprocess.run([str(venv / "bin" / "python"), "-I", "-c", "import flask, importlib.util as u, os; "
+                            "p = u.cache_from_source(flask.__file__); print(os.path.exists(p), flask.__file__)"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.split() == ["True", str(site / "flask" / "__init__.py")]
 
 
 SLOW = "plugin-host-test-slowbuild"
