@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,14 @@ PIP_TIMEOUT = 900.0
 CHECK_TIMEOUT = 60.0
 
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class _Built:
+    skipped: list[str]  # symlinks left out of the bundle's copy
+    verified: signing.Verified | None  # its signature
+    reuse: tuple[Templates, str] | None = None  # where its venv, kept in the install, goes (host.venv_template)
+    digest: str | None = None  # the integrity record's, when it was written during the entrypoint check
 
 
 @dataclass(frozen=True)
@@ -239,10 +248,11 @@ class Installer:
         values = {**kept, **given}
         committed = False
         try:
-            skipped, verified, reuse = self._build(source, manifest, target, log_path, uid_index, values,
-                                                   (overrides, decision))
-            self.progress("recording file hashes")
-            digest = integrity.record(target)
+            built = self._build(source, manifest, target, log_path, uid_index, values, (overrides, decision))
+            digest = built.digest
+            if digest is None:  # no entrypoint check to record them during
+                self.progress("recording file hashes")
+                digest = integrity.record(target)
             with home_lock(self.layout):
                 if existing is not None:
                     self._snapshot(manifest, existing.install_id, existing.version, uid_index)
@@ -250,7 +260,7 @@ class Installer:
                 self.registry.put(name, manifest.version, install_id, manifest.model_dump(mode="json"),
                                   enabled=enable if existing is None else (existing.enabled and enable),
                                   uid_index=uid_index, plugin_settings=values, who=self.who,
-                                  provenance=Provenance(digest, verified.key if verified else None),
+                                  provenance=Provenance(digest, built.verified.key if built.verified else None),
                                   pin=decision.pin)
                 (target / PARTIAL_MARKER).unlink()
                 emit_quietly(self.registry, host_event("plugin.upgraded" if existing else "plugin.installed",
@@ -277,10 +287,10 @@ class Installer:
         finally:
             os.close(building)
         self._fill_shared_cache(target / "venv")  # outside the lock: other installs may run meanwhile
-        self._publish_template(target, reuse)
-        return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(skipped),
+        self._publish_template(target, built.reuse)
+        return InstallResult(manifest, install_id, changed=True, skipped_symlinks=tuple(built.skipped),
                              missing_settings=tuple(plugin_settings.missing(manifest, values)),
-                             signer=verified.key_id if verified else None)
+                             signer=built.verified.key_id if built.verified else None)
 
     def _uid_index(self, name: str) -> int:
         """The plugin's uid index in this home. A root host takes the uid from the machine-wide uid file, so
@@ -294,8 +304,7 @@ class Installer:
 
     def _build(self, source: Path, manifest: Manifest, target: Path, log_path: Path, uid_index: int,
                values: dict[str, Value], trusted: tuple[trust.Overrides, trust.Decision],
-               ) -> tuple[list[str], signing.Verified | None, tuple[Templates, str] | None]:
-        """Returns the skipped symlinks, the signature, and where the venv kept for reuse goes (if it was)."""
+               ) -> _Built:
         name = manifest.name
         uid = launch.plugin_uid(self.settings, uid_index)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -336,13 +345,13 @@ class Installer:
             self.progress(f"{len(template.dists)} packages for {', '.join(reqs)} came with it: nothing to install")
             (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
             launch.record_runtime_facts(target)
-            return self._check(manifest, target, uid, log_path, values, report.skipped_symlinks, verified, None)
+            return self._check(manifest, target, uid, log_path, values, _Built(report.skipped_symlinks, verified))
         self._create_venv(name, venv, uv, log_path)
         self._install_packages(manifest, target, uid, log_path, uv, lock)
         launch.record_runtime_facts(target)
         kept = reuse is not None and self._keep_venv(venv, target)
-        return self._check(manifest, target, uid, log_path, values, report.skipped_symlinks, verified,
-                           reuse if kept else None)
+        return self._check(manifest, target, uid, log_path, values,
+                           _Built(report.skipped_symlinks, verified, reuse if kept else None))
 
     def _create_venv(self, name: str, venv: Path, uv: UvCommand | None, log_path: Path) -> None:
         self.progress("creating venv")
@@ -378,16 +387,16 @@ class Installer:
         self._pip(name, target, uid, log_path, uv, locked=lock.is_file())
 
     def _check(self, manifest: Manifest, target: Path, uid: int | None, log_path: Path, values: dict[str, Value],
-               skipped: list[str], verified: signing.Verified | None, reuse: tuple[Templates, str] | None,
-               ) -> tuple[list[str], signing.Verified | None, tuple[Templates, str] | None]:
+               built: _Built) -> _Built:
+        """The confined entrypoint check, recording the install's file hashes meanwhile (``built.digest``)."""
         name, venv = manifest.name, target / "venv"
         # The entrypoint is imported once, confined exactly as it will run, so a plugin that cannot even
         # import never gets registered (and its import-time code never runs with the host's privileges).
         absent = plugin_settings.missing(manifest, values)
         if absent:  # its import may well need them: it is checked when it first starts instead
             self.progress(f"not checking entrypoint {manifest.entrypoint} yet: it needs {', '.join(absent)}")
-            return skipped, verified, reuse
-        self.progress(f"checking entrypoint {manifest.entrypoint}")
+            return built
+        self.progress(f"checking entrypoint {manifest.entrypoint}, recording file hashes meanwhile")
         # It writes into the data dir as the plugin will: inside its disk quota image.
         ensure_mounted(self.settings, name, Quota.of(manifest.permissions.resources), uid)
         rootfs.prepare_plugin_dirs(self.layout, name, target, uid)
@@ -401,9 +410,13 @@ class Installer:
             plugin_settings.write_settings_file(self.layout, name, start_values, uid)
         launch.write_policy(policy, policy_path)
         check = launch.confined(policy_path, [str(venv / "bin" / "python"), "-I", "-c", "import plugin_host_wsgi"])
-        self._run(name, "checking the entrypoint", check, log_path, CHECK_TIMEOUT, policy=policy)
+        # The bundle and the venv are final and root's (the check only reads them), and the check is mostly a
+        # wait on the confined process: hash them meanwhile, on another core when there is one.
+        with ThreadPoolExecutor(1) as pool:  # leaving waits for the hashing: a failure then removes the dir
+            hashing = pool.submit(integrity.record, target)
+            self._run(name, "checking the entrypoint", check, log_path, CHECK_TIMEOUT, policy=policy)
         policy_path.unlink()
-        return skipped, verified, reuse
+        return dataclasses.replace(built, digest=hashing.result())
 
     def _templates(self, manifest: Manifest, locked: bool, uv: UvCommand | None) -> tuple[Templates, str] | None:
         """Where the venv of a plugin adding nothing to the runtime is kept and found (host.venv_template), and
