@@ -65,13 +65,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    hosts = dict(h.split("=", 1) for h in args.host)
+    hosts = {label: os.path.abspath(py) for label, py in (h.split("=", 1) for h in args.host)}
     tmp = Path(tempfile.mkdtemp(prefix="ph-install-ab-", dir="/tmp"))
-    out: dict[str, dict[str, object]] = {label: {"cold": None, "warm": [], "phases": []} for label in hosts}
+    out: dict[str, dict[str, object]] = {label: {"cold": None, "cold phases": {}, "warm": [],
+                                                       "phases": []} for label in hosts}
     try:
         n = 0
         for label, python in hosts.items():
-            out[label]["cold"], _ = install(python, tmp / label, _copy(tmp, n))
+            out[label]["cold"], out[label]["cold phases"] = install(python, tmp / label, _copy(tmp, n))
             n += 1
         for r in range(args.rounds):
             order = list(hosts.items()) if r % 2 == 0 else list(reversed(hosts.items()))
@@ -88,10 +89,12 @@ def main() -> None:
         print(f"\n{label}: cold {res['cold']:.2f} s, warm median {statistics.median(warm):.2f} s "
               f"({' '.join(f'{w:.2f}' for w in warm)})")
         samples: list[dict[str, float]] = res["phases"]  # type: ignore[assignment]
-        names = list(dict.fromkeys(k for s in samples for k in s))
+        cold: dict[str, float] = res["cold phases"]  # type: ignore[assignment]
+        names = list(dict.fromkeys([*cold, *(k for s in samples for k in s)]))
+        print("     cold      warm  (ms; warm: medians)")
         for name in names:
             vals = [s.get(name, 0.0) for s in samples]
-            print(f"  {statistics.median(vals) * 1000:7.0f} ms  {name}")
+            print(f"  {cold.get(name, 0.0) * 1000:7.0f}   {statistics.median(vals) * 1000:7.0f}  {name}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 
