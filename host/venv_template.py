@@ -32,7 +32,9 @@ from host.wheel_cache import FRESH_FOR, WheelCache, installed
 
 KEEP = 4  # templates at most (~8 MiB each for Flask and gunicorn); the oldest go first
 VENV = "venv"
-MADE = "made.json"  # what the template was made from: {"venv": its original path, "made": time, "dists": [...]}
+# what the template was made from: {"venv": its original path, "made": time, "dists": [...], "entries": count}
+MADE = "made.json"
+_GOING = ".partial-"  # a template being published, or removed: renamed away first, so no install finds it
 COPY_TIMEOUT = 120.0
 
 
@@ -41,6 +43,7 @@ class Template:
     path: Path  # the template's venv
     origin: str  # the path of the venv it was copied from (its scripts name it)
     dists: tuple[tuple[str, str], ...]
+    entries: int  # files, directories and links in it: a copy with fewer was cut short
 
 
 def key(requirements: str, installer: Sequence[str], python: str, runtime: Path, runtime_files: Sequence[str],
@@ -71,7 +74,7 @@ class Templates:
         dists = tuple((str(n), str(v)) for n, v in listed) if isinstance(listed, list) else ()
         if not dists or not all(self.cache.is_newest(n, v) for n, v in dists):
             return None
-        return Template(self.root / k / VENV, str(made["venv"]), dists)
+        return Template(self.root / k / VENV, str(made["venv"]), dists, int(str(made["entries"])))
 
     @staticmethod
     def _made(d: Path) -> dict[str, object] | None:
@@ -79,12 +82,17 @@ class Templates:
             made = json.loads((d / MADE).read_text())
         except (OSError, ValueError):
             return None
-        return made if isinstance(made, dict) and {"venv", "made", "dists"} <= made.keys() else None
+        return made if isinstance(made, dict) and {"venv", "made", "dists", "entries"} <= made.keys() else None
 
     def clone(self, template: Template, venv: Path) -> None:
         """Copy the template to ``venv`` (which must not exist): modes, mtimes (the bytecode stays valid) and
-        symlinks as they are; then the scripts in bin/ name the new venv. Raises OSError."""
+        symlinks as they are; then the scripts in bin/ name the new venv. Raises OSError, also when the copy
+        has fewer entries than the template (a prune removing it meanwhile: cp misses what went before it
+        listed the directory, silently)."""
         _copy(template.path, venv)
+        copied = _count(venv)
+        if copied != template.entries:
+            raise OSError(f"copied {copied} of the {template.entries} entries of {template.path}")
         _rename_in_scripts(venv / "bin", template.origin, str(venv))
 
     @staticmethod
@@ -95,30 +103,41 @@ class Templates:
         _copy(venv, partial / VENV)
         site = next((partial / VENV / "lib").glob("python*/site-packages"))
         dists = installed(site)
-        (partial / MADE).write_text(json.dumps({"venv": str(venv), "made": time.time(), "dists": dists}))
+        (partial / MADE).write_text(json.dumps({"venv": str(venv), "made": time.time(), "dists": dists,
+                                                "entries": _count(partial / VENV)}))
 
     def publish(self, k: str, partial: Path) -> bool:
-        """Make ``partial`` (Templates.keep) the template of ``k``; False when another install was first. The
-        oldest templates beyond KEEP, and stale ones, go."""
+        """Make ``partial`` (Templates.keep) the template of ``k``, unless one that is still good is there (False:
+        ``partial`` is removed). The oldest templates beyond KEEP, and stale ones, go."""
         self.root.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.root, 0o700)
-        staging = self.root / f".partial-{secrets.token_hex(4)}"
+        if self.find(k) is not None:  # another install was first; never replace one an install may be copying
+            rootfs.remove_tree(partial)
+            return False
+        self._drop(self.root / k)  # stale
+        staging = self.root / f"{_GOING}{secrets.token_hex(4)}"
         partial.rename(staging)
-        old = self.root / k
-        if old.exists():
-            rootfs.remove_tree(old)
         try:
-            staging.rename(old)
+            staging.rename(self.root / k)
         except OSError:  # another install published it meanwhile
             rootfs.remove_tree(staging)
             return False
         self.prune()
         return True
 
+    def _drop(self, d: Path) -> None:
+        """Rename first (atomic: no install finds it any more), then remove."""
+        going = self.root / f"{_GOING}{secrets.token_hex(4)}"
+        try:
+            d.rename(going)
+        except FileNotFoundError:
+            return
+        rootfs.remove_tree(going)
+
     def prune(self) -> None:
         entries: list[tuple[float, Path]] = []
         for d in self.root.iterdir():
-            if d.name.startswith(".partial-"):  # being published; one a kill left behind goes after an hour
+            if d.name.startswith(_GOING):  # being published or removed; one a kill left behind goes after an hour
                 if d.stat().st_mtime < time.time() - 3600:
                     rootfs.remove_tree(d)
                 continue
@@ -126,7 +145,7 @@ class Templates:
             entries.append((float(str(made["made"])) if made is not None else 0.0, d))
         for i, (t, d) in enumerate(sorted(entries, reverse=True)):
             if i >= KEEP or not 0 <= time.time() - t < FRESH_FOR:
-                rootfs.remove_tree(d)
+                self._drop(d)
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -136,6 +155,18 @@ def _copy(src: Path, dst: Path) -> None:
                           text=True, timeout=COPY_TIMEOUT, check=False, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise OSError(f"copying {src}: {proc.stderr.strip()[:200] or f'cp exited {proc.returncode}'}")
+
+
+def _count(top: Path) -> int:
+    n = 0
+    stack = [str(top)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                n += 1
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+    return n
 
 
 def _rename_in_scripts(bin_dir: Path, old: str, new: str) -> None:

@@ -25,7 +25,8 @@ def _cache(tmp_path: Path, *wheels: str) -> WheelCache:
 
 def _template(root: Path, key: str, made: float, dists: list[list[str]]) -> None:
     (root / key / "venv").mkdir(parents=True)
-    (root / key / "made.json").write_text(json.dumps({"venv": "/old/venv", "made": made, "dists": dists}))
+    (root / key / "made.json").write_text(json.dumps({"venv": "/old/venv", "made": made, "dists": dists,
+                                                      "entries": 1}))
 
 
 def test_a_fresh_template_of_the_newest_cached_releases_is_used(tmp_path: Path) -> None:
@@ -33,7 +34,7 @@ def test_a_fresh_template_of_the_newest_cached_releases_is_used(tmp_path: Path) 
     _template(tmp_path / "venvs", "k", time.time() - 60, [["flask", "3.1.3"], ["click", "8.5.1"]])
     found = Templates(tmp_path / "venvs", cache).find("k")
     assert found is not None and found.origin == "/old/venv"
-    assert found.dists == (("flask", "3.1.3"), ("click", "8.5.1"))
+    assert found.dists == (("flask", "3.1.3"), ("click", "8.5.1")) and found.entries == 1
     assert Templates(tmp_path / "venvs", cache).find("other") is None
 
 
@@ -92,3 +93,36 @@ def test_publishing_keeps_the_newest_few_and_drops_stale_ones(tmp_path: Path) ->
     assert templates.publish("new", tmp_path / "partial" / "p")
     assert os.stat(root).st_mode & 0o777 == 0o700
     assert sorted(d.name for d in root.iterdir()) == ["new", *(f"old{i}" for i in range(1, venv_template.KEEP))]
+
+
+def test_a_good_template_is_never_replaced_under_an_install_copying_it(tmp_path: Path) -> None:
+    root = tmp_path / "venvs"
+    templates = Templates(root, _cache(tmp_path, "flask-3.1.3-py3-none-any.whl"))
+    _template(root, "k", time.time() - 60, [["flask", "3.1.3"]])
+    (root / "k" / "venv" / "in-use").touch()
+    _template(tmp_path / "partial", "p", time.time(), [["flask", "3.1.3"]])
+    assert not templates.publish("k", tmp_path / "partial" / "p")  # the one there is as good: it stays
+    assert (root / "k" / "venv" / "in-use").exists() and not (tmp_path / "partial" / "p").exists()
+    (root / "k" / "made.json").write_text(json.dumps({"venv": "/old/venv", "made": time.time() - FRESH_FOR - 1,
+                                                      "dists": [["flask", "3.1.3"]], "entries": 1}))
+    _template(tmp_path / "partial", "p", time.time(), [["flask", "3.1.3"]])
+    assert templates.publish("k", tmp_path / "partial" / "p")  # a stale one is replaced
+    assert not (root / "k" / "venv" / "in-use").exists() and templates.find("k") is not None
+    assert [d.name for d in root.iterdir()] == ["k"]
+
+
+def test_a_copy_cut_short_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cp misses, silently, what a prune removed before cp listed its directory: the count says so."""
+    src = tmp_path / "venvs" / "k" / "venv"
+    (src / "bin").mkdir(parents=True)
+    (src / "lib" / "flask").mkdir(parents=True)
+    (src / "lib" / "flask" / "__init__.py").touch()
+
+    def cut_short(_src: Path, dst: Path) -> None:
+        (dst / "bin").mkdir(parents=True)
+        (dst / "lib").mkdir()
+
+    monkeypatch.setattr(venv_template, "_copy", cut_short)
+    template = venv_template.Template(src, "/old/venv", (("flask", "3.1.3"),), venv_template._count(src))
+    with pytest.raises(OSError, match="copied 2 of the 4 entries"):
+        Templates(tmp_path / "venvs", _cache(tmp_path)).clone(template, tmp_path / "new" / "venv")
