@@ -27,9 +27,15 @@ from manifests import Manifest, ManifestError, json_schema, load_manifest
 class Ctx:
     def __init__(self, home: Path | None) -> None:
         self.overrides: dict[str, Any] = {"home": home} if home else {}
+        self._settings: HostSettings | None = None
 
     def settings(self, **more: Any) -> HostSettings:
-        return HostSettings(**{**self.overrides, **{k: v for k, v in more.items() if v is not None}})
+        given = {k: v for k, v in more.items() if v is not None}
+        if given:
+            return HostSettings(**{**self.overrides, **given})
+        if self._settings is None:  # built once: reading the environment and validating costs ~10 ms a time
+            self._settings = HostSettings(**self.overrides)
+        return self._settings
 
     def layout(self, create: bool = False) -> Layout:
         """The home. Only `install` and `serve --create` make a new one: any other command on a home that
