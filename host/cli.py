@@ -649,8 +649,11 @@ def _leave() -> None:
     nothing left to run: its output is flushed here, the registry is committed (SQLite replays the WAL at the
     next open), its scratch directories are gone (context managers), and no thread of its own runs."""
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a reader that went away (a closed pipe): nothing more to tell it
+            pass
     os._exit(0)
 
 
