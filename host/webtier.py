@@ -148,11 +148,22 @@ class WebTier(BaseApplication):  # type: ignore[misc]
             "secure_scheme_headers": {"X-FORWARDED-PROTO": "https"} if s.forwarded_allow_ips else {},
             "forwarder_headers": "",
         }
+        exits: list[Any] = []  # what the arbiter does when a worker died
         metrics = os.environ.get(MULTIPROC_ENV)  # set by main() for the public app only
         if metrics:
             # prometheus_client multiprocess mode (host.request_metrics): stale in-flight gauges go.
             opts["on_starting"] = lambda server: forget_live(Path(metrics))
-            opts["child_exit"] = lambda server, worker: forget_worker(Path(metrics), worker.pid)
+            exits.append(lambda server, worker: forget_worker(Path(metrics), worker.pid))
+        if self.app == "public" and s.web_worker_class == "gevent" and s.web_workers > 1:
+            # Keep-alive connections spread evenly over the workers (host.web_balance).
+            from host import web_balance
+
+            web_balance.BalancedGeventWorker.counts = web_balance.Counts()
+            opts["worker_class"] = "host.web_balance.BalancedGeventWorker"
+            opts["pre_fork"], opts["post_fork"] = web_balance.pre_fork, web_balance.post_fork
+            exits.append(web_balance.child_exit)
+        if exits:
+            opts["child_exit"] = lambda server, worker: [exit_(server, worker) for exit_ in exits]
         for key, value in opts.items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)

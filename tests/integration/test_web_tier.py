@@ -4,6 +4,7 @@ plugins' sockets. Proven by attacks that fail, made with the web tier's own uid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -230,3 +231,42 @@ def test_workers_fork_from_the_app_the_unprivileged_arbiter_built_once(served: S
 def _parent(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as fh:
         return int(fh.read().rsplit(")", 1)[1].split()[1])
+
+
+def _connections_of(pid: int, port: int) -> int:
+    """Established TCP connections to 127.0.0.1:``port`` among ``pid``'s open files (/proc/net/tcp)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    with open("/proc/net/tcp") as fh:
+        rows = [line.split() for line in fh.readlines()[1:]]
+    return sum(1 for r in rows if r[3] == "01" and int(r[1].split(":")[1], 16) == port and r[9] in inodes)
+
+
+def test_keep_alive_connections_spread_evenly_over_the_web_workers() -> None:
+    # Issue 12: keep-alive connections stay with the worker that accepted them, and one worker could take
+    # nearly all of them while the other idled. With the balancer a worker holding more than one connection
+    # above the other stops accepting until that is no longer so.
+    with short_home() as home:
+        host = ServedHost(home, env={"HOST_WEB_WORKERS": "2"}).start()
+        clients: list[socket.socket] = []
+        try:
+            _, workers = web_processes(host)
+            assert len(workers) == 2
+            for _ in range(12):  # one after another, each answered before the next connects
+                sock = socket.create_connection(("127.0.0.1", host.port), timeout=10)
+                clients.append(sock)
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += sock.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 200 ")
+            counts = sorted(_connections_of(pid, host.port) for pid in workers)
+            assert sum(counts) == 12 and counts[1] - counts[0] <= 2, counts
+        finally:
+            for sock in clients:
+                sock.close()
+            host.stop()
