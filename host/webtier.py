@@ -1,14 +1,15 @@
 """The web tier process: gunicorn (threaded workers) serving the host's Flask app, never as root.
 
 Started by the supervisor as ``python -m host.webtier [--app public|admin] --listen-fd N --home-fd M [--user
-UID:GID]`` with HostSettings in HOST_* variables: once for the public listener (plugins) and, with an admin
-listener, once more for the admin app (host.admin.app), in its own process on its own socket. The supervisor
-binds the listening socket (so ports below 1024 work) and opens the home (O_PATH). This process starts as root
-only so that Python can load from wherever it is installed; it keeps the installation reachable
-(host.web_mounts), then drops to the web user — setgroups([]), setresgid, setresuid, no_new_privs, and proves
-root is gone — before gunicorn's arbiter starts, before the app is built and before any byte is read from a
-client. gunicorn binds nothing: it serves the inherited socket. The home is reached through /proc/self/fd/M,
-so a home below a directory the web user cannot enter works.
+UID:GID]`` with the HostSettings it validated in the environment (host.settings_view, so this process never
+imports pydantic; run by hand without them, HostSettings reads the HOST_* variables): once for the public
+listener (plugins) and, with an admin listener, once more for the admin app (host.admin.app), in its own process
+on its own socket. The supervisor binds the listening socket (so ports below 1024 work) and opens the home
+(O_PATH). This process starts as root only so that Python can load from wherever it is installed; it keeps the
+installation reachable (host.web_mounts), then drops to the web user — setgroups([]), setresgid, setresuid,
+no_new_privs, and proves root is gone — before gunicorn's arbiter starts, before the app is built and before any
+byte is read from a client. gunicorn binds nothing: it serves the inherited socket. The home is reached through
+/proc/self/fd/M, so a home below a directory the web user cannot enter works.
 
 It asks the kernel to SIGKILL it if the supervisor dies (after the drop, which would clear that), so a killed
 host never leaves a web tier behind.
@@ -25,19 +26,22 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 
 import host
-from host import gunicorn_wire, web_mounts
+from host import gunicorn_wire, loopfs, web_mounts
 from host.app import create_app
 from host.arenas import limit_malloc_arenas
 from host.errors import HostError
 from host.layout import Layout
 from host.request_metrics import MULTIPROC_ENV, forget_live, forget_worker
-from host.settings import HostSettings
+from host.settings_view import received
 from host.ws_relay import Gate
+
+if TYPE_CHECKING:
+    from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -103,9 +107,7 @@ def keep_python_reachable() -> None:
         log.debug("web tier: private mount view over %s", ", ".join(covered))
         # That view copied every plugin disk image mounted on the machine: unneeded here, and each copy would
         # keep an uninstalled plugin's image and loop device alive for as long as the web tier runs.
-        from host.quota import drop_copies  # here: it imports the manifest models, which the public app never needs
-
-        drop_copies()
+        loopfs.drop_copies()
 
 
 class WebTier(BaseApplication):  # type: ignore[misc]
@@ -199,7 +201,11 @@ def main() -> None:
     elif os.geteuid() == 0:
         raise SystemExit("host.webtier: refusing to serve as root; the supervisor passes --user UID:GID")
     die_with_parent(parent)
-    settings = HostSettings()
+    settings = received()  # as the supervisor validated them: no pydantic in this process
+    if settings is None:  # run by hand: from the HOST_* variables
+        from host.settings import HostSettings
+
+        settings = HostSettings()
     layout = Layout(Path(f"/proc/self/fd/{args.home_fd}")) if args.home_fd is not None else None
     if args.app == "public" and layout is not None and settings.request_metrics:
         # Before prometheus_client is imported (host.request_metrics imports it when the app is built): the
