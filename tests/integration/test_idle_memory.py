@@ -22,7 +22,8 @@ NOT_IN_WEB_TIERS = {"public": ("httpx", "httpcore", "cryptography", "manifests",
                                "pydantic_settings", "sqlite3"),
                     "admin": ("httpx", "httpcore", "cryptography")}
 # As the supervisor starts a web tier (host.supervisor.web.web_env), and as its arbiter builds the app before it
-# forks; then what a gevent worker does first after the fork: monkey-patch, which should import nothing more.
+# forks; then what a gevent worker does first after the fork: monkey-patch, which should import nothing more and
+# not look up gevent's plugins again (the arbiter did, once).
 BUILD_BOTH_APPS = """
 import json, sys
 from host.webtier import WebTier
@@ -35,9 +36,13 @@ for app, heavy in json.loads(sys.argv[1]).items():  # public first: the admin ap
     loaded[app] = sorted(m for m in heavy if m in sys.modules)
     if app == "public":
         before = set(sys.modules)
+        from importlib import metadata
+        scans = []
+        metadata.entry_points = lambda *a, **k: scans.append(k) or metadata.EntryPoints(())
         from gevent import monkey
         monkey.patch_all()
         loaded["imported by patching"] = sorted(set(sys.modules) - before)
+        loaded["package metadata scans by patching"] = len(scans)
 print(json.dumps(loaded))
 """
 
@@ -112,4 +117,5 @@ def test_the_web_tiers_build_their_apps_without_modules_they_do_not_need() -> No
         got = subprocess.run([sys.executable, "-c", BUILD_BOTH_APPS, json.dumps(NOT_IN_WEB_TIERS)], env=env,
                              capture_output=True, text=True, timeout=120, check=False)
         assert got.returncode == 0, got.stderr[-2000:]
-        assert json.loads(got.stdout) == {"public": [], "imported by patching": [], "admin": []}
+        assert json.loads(got.stdout) == {"public": [], "imported by patching": [],
+                                         "package metadata scans by patching": 0, "admin": []}
