@@ -23,7 +23,7 @@ NOT_IN_WEB_TIERS = {"public": ("httpx", "httpcore", "cryptography", "manifests",
                     "admin": ("httpx", "httpcore", "cryptography")}
 # As the supervisor starts a web tier (host.supervisor.web.web_env), and as its arbiter builds the app before it
 # forks; then what a gevent worker does first after the fork: monkey-patch, which should import nothing more and
-# not look up gevent's plugins again (the arbiter did, once).
+# not look up gevent's plugins again (the arbiter did, once); and its first page, which should compile no template.
 BUILD_BOTH_APPS = """
 import json, sys
 from host.webtier import WebTier
@@ -32,7 +32,7 @@ from host.settings_view import received
 settings = received()
 loaded = {}
 for app, heavy in json.loads(sys.argv[1]).items():  # public first: the admin app adds modules
-    WebTier(settings, None, Layout(settings.home_dir), app).load()
+    built = WebTier(settings, None, Layout(settings.home_dir), app).load()
     loaded[app] = sorted(m for m in heavy if m in sys.modules)
     if app == "public":
         before = set(sys.modules)
@@ -43,6 +43,11 @@ for app, heavy in json.loads(sys.argv[1]).items():  # public first: the admin ap
         monkey.patch_all()
         loaded["imported by patching"] = sorted(set(sys.modules) - before)
         loaded["package metadata scans by patching"] = len(scans)
+        compiled = []
+        compile_template = built.jinja_env.compile
+        built.jinja_env.compile = lambda *a, **k: compiled.append(a) or compile_template(*a, **k)
+        status = built.test_client().get("/").status_code
+        loaded["templates compiled for the first page"] = (status, len(compiled))
 print(json.dumps(loaded))
 """
 
@@ -118,4 +123,5 @@ def test_the_web_tiers_build_their_apps_without_modules_they_do_not_need() -> No
                              capture_output=True, text=True, timeout=120, check=False)
         assert got.returncode == 0, got.stderr[-2000:]
         assert json.loads(got.stdout) == {"public": [], "imported by patching": [],
-                                         "package metadata scans by patching": 0, "admin": []}
+                                         "package metadata scans by patching": 0,
+                                         "templates compiled for the first page": [200, 0], "admin": []}
