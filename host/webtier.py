@@ -223,6 +223,17 @@ def find_gevent_plugins_once() -> None:
         gevent.events.notify_and_call_entry_points = notify_and_call_entry_points
 
 
+def load_settings() -> HostSettings:
+    """The settings the supervisor validated (host.settings_view: no pydantic in this process); run by hand
+    without them, HostSettings from the HOST_* variables."""
+    settings = received()
+    if settings is None:
+        from host.settings import HostSettings
+
+        settings = HostSettings()
+    return settings
+
+
 def _arguments(argv: list[str]) -> argparse.Namespace:
     def ids(text: str) -> tuple[int, int]:
         uid, _, gid = text.partition(":")
@@ -247,11 +258,7 @@ def main() -> None:
     elif os.geteuid() == 0:
         raise SystemExit("host.webtier: refusing to serve as root; the supervisor passes --user UID:GID")
     die_with_parent(parent)
-    settings = received()  # as the supervisor validated them: no pydantic in this process
-    if settings is None:  # run by hand: from the HOST_* variables
-        from host.settings import HostSettings
-
-        settings = HostSettings()
+    settings = load_settings()
     layout = Layout(Path(f"/proc/self/fd/{args.home_fd}")) if args.home_fd is not None else None
     if args.app == "public" and layout is not None and settings.request_metrics:
         # Before prometheus_client is imported (host.request_metrics imports it when the app is built): the

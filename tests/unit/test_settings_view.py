@@ -11,6 +11,7 @@ import pytest
 from host.settings import HostSettings
 from host.settings_view import ENV, Derived, SettingsView, carry, received
 from host.supervisor.web import SETTINGS_WITHHELD, web_env
+from host.webtier import load_settings
 
 PROPERTIES = sorted(name for name, value in vars(Derived).items() if isinstance(value, property))
 VARIANTS: list[dict[str, Any]] = [
@@ -62,3 +63,14 @@ def test_the_web_tier_environment_carries_the_settings_but_no_pip_arguments(tmp_
     values = json.loads(env[ENV])["values"]
     assert values["home"] == str(tmp_path.resolve()) and "pip_args" not in values
     assert "token" not in json.dumps(env)
+
+
+def test_a_web_tier_run_by_hand_reads_the_host_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setenv("HOST_HOME", str(tmp_path))
+    monkeypatch.setenv("HOST_WEB_WORKERS", "5")
+    settings = load_settings()
+    assert isinstance(settings, HostSettings) and settings.web_workers == 5
+    monkeypatch.setenv(ENV, carry(HostSettings(home=tmp_path, web_workers=3)))
+    settings = load_settings()
+    assert isinstance(settings, SettingsView) and settings.web_workers == 3  # the supervisor's values win
