@@ -8,7 +8,7 @@ path mode, ``/plugins/<name>/*``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, jsonify, render_template, request
@@ -26,9 +26,11 @@ from host.hooks.request_filter import RequestFilters, filter_tripped
 from host.layout import Layout
 from host.observe import Observer
 from host.request_metrics import RequestMetrics
-from host.settings import HostSettings
 from host.websocket import WebSockets, requested
 from host.ws_relay import Gate
+
+if TYPE_CHECKING:
+    from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,10 @@ def create_app(settings: HostSettings | None = None, layout: Layout | None = Non
     """``layout``: the home as the web tier reaches it (host.webtier passes an fd path, since after dropping
     root it may not be able to walk the home's real path). The app reads the supervisor's routing snapshot
     and talks to its web socket; it never opens the registry nor the root-only control socket."""
-    settings = settings or HostSettings()
+    if settings is None:  # here: the web tiers get settings from the supervisor and never import pydantic
+        from host.settings import HostSettings
+
+        settings = HostSettings()
     layout = layout or Layout(settings.home_dir)
     directory = Directory(layout.routes)
     forwarding = Forwarding(settings.forwarded_networks)

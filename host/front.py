@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.http import HTTP_STATUS_CODES, parse_cookie
 from werkzeug.sansio.utils import get_host
@@ -44,9 +44,11 @@ from host.proxy import (
     upstream_path,
     upstream_request,
 )
-from host.settings import HostSettings
 from host.upstream import SpliceBody, UpstreamResponse
 from host.websocket import requested
+
+if TYPE_CHECKING:
+    from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # path mode's routes

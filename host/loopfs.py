@@ -14,9 +14,12 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from host.errors import QuotaError, QuotaUnavailable
-from host.settings import HostSettings
+
+if TYPE_CHECKING:
+    from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +142,18 @@ def fs_bytes(name: str, image: Path) -> int:
     lo, log_block, incompat, hi = (struct.unpack_from("<I", sb, off)[0] for off in (0x4, 0x18, 0x60, 0x150))
     blocks = lo | (hi << 32 if incompat & 0x80 else 0)  # INCOMPAT_64BIT
     return int(blocks * (1024 << log_block))
+
+
+def drop_copies() -> int:
+    """In a process's own private mount namespace (the web tier's), which copied the host's mount table
+    when it was made: unmount its copies of plugin disk images, of this home and of any other on the
+    machine. It never needs them, and a private copy keeps an unmounted or uninstalled image (its space
+    and its loop device) alive as long as the process runs. An image is a loop mount whose backing file is
+    ``<mount point>.img``. Does nothing in the parent's (the host's) namespace. Returns how many."""
+    try:
+        if os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{os.getppid()}/ns/mnt"):
+            return 0
+    except OSError:
+        return 0
+    return sum(detach(point) for point, source in mounts().items()
+               if backing_file(source) == f"{point}.img")

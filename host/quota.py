@@ -188,21 +188,6 @@ def release_all(layout: Layout, keep: frozenset[str] = frozenset()) -> list[str]
     return [n for n in names if n not in keep and release(layout, n, lazy=True)]
 
 
-def drop_copies() -> int:
-    """In a process's own private mount namespace (the web tier's), which copied the host's mount table
-    when it was made: unmount its copies of plugin disk images, of this home and of any other on the
-    machine. It never needs them, and a private copy keeps an unmounted or uninstalled image (its space
-    and its loop device) alive as long as the process runs. An image is a loop mount whose backing file is
-    ``<mount point>.img``. Does nothing in the parent's (the host's) namespace. Returns how many."""
-    try:
-        if os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{os.getppid()}/ns/mnt"):
-            return 0
-    except OSError:
-        return 0
-    return sum(loopfs.detach(point) for point, source in loopfs.mounts().items()
-               if loopfs.backing_file(source) == f"{point}.img")
-
-
 def _mount(layout: Layout, tools: dict[str, str], name: str, quota: Quota, uid: int, data_root: int) -> None:
     point, image = layout.data(name), layout.disk_image(name)
     source = _mounted(layout, name)

@@ -13,9 +13,12 @@ import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from host.registry import PluginRecord
 from host.webuser import WebUser, share_fd
+
+if TYPE_CHECKING:  # the web tier reads snapshots and never opens the registry (nor loads sqlite3)
+    from host.registry import PluginRecord
 
 FORMAT = 1
 MiB = 1024 * 1024

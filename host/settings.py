@@ -1,4 +1,6 @@
-"""HostSettings: the one settings object, read from HOST_* environment variables and passed explicitly."""
+"""HostSettings: the one settings object, read from HOST_* environment variables and passed explicitly.
+
+The web tiers get its validated values from the supervisor instead (host.settings_view) and never import this."""
 
 from __future__ import annotations
 
@@ -10,10 +12,14 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from host import origins
+from host.settings_view import Derived
 
 
-class HostSettings(BaseSettings):
-    """Operator settings. Every field can be set as ``HOST_<FIELD>`` (e.g. ``HOST_HOME=/srv/plugins``)."""
+class HostSettings(Derived, BaseSettings):
+    """Operator settings. Every field can be set as ``HOST_<FIELD>`` (e.g. ``HOST_HOME=/srv/plugins``).
+
+    Its derived properties (inflight_limit, origin_domain ...) are host.settings_view.Derived's, shared with the
+    pydantic-free view of these values that the web tiers get (host.settings_view)."""
 
     model_config = SettingsConfigDict(env_prefix="HOST_", frozen=True, extra="forbid")
 
@@ -152,27 +158,6 @@ class HostSettings(BaseSettings):
     # Request headers a request.before filter may add besides X-Filter-* (comma-separated names).
     hook_filter_headers: str = Field("", pattern=r"^[A-Za-z0-9,\s-]*$")
 
-    @property
-    def hook_schedule(self) -> tuple[float, ...]:
-        return tuple(float(x) for x in self.hook_retry_schedule.split(","))
-
-    @property
-    def inflight_limit(self) -> int:
-        if self.plugin_max_inflight:
-            return self.plugin_max_inflight
-        return 64 if self.web_worker_class == "gevent" else max(1, min(32, self.web_threads // 2))
-
-    @property
-    def queue_limit(self) -> int:
-        """Waiters per plugin per web worker. With threads, each waiter holds one, so a hung plugin may hold
-        all but a reserve of them (in flight + waiting): a quarter of the threads, at most 32, which serve
-        every other plugin and the host's pages."""
-        if self.plugin_queue >= 0:
-            return self.plugin_queue
-        if self.web_worker_class == "gevent":
-            return 1024
-        return max(0, self.web_threads - self.inflight_limit - max(1, min(32, self.web_threads // 4)))
-
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _proxy_networks(cls, value: str) -> str:
@@ -181,14 +166,6 @@ class HostSettings(BaseSettings):
             if item != "*":
                 ipaddress.ip_network(item)  # strict, as gunicorn: "10.0.0.1/24" is a mistake, not 10.0.0.0/24
         return ",".join(items)
-
-    @property
-    def forwarded_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        """The front proxies' networks (``forwarded_allow_ips``); "*" is every address."""
-        items = self.forwarded_allow_ips.split(",") if self.forwarded_allow_ips else []
-        if "*" in items:
-            return ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")
-        return tuple(ipaddress.ip_network(item) for item in items)
 
     @field_validator("plugin_domain")
     @classmethod
@@ -206,12 +183,3 @@ class HostSettings(BaseSettings):
             raise ValueError("with HOST_PATH_MODE=false plugins are reachable only on their own origins: set "
                              "HOST_PLUGIN_DOMAIN (e.g. plugins.example.com), or bind a loopback address")
         return self
-
-    @property
-    def origin_domain(self) -> str:
-        """The plugin domain in force: the one set, else the default for ``bind``; "" = origin mode off."""
-        return origins.default_domain(self.bind) if self.plugin_domain is None else self.plugin_domain
-
-    @property
-    def home_dir(self) -> Path:
-        return self.home.expanduser().resolve()

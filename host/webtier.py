@@ -1,14 +1,15 @@
 """The web tier process: gunicorn (threaded workers) serving the host's Flask app, never as root.
 
 Started by the supervisor as ``python -m host.webtier [--app public|admin] --listen-fd N --home-fd M [--user
-UID:GID]`` with HostSettings in HOST_* variables: once for the public listener (plugins) and, with an admin
-listener, once more for the admin app (host.admin.app), in its own process on its own socket. The supervisor
-binds the listening socket (so ports below 1024 work) and opens the home (O_PATH). This process starts as root
-only so that Python can load from wherever it is installed; it keeps the installation reachable
-(host.web_mounts), then drops to the web user — setgroups([]), setresgid, setresuid, no_new_privs, and proves
-root is gone — before gunicorn's arbiter starts, before the app is built and before any byte is read from a
-client. gunicorn binds nothing: it serves the inherited socket. The home is reached through /proc/self/fd/M,
-so a home below a directory the web user cannot enter works.
+UID:GID]`` with the HostSettings it validated in the environment (host.settings_view, so this process never
+imports pydantic; run by hand without them, HostSettings reads the HOST_* variables): once for the public
+listener (plugins) and, with an admin listener, once more for the admin app (host.admin.app), in its own process
+on its own socket. The supervisor binds the listening socket (so ports below 1024 work) and opens the home
+(O_PATH). This process starts as root only so that Python can load from wherever it is installed; it keeps the
+installation reachable (host.web_mounts), then drops to the web user — setgroups([]), setresgid, setresuid,
+no_new_privs, and proves root is gone — before gunicorn's arbiter starts, before the app is built and before any
+byte is read from a client. gunicorn binds nothing: it serves the inherited socket. The home is reached through
+/proc/self/fd/M, so a home below a directory the web user cannot enter works.
 
 It asks the kernel to SIGKILL it if the supervisor dies (after the drop, which would clear that), so a killed
 host never leaves a web tier behind.
@@ -17,29 +18,43 @@ host never leaves a web tier behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
+import importlib
 import importlib.util
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 
 import host
-from host import gunicorn_wire, web_mounts
+from host import gunicorn_wire, loopfs, web_mounts
 from host.app import create_app
 from host.arenas import limit_malloc_arenas
 from host.errors import HostError
 from host.layout import Layout
 from host.request_metrics import MULTIPROC_ENV, forget_live, forget_worker
-from host.settings import HostSettings
+from host.settings_view import received
 from host.ws_relay import Gate
 
+if TYPE_CHECKING:
+    from host.settings import HostSettings
+
 log = logging.getLogger(__name__)
+# What gunicorn's gevent worker imports when it monkey-patches, right after the fork: imported by the arbiter,
+# before it forks, they are shared by the workers instead of built in each (~4 MiB resident per worker, issue 12).
+# Importing them patches nothing. Some are gevent's internals of one Python version: what is missing is skipped.
+GEVENT_PATCH_MODULES = (
+    "gevent.monkey", "gevent.monkey._patch_thread_common", "gevent.monkey._patch_thread_lt313", "gevent.events",
+    "zope.event", "gevent.local", "gevent.thread", "gevent.threading", "gevent.select", "gevent.selectors",
+    "gevent.ssl", "gevent.subprocess", "gevent.signal", "gevent.time", "gevent.queue", "concurrent.futures.thread",
+    "_threading_local", "encodings.idna", "stringprep",
+)
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 
@@ -103,9 +118,7 @@ def keep_python_reachable() -> None:
         log.debug("web tier: private mount view over %s", ", ".join(covered))
         # That view copied every plugin disk image mounted on the machine: unneeded here, and each copy would
         # keep an uninstalled plugin's image and loop device alive for as long as the web tier runs.
-        from host.quota import drop_copies  # here: it imports the manifest models, which the public app never needs
-
-        drop_copies()
+        loopfs.drop_copies()
 
 
 class WebTier(BaseApplication):  # type: ignore[misc]
@@ -176,6 +189,13 @@ class WebTier(BaseApplication):  # type: ignore[misc]
             wsgi = create_admin_app(self.settings, self.layout)
         else:
             wsgi = create_app(self.settings, self.layout, self.websocket_gate)
+            if self.settings.web_worker_class == "gevent":
+                preimport(GEVENT_PATCH_MODULES)
+                find_gevent_plugins_once()
+        # Jinja compiles a template when it first renders it, in whichever worker: ~3 MiB of private memory in
+        # each worker for the host's index page. Compiled here, they are shared like the rest of the app.
+        for name in wsgi.jinja_env.list_templates(extensions=["html"]):
+            wsgi.jinja_env.get_template(name)
         # Everything built so far lives as long as the process: out of the collector's sight, so that a
         # worker's collections do not write to (and so copy) the pages it shares with the arbiter.
         gc.collect()
@@ -184,6 +204,45 @@ class WebTier(BaseApplication):  # type: ignore[misc]
         logging.getLogger("gunicorn.error").info("%s app built by pid %d as uid %d; workers fork from it",
                                                  self.app, os.getpid(), os.geteuid())
         return wsgi
+
+
+def preimport(names: tuple[str, ...]) -> None:
+    for name in names:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def find_gevent_plugins_once() -> None:
+    """gevent looks up its plugins (entry points: every installed distribution's metadata read and parsed) at
+    each event of a monkey-patch, some 25 times in each worker right after the fork: ~2 MiB of each worker's
+    private memory, and as much of the arbiter's pages. Looked up here, once, before the fork, the same plugins
+    are called with the same events."""
+    from importlib import metadata
+
+    import gevent.events
+
+    groups = {entry.group for dist in metadata.distributions() for entry in dist.entry_points
+              if entry.group.startswith("gevent.plugins.")}  # usually none
+    found = {group: list(metadata.entry_points(group=group)) for group in groups}
+
+    def notify_and_call_entry_points(event: Any) -> None:
+        gevent.events.notify(event)
+        for plugin in found.get(event.ENTRY_POINT_NAME, ()):
+            plugin.load()(event)
+
+    if hasattr(gevent.events, "notify_and_call_entry_points"):  # where gevent.monkey finds it, at each event
+        gevent.events.notify_and_call_entry_points = notify_and_call_entry_points
+
+
+def load_settings() -> HostSettings:
+    """The settings the supervisor validated (host.settings_view: no pydantic in this process); run by hand
+    without them, HostSettings from the HOST_* variables."""
+    settings = received()
+    if settings is None:
+        from host.settings import HostSettings
+
+        settings = HostSettings()
+    return settings
 
 
 def _arguments(argv: list[str]) -> argparse.Namespace:
@@ -210,7 +269,7 @@ def main() -> None:
     elif os.geteuid() == 0:
         raise SystemExit("host.webtier: refusing to serve as root; the supervisor passes --user UID:GID")
     die_with_parent(parent)
-    settings = HostSettings()
+    settings = load_settings()
     layout = Layout(Path(f"/proc/self/fd/{args.home_fd}")) if args.home_fd is not None else None
     if args.app == "public" and layout is not None and settings.request_metrics:
         # Before prometheus_client is imported (host.request_metrics imports it when the app is built): the

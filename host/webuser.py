@@ -18,10 +18,13 @@ import os
 import pwd
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from host.errors import HostError
-from host.settings import HostSettings
 from host.uids import UidFile
+
+if TYPE_CHECKING:
+    from host.settings import HostSettings
 
 DEFAULT_NAME = "plugin-host-web"
 # The web tier's entry in the uid allocation file (plugin names start with a letter: never this).

@@ -23,6 +23,8 @@ from host import routes
 from host.errors import HostError
 from host.registry import PluginRecord
 from host.settings import HostSettings
+from host.settings_view import ENV as SETTINGS_ENV
+from host.settings_view import carry
 
 log = logging.getLogger(__name__)
 WEB_OPS = ("status", "wake", "active", "user_login", "filter_tripped")
@@ -58,12 +60,14 @@ def bind_listener(bind: str) -> socket.socket:
 
 
 def web_env(settings: HostSettings) -> dict[str, str]:
-    """HOST_* variables from which the web tier rebuilds its HostSettings, plus the little it needs."""
+    """The web tier's settings, plus the little it needs: the validated values in one variable (which the web
+    tier reads without importing pydantic, host.settings_view), and as the HOST_* variables they came from."""
     env = {k: v for k, v in os.environ.items() if k in ENV_KEEP or k.startswith(ENV_KEEP_PREFIXES)}
     for key, value in settings.model_dump().items():
         # None is "unset" (e.g. plugin_domain: derived from bind), which str() would turn into "None"
         if key not in SETTINGS_WITHHELD and value is not None:
             env[f"HOST_{key.upper()}"] = str(settings.home_dir if key == "home" else value)
+    env[SETTINGS_ENV] = carry(settings, SETTINGS_WITHHELD)
     return env
 
 

@@ -5,28 +5,49 @@ on the session's host (no host of its own). The figures are bench/memory.py's, n
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from host.settings import HostSettings
+from host.supervisor.web import web_env
 from tests.integration.harness import ServedHost, descendants, short_home
 
 # What the web tiers build their apps without: httpx (~5 MiB resident per tier; the proxy speaks http.client
 # and filters headers as sent) and cryptography (~6 MiB; only installs and `host sign` verify or sign).
-# The public app also does without the manifest models (pydantic classes; the admin app shows manifests).
-NOT_IN_WEB_TIERS = {"public": ("httpx", "httpcore", "cryptography", "manifests"),
+# The public app also does without the manifest models and pydantic altogether (~10 MiB: its settings come
+# validated from the supervisor, host.settings_view) and without the registry's sqlite3.
+NOT_IN_WEB_TIERS = {"public": ("httpx", "httpcore", "cryptography", "manifests", "pydantic", "pydantic_core",
+                               "pydantic_settings", "sqlite3"),
                     "admin": ("httpx", "httpcore", "cryptography")}
+# As the supervisor starts a web tier (host.supervisor.web.web_env), and as its arbiter builds the app before it
+# forks; then what a gevent worker does first after the fork: monkey-patch, which should import nothing more and
+# not look up gevent's plugins again (the arbiter did, once); and its first page, which should compile no template.
 BUILD_BOTH_APPS = """
 import json, sys
-from pathlib import Path
 from host.webtier import WebTier
 from host.layout import Layout
-from host.settings import HostSettings
-home = Path(sys.argv[1])
+from host.settings_view import received
+settings = received()
 loaded = {}
-for app, heavy in json.loads(sys.argv[2]).items():  # public first: the admin app adds modules
-    WebTier(HostSettings(home=home), None, Layout(home), app).load()
+for app, heavy in json.loads(sys.argv[1]).items():  # public first: the admin app adds modules
+    built = WebTier(settings, None, Layout(settings.home_dir), app).load()
     loaded[app] = sorted(m for m in heavy if m in sys.modules)
+    if app == "public":
+        before = set(sys.modules)
+        from importlib import metadata
+        scans = []
+        metadata.entry_points = lambda *a, **k: scans.append(k) or metadata.EntryPoints(())
+        from gevent import monkey
+        monkey.patch_all()
+        loaded["imported by patching"] = sorted(set(sys.modules) - before)
+        loaded["package metadata scans by patching"] = len(scans)
+        compiled = []
+        compile_template = built.jinja_env.compile
+        built.jinja_env.compile = lambda *a, **k: compiled.append(a) or compile_template(*a, **k)
+        status = built.test_client().get("/").status_code
+        loaded["templates compiled for the first page"] = (status, len(compiled))
 print(json.dumps(loaded))
 """
 
@@ -86,10 +107,21 @@ def test_threaded_host_processes_keep_at_most_two_malloc_arenas(served: ServedHo
         assert malloc_arenas(pid) <= 1, pid  # the main arena and at most one more
 
 
+def test_no_public_web_process_loads_pydantic(served: ServedHost) -> None:
+    """The public web tier (arbiter and workers) gets its settings validated by the supervisor and never loads
+    pydantic (~10 MiB resident per tier); the look is the one that finds it in the supervisor, above."""
+    web = served.status()["web"]["pid"]
+    for pid in {web, *descendants(web)}:
+        assert not [f for f in mapped_files(pid) if "/pydantic_core/" in f], pid
+
+
 def test_the_web_tiers_build_their_apps_without_modules_they_do_not_need() -> None:
     with short_home() as home:
         (home / "run").mkdir(parents=True)
-        got = subprocess.run([sys.executable, "-c", BUILD_BOTH_APPS, str(home), json.dumps(NOT_IN_WEB_TIERS)],
+        env = {**os.environ, **web_env(HostSettings(home=home))}
+        got = subprocess.run([sys.executable, "-c", BUILD_BOTH_APPS, json.dumps(NOT_IN_WEB_TIERS)], env=env,
                              capture_output=True, text=True, timeout=120, check=False)
         assert got.returncode == 0, got.stderr[-2000:]
-        assert json.loads(got.stdout) == {"public": [], "admin": []}
+        assert json.loads(got.stdout) == {"public": [], "imported by patching": [],
+                                         "package metadata scans by patching": 0,
+                                         "templates compiled for the first page": [200, 0], "admin": []}
