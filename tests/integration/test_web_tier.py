@@ -18,7 +18,7 @@ import pytest
 from host import control
 from host.errors import HostError
 from host.webtier import drop_privileges
-from tests.integration.harness import ServedHost, descendants, run_host, short_home
+from tests.integration.harness import ServedHost, descendants, run_host, short_home, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a non-root host runs its web tier as itself")
 
@@ -254,8 +254,11 @@ def test_keep_alive_connections_spread_evenly_over_the_web_workers() -> None:
         host = ServedHost(home, env={"HOST_WEB_WORKERS": "2"}).start()
         clients: list[socket.socket] = []
         try:
-            _, workers = web_processes(host)
-            assert len(workers) == 2
+            def both() -> set[int] | None:  # the first worker may answer before the second has forked
+                found = web_processes(host)[1]
+                return found if len(found) == 2 else None
+
+            workers = wait_for(both, 30, what="two web workers")
             for _ in range(12):  # one after another, each answered before the next connects
                 sock = socket.create_connection(("127.0.0.1", host.port), timeout=10)
                 clients.append(sock)
