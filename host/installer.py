@@ -4,7 +4,9 @@ Nothing is visible until the final registry commit. Every install builds into a 
 ``plugins/<name>/<install_id>/`` marked with a ``.partial`` file; a failure, Ctrl-C or kill -9 before the
 commit leaves only that marked directory, which is removed at once or by the next sweep (under the home lock).
 The installer holds a flock on that marker while it builds: sweeps leave a live build alone, and the home's
-lock is held only to set up and to commit, so builds of different plugins overlap (locked_for).
+lock is held only to set up and to commit, so builds of different plugins overlap (locked_for). The marker
+names what the install created outside that directory (a first install's data dir, with its disk image and
+mount, and its run dir), so a sweep removes those too when the plugin is still not registered.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from host.hooks.events import emit_quietly, host_event
 from host.hooks.install_filter import install_policy
 from host.layout import Layout
 from host.pip_options import UvCommand, index_options, redact, uv_command, without_constraints
-from host.quota import Quota, ensure_mounted, release, remove
+from host.quota import Quota, disk_usage, ensure_mounted, release, remove
 from host.registry import InstallRecord, Provenance, Registry
 from host.runtime import RUNTIME_DIR, runtime_files
 from host.settings import HostSettings
@@ -121,12 +123,27 @@ def locked_for(layout: Layout, name: str) -> Iterator[None]:
             os.close(live)
 
 
-def _claim(target: Path) -> int:
-    """Create the install dir with its partial marker, flocked for as long as the returned fd is open."""
+def _claim(target: Path, fresh: Sequence[str] = ()) -> int:
+    """Create the install dir with its partial marker, flocked for as long as the returned fd is open. The
+    marker lists ``fresh``: what of FRESH_KINDS this install is about to create, for a sweep after a kill."""
     target.mkdir(parents=True)
     fd = os.open(target / PARTIAL_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    if fresh:
+        os.write(fd, "".join(f"{kind}\n" for kind in fresh).encode())
     return fd
+
+
+FRESH_KINDS = ("data", "run")  # a first install's data dir (its disk image and mount with it) and run dir
+
+
+def _fresh(install: Path) -> set[str]:
+    """What the (dead) partial install ``install`` created outside its own directory, from its marker."""
+    try:
+        text = (install / PARTIAL_MARKER).read_text(errors="replace")
+    except OSError:
+        return set()
+    return set(text.split()) & set(FRESH_KINDS)
 
 
 def _building(install: Path) -> bool:
@@ -175,17 +192,48 @@ def sweep(layout: Layout, registry: Registry) -> list[Path]:
         if not root.is_dir():
             continue
         rec = registry.get(root.name)
+        dead: list[Path] = []
+        live = False
         for d in root.iterdir():
-            if not (d / PARTIAL_MARKER).exists() or _building(d):
+            if not (d / PARTIAL_MARKER).exists():
+                continue
+            if _building(d):
+                live = True
                 continue
             if rec is not None and rec.install_id == d.name:
                 (d / PARTIAL_MARKER).unlink()  # killed between the commit and the marker removal
                 continue
-            rootfs.remove_tree(d)
+            dead.append(d)
+        for d in dead:
+            # A registered plugin's data is never touched, nor that of a build of it still running.
+            if rec is None and not live:
+                _drop_outside(layout, root.name, _fresh(d))
+            rootfs.remove_tree(d)  # last: its marker says what else to remove, should this sweep be killed too
             removed.append(d)
         if rec is None and not any(root.iterdir()):
             root.rmdir()
     return removed
+
+
+def _drop_outside(layout: Layout, name: str, fresh: set[str]) -> None:
+    """What a killed install of the unregistered plugin ``name`` left outside its install dir, as its failure
+    would have removed it (Installer.install): the confined steps' files in run/; a data dir it created, with
+    its disk image and that image's mount; its run dir. A data dir from before (`uninstall --keep-data`) is
+    only unmounted, as the uninstall left it."""
+    for leftover in layout.run.glob(f".{name}.*"):  # reports, policies, passwd files
+        leftover.unlink(missing_ok=True)
+    if "data" not in fresh:
+        release(layout, name, lazy=True)
+    else:
+        remove(layout, name)  # unmount first: removing the data dir must remove the mount point, not the image's files
+        if disk_usage(layout, name) is None:
+            rootfs.remove_tree(layout.data(name))
+        else:
+            log.warning("%s: the image a killed install mounted on %s is still mounted; its data dir is kept",
+                        name, layout.data(name))
+    if "run" in fresh:
+        rootfs.remove_tree(layout.run_dir(name))
+    log.info("%s: removed what its killed first install left (%s)", name, ", ".join(sorted(fresh)) or "run files")
 
 
 class Installer:
@@ -237,11 +285,14 @@ class Installer:
             install_id = f"{manifest.version}-{secrets.token_hex(3)}"
             target = self.layout.install_dir(name, install_id)
             log_path = self.layout.logs(name) / f"install-{install_id}.log"
-            fresh = [d for d in (self.layout.data(name), self.layout.run_dir(name)) if not d.exists()]
+            # what this install creates outside its install dir (FRESH_KINDS), removed should it fail
+            fresh = {kind: d for kind, d in zip(FRESH_KINDS, (self.layout.data(name), self.layout.run_dir(name)),
+                                                strict=True) if not d.exists()}
             uid_index = self._uid_index(name)
             # An upgrade (or a reinstall after --keep-data) keeps the values its manifest still declares.
             kept, dropped = plugin_settings.kept_on_upgrade(manifest, self.registry.plugin_settings(name))
-            building = _claim(target)  # a live partial install: sweeps leave it alone
+            # a live partial install: sweeps leave it alone; once dead, they remove it with what `fresh` names
+            building = _claim(target, list(fresh))
         if dropped:
             self.progress(f"dropping setting{'s' if len(dropped) > 1 else ''} {', '.join(dropped)}: not "
                           f"declared by {name} {manifest.version}, or no longer valid for its type")
@@ -275,9 +326,9 @@ class Installer:
             if committed:
                 raise
             with home_lock(self.layout):
-                self._quota_after_install(name, failed_first=self.layout.data(name) in fresh)
+                self._quota_after_install(name, failed_first="data" in fresh)
                 rootfs.remove_tree(target)
-                for d in fresh:
+                for d in fresh.values():
                     rootfs.remove_tree(d)
                 if existing is None:  # what its confined steps left in run/ (reports, passwd files)
                     for leftover in self.layout.run.glob(f".{name}.*"):

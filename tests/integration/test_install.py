@@ -195,6 +195,33 @@ def test_install_interrupted_midway_leaves_nothing_behind(home: Path, sig: int) 
     assert snapshot(home) == before
 
 
+def mounted(point: Path) -> bool:
+    """Whether something is mounted on ``point`` in this (the host's) mount namespace."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        return any(line.split()[4] == str(point) for line in fh)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="disk images are a root host's (host.quota)")
+def test_install_killed_in_its_entrypoint_check_leaves_no_data_image_behind(home: Path) -> None:
+    run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", check=True)  # registered: its image stays
+    before = snapshot(home)
+    data, image = home / "data" / "hang-on-import", home / "data" / "hang-on-import.img"
+    proc = subprocess.Popen([*HOST, "--home", str(home), "install", str(FIXTURES / "hang_on_import"), "--yes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # its import, confined in the check, wrote into the image the install made and mounted, and waits there
+        wait_for(lambda: (data / "importing").exists() or proc.poll() is not None, 120, what="the entrypoint check")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out = proc.communicate(timeout=30)[0].decode()
+    assert image.is_file() and mounted(data), out  # what the kill left: the image, mounted on its data dir
+    # the next command sweeps it (under the home lock): the plugin was never registered
+    run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", check=True)  # a no-op + sweep
+    assert not mounted(data)
+    assert not image.exists() and not data.exists() and not (home / "run" / "hang-on-import").exists()
+    assert snapshot(home) == before  # the registered plugin's image and data dir included
+
+
 def test_symlinks_out_of_the_plugin_dir_are_not_followed(home: Path) -> None:
     r = run_host(home, "install", str(FIXTURES / "symlink_escape"), "--yes")
     assert r.returncode == 0, r.stderr

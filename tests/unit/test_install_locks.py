@@ -49,3 +49,36 @@ def test_the_home_lock_for_a_plugin_waits_for_its_build_but_not_for_others(tmp_p
         os.close(fd)  # the build ends
     waiter.join(10)
     assert entered.is_set()
+
+
+def test_a_sweep_removes_what_a_dead_first_install_made_outside_its_dir_and_nothing_else(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "home")
+    layout.ensure()
+    registry = Registry(layout.registry)
+    registry.put("reg", "1.0", "1.0-aaaaaa", {}, True, uid_index=1)
+
+    def killed_install(name: str, fresh: list[str], install_id: str = "2.0-bbbbbb") -> Path:
+        install = layout.install_dir(name, install_id)
+        os.close(_claim(install, fresh))  # its installer died: nobody holds the marker
+        for d in (layout.data(name), layout.run_dir(name)):
+            d.mkdir(parents=True, exist_ok=True)
+        layout.disk_image(name).write_bytes(b"ext4")
+        (layout.run / f".{name}.check.exit.json").write_text("{}")
+        return install
+
+    first = killed_install("first", ["data", "run"])  # a first install, killed in its entrypoint check
+    kept = killed_install("kept", [])  # a reinstall after `uninstall --keep-data`: its data is the operator's
+    upgrade = killed_install("reg", ["data", "run"])  # a registered plugin's: never touched
+    dead = killed_install("busy", ["data", "run"], "1.0-cccccc")
+    building = _claim(layout.install_dir("busy", "2.0-dddddd"))  # a build of it still running elsewhere
+    try:
+        assert sorted(sweep(layout, registry)) == sorted([first, kept, upgrade, dead])
+    finally:
+        os.close(building)
+    assert not layout.plugin_root("first").exists()
+    assert [p for p in (layout.data("first"), layout.disk_image("first"), layout.run_dir("first"),
+                        layout.run / ".first.check.exit.json") if p.exists()] == []
+    for name in ("kept", "reg", "busy"):
+        assert layout.data(name).is_dir() and layout.disk_image(name).is_file() and layout.run_dir(name).is_dir()
+    assert not (layout.run / ".kept.check.exit.json").exists()  # the confined steps' files of an unregistered one
+    assert (layout.run / ".reg.check.exit.json").exists() and (layout.run / ".busy.check.exit.json").exists()
