@@ -24,6 +24,7 @@ import gevent
 from gunicorn.workers import ggevent
 
 MAX_WORKERS = 64  # HostSettings.web_workers' bound
+SLOTS = 2 * MAX_WORKERS  # a reload (SIGHUP) starts the new workers before the old ones go
 RECHECK = 0.05  # seconds between a paused worker's looks at the others' counts
 
 
@@ -33,7 +34,7 @@ class Counts:
     Each slot is written by one process at a time: its worker (its own count), the arbiter before the fork
     and after the worker died. Others only read; an aligned 8-byte store is atomic."""
 
-    def __init__(self, slots: int = MAX_WORKERS) -> None:
+    def __init__(self, slots: int = SLOTS) -> None:
         self.slots = slots
         self._mem = mmap.mmap(-1, slots * 16)  # MAP_SHARED: the workers forked later see the same page
         self._cells = (ctypes.c_int64 * (slots * 2)).from_buffer(self._mem)
@@ -61,9 +62,10 @@ class Counts:
 
 
 def free_slot(workers: Any, slots: int) -> int:
-    """A slot no live worker (gunicorn's ``server.WORKERS`` values) holds."""
+    """A slot no live worker (gunicorn's ``server.WORKERS`` values) holds (never more than SLOTS are alive;
+    were they, slot 0 would be shared, which only blurs the counts)."""
     taken = {getattr(w, "balance_slot", -1) for w in workers}
-    return next(i for i in range(slots) if i not in taken)
+    return next((i for i in range(slots) if i not in taken), 0)
 
 
 class BalancedGeventWorker(ggevent.GeventWorker):  # type: ignore[misc]

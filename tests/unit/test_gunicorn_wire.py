@@ -1,10 +1,12 @@
-"""host.gunicorn_wire: gunicorn's HTTP/1 writer, sending a head with the first body piece, and its cached Date."""
+"""host.gunicorn_wire (gunicorn's HTTP/1 writer, sending a head with the first body piece; its cached Date) and
+host.web_balance's shared connection counts."""
 
 from __future__ import annotations
 
 import email.utils
 import runpy
 import time
+from types import SimpleNamespace
 
 import pytest
 from gunicorn import util
@@ -15,6 +17,7 @@ from gunicorn.http.parser import RequestParser
 from host import gunicorn_wire
 from host.gunicorn_wire import SplicingResponse as CoalescingResponse
 from host.runtime import GUNICORN_CONFIG, RUNTIME_DIR
+from host.web_balance import Counts, free_slot
 
 
 class Wire:
@@ -112,3 +115,18 @@ def test_every_plugins_gunicorn_gets_the_coalescing_writer_from_its_config(monke
     resp.close()
     assert len(wire.sends) == 1 and wire.sends[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert wire.sends[0].endswith(b"\r\n\r\npong")
+
+
+def test_the_balancer_pauses_only_a_worker_two_above_the_least_busy_live_one() -> None:
+    counts = Counts(slots=4)
+    counts.claim(0, 100)
+    counts.claim(1, 101)
+    assert not counts.over_share(0) and not counts.over_share(1)
+    counts.add(0, 1)
+    assert not counts.over_share(0)  # one above another is within its share
+    counts.add(0, 1)
+    assert counts.over_share(0) and not counts.over_share(1)  # the least busy one never pauses
+    counts.free(1)  # that worker died: nobody left to hand connections to
+    assert not counts.over_share(0)
+    assert free_slot([SimpleNamespace(balance_slot=0), SimpleNamespace(balance_slot=2)], 4) == 1
+    assert free_slot([SimpleNamespace(balance_slot=i) for i in range(4)], 4) == 0
