@@ -17,22 +17,23 @@ def home() -> Iterator[Path]:
 
 
 # Seconds each integration module took (the "module wall times" table printed at the end of a run; measured
-# with -n 3 on the loaded 2-core machine, so ~2x an idle one: only their order matters). Modules are handed out
-# longest first (LPT): a long module started last would run alone at the end while the other workers idle.
+# with -n 3 on the 2-core machine at load ~4; a module that only reuses a session host shows ~2: only the
+# order matters). Modules are handed out longest first (LPT): a long module started last would run alone at
+# the end while the other workers idle.
 # A module not listed yet (a new one) counts as DEFAULT_SECONDS: before the short ones, so it cannot form the
 # tail either. Refresh the table when a module's place in it changes a lot.
 MODULE_SECONDS = {
-    "test_thirdparty_apps": 561, "test_runtime_management": 448, "test_exit_causes": 421, "test_install": 332,
-    "test_signed_install": 331, "test_lifecycle": 278, "test_apply": 277, "test_lifecycle_start": 227,
-    "test_lifecycle_shutdown": 219, "test_plugin_settings": 216, "test_admin_ui": 200, "test_admin_api": 176,
-    "test_isolation": 168, "test_disk_quota": 159, "test_host_api": 150, "test_web_tier": 144,
-    "test_websocket": 142, "test_proxy_sessions": 137, "test_install_hygiene": 134, "test_bench": 133,
-    "test_metrics": 125, "test_sandbox_user": 122, "test_hooks": 120, "test_registry_admin_cli": 115,
-    "test_proxy": 114, "test_install_archive": 114, "test_sandbox_policy": 110, "test_fault_injection": 106,
-    "test_dockerfile": 100, "test_cli_contract": 91, "test_escape": 85, "test_runner_attacks": 62,
-    "test_egress": 61, "test_runner_lifecycle": 20, "test_web_mounts": 19, "test_streaming": 18,
-    "test_install_bundle": 17, "test_runner_fds": 9, "test_origins": 8, "test_kernel_attacks": 8,
-    "test_upstream": 8, "test_browser_isolation": 8, "test_runner_support": 8, "test_probe_deadline": 8,
+    "test_exit_causes": 147, "test_thirdparty_apps": 122, "test_runtime_management": 114, "test_admin_api": 104,
+    "test_install": 89, "test_signed_install": 77, "test_lifecycle_start": 63, "test_bench": 61,
+    "test_cli_contract": 58, "test_lifecycle_shutdown": 56, "test_lifecycle": 55, "test_proxy": 54,
+    "test_websocket": 53, "test_plugin_settings": 48, "test_web_tier": 47, "test_admin_ui": 47,
+    "test_proxy_sessions": 46, "test_metrics": 44, "test_fault_injection": 43, "test_apply": 42,
+    "test_disk_quota": 40, "test_install_hygiene": 40, "test_host_api": 37, "test_escape": 36, "test_hooks": 36,
+    "test_isolation": 36, "test_idle_memory": 35, "test_wheel_cache": 35, "test_sandbox_policy": 30,
+    "test_install_archive": 28, "test_egress": 25, "test_runner_attacks": 25, "test_registry_admin_cli": 22,
+    "test_dockerfile": 20, "test_runner_lifecycle": 8, "test_kernel_attacks": 4, "test_browser_isolation": 3,
+    "test_sandbox_user": 2, "test_web_mounts": 2, "test_streaming": 2, "test_install_bundle": 2,
+    "test_runner_fds": 2, "test_origins": 2, "test_upstream": 2, "test_runner_support": 2, "test_probe_deadline": 2,
 }
 DEFAULT_SECONDS = 150
 
