@@ -141,5 +141,5 @@ def main_from_fds(ctx_fd: int, report_fd: int, cmd: list[str]) -> int:
     for fd in (ctx_fd, report_fd):
         os.set_inheritable(fd, False)
     with os.fdopen(ctx_fd, "rb") as f:
-        h = Handoff.from_json(f.read().decode())
+        h = Handoff.view_from_json(f.read().decode())
     return run(h, cmd, report_fd)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from typing import TYPE_CHECKING
 
 from sandbox_runner.errors import LayerFailed
-from sandbox_runner.policy import Policy
+
+if TYPE_CHECKING:
+    from sandbox_runner.policy import Policy
 
 # Read-only system paths a dynamically linked Python needs. Deliberately absent: /etc/passwd, /etc/shadow,
 # /etc/group (the host's user names and hashes; a policy's etc_files may show generated ones instead), /home,

@@ -7,11 +7,10 @@ Each layer module exposes ``prepare(...) -> Step``: all look-ups (libraries, ABI
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """A prepared layer: ``run`` applies it and returns what it did; ``run is None`` means unavailable."""
 
     layer: str

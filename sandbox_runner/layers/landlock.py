@@ -6,12 +6,14 @@ import ctypes
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from sandbox_runner import libc
 from sandbox_runner.errors import LayerFailed, LayerUnavailable
 from sandbox_runner.layers import Step, unavailable
-from sandbox_runner.policy import Policy
+
+if TYPE_CHECKING:
+    from sandbox_runner.policy import Policy
 
 # Generic syscall numbers (identical on x86_64, aarch64, riscv64 ...).
 SYS_CREATE_RULESET = 444
@@ -65,8 +67,7 @@ def ruleset_attr_size(abi: int) -> int:
     return 8 if abi < 4 else 16 if abi < 6 else 24
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     abi: int
     paths: tuple[tuple[str, int], ...]  # (path, rights on a directory; masked to FILE_RIGHTS for files)
     connect_ports: tuple[int, ...]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import resource
+from typing import TYPE_CHECKING
 
 from sandbox_runner.errors import LayerFailed
 from sandbox_runner.layers import Step
-from sandbox_runner.policy import Policy
+
+if TYPE_CHECKING:
+    from sandbox_runner.policy import Policy
 
 
 def limits(policy: Policy, memory_by_cgroup: bool) -> list[tuple[str, int, int, int]]:

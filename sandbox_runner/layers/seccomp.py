@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import errno
-import socket
-from dataclasses import dataclass
+import sys
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sandbox_runner.errors import LayerFailed
 from sandbox_runner.layers import Step, unavailable
-from sandbox_runner.policy import Policy
+
+if TYPE_CHECKING:
+    from sandbox_runner.policy import Policy
 
 # Kernel attack surface a web plugin never needs; EPERM, like an unprivileged caller would get.
 DENY_EPERM = (
@@ -79,10 +80,11 @@ U32 = 0xFFFFFFFF
 
 # Comparison operators, as numbered by libseccomp (scmp_compare).
 OP_NE, OP_EQ, OP_GE, OP_MASKED_EQ = 1, 4, 5, 7
+# Linux's address family numbers (socket.AF_*, whose module costs the inner stage an enum import per start).
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """Return ``-errno`` from ``syscall`` when all ``args`` (index, op, datum_a, datum_b) match."""
 
     syscall: str
@@ -94,8 +96,8 @@ def allowed_families(policy: Policy) -> frozenset[int]:
     # AF_NETLINK stays denied even with network: it reaches routing/audit/netfilter code, and glibc's
     # getaddrinfo falls back to assuming IPv4+IPv6 when it cannot open one.
     if policy.network.enabled:
-        return frozenset({socket.AF_UNIX, socket.AF_INET, socket.AF_INET6})
-    return frozenset({socket.AF_UNIX})
+        return frozenset({AF_UNIX, AF_INET, AF_INET6})
+    return frozenset({AF_UNIX})
 
 
 def rules(policy: Policy) -> list[Rule]:
@@ -129,12 +131,29 @@ def rules(policy: Policy) -> list[Rule]:
 
 
 def _import() -> ModuleType | str:
+    # pyseccomp resolves libc and libseccomp with ctypes.util.find_library at import, which runs `ldconfig -p`
+    # twice (~20 ms per start-up, and inside the sandbox); dlopen finds glibc's sonames through ld.so.cache
+    # anyway. Where ctypes.util is not loaded yet (the inner stage), pyseccomp gets a stand-in that only knows
+    # those two names: the real module costs another ~10 ms of imports (subprocess, shutil, tempfile).
+    known = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+    if "pyseccomp" not in sys.modules and "ctypes.util" not in sys.modules:
+        import ctypes
+
+        stand_in = ModuleType("ctypes.util")
+        stand_in.find_library = known.get  # type: ignore[attr-defined]
+        sys.modules["ctypes.util"] = ctypes.util = stand_in
+        try:
+            import pyseccomp
+
+            fast: ModuleType = pyseccomp
+            return fast
+        except (ImportError, OSError):
+            pass  # not glibc's sonames, or no pyseccomp/libseccomp: the real find_library decides below
+        finally:
+            del sys.modules["ctypes.util"], ctypes.util
     import ctypes.util
 
-    # pyseccomp resolves libc and libseccomp with find_library at import, which runs `ldconfig -p` twice
-    # (~20 ms per start-up, and inside the sandbox). dlopen finds these sonames through ld.so.cache anyway.
     real = ctypes.util.find_library
-    known = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
     ctypes.util.find_library = lambda name: known.get(name) or real(name)
     try:
         import pyseccomp

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import TYPE_CHECKING
 
 from sandbox_runner import libc
 from sandbox_runner.errors import LayerFailed
 from sandbox_runner.layers import Step, unavailable
-from sandbox_runner.policy import Policy
+
+if TYPE_CHECKING:
+    from sandbox_runner.policy import Policy
 
 _LAST_CAP = 63
 

@@ -141,3 +141,43 @@ def test_the_resident_runner_loads_neither_the_inner_stage_nor_subprocess_for_a_
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+# Modules whose import chains cost the inner stage (an interpreter of its own under bwrap, started for every
+# plugin start) ~50 ms: dataclasses pulls in inspect/ast/dis, ctypes.util subprocess/shutil/tempfile, socket
+# and typing's own enums. The inner stage must confine and exec without them.
+HEAVY = ("dataclasses", "inspect", "ast", "subprocess", "shutil", "tempfile", "socket", "ctypes.util")
+
+
+def test_inner_stage_starts_without_heavy_imports() -> None:
+    import importlib.util
+
+    from sandbox_runner import paths
+    from sandbox_runner.handoff import Handoff
+    from sandbox_runner.policy import Policy
+
+    spec = importlib.util.find_spec("pyseccomp")
+    assert spec is not None and spec.origin
+    # The inner stage as bwrap starts it (bwrap._BOOT: the real interpreter, no site, the package and
+    # pyseccomp on sys.path), confining itself by a policy and exec'ing a command; -X importtime lists every
+    # module it loaded before the exec.
+    boot = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {os.path.dirname(spec.origin)!r}]; "
+            "from sandbox_runner.inner import main_from_fds; "
+            "sys.exit(main_from_fds(int(sys.argv[1]), int(sys.argv[2]), sys.argv[4:]))")
+    ctx = os.memfd_create("handoff")
+    os.write(ctx, Handoff(Policy(name="p", required=()), "syscalls").to_json().encode())
+    os.lseek(ctx, 0, os.SEEK_SET)
+    report_r, report_w = os.pipe()
+    try:
+        proc = subprocess.run([paths.interpreter(), "-X", "importtime", "-I", "-S", "-B", "-c", boot, str(ctx),
+                               str(report_w), "--", "/bin/true"], pass_fds=(ctx, report_w), capture_output=True,
+                              text=True, timeout=60, check=False)
+        os.close(report_w)
+        with os.fdopen(report_r) as f:
+            report = f.read()
+    finally:
+        os.close(ctx)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert [m for m in HEAVY if m in loaded] == []
+    assert json.loads(report)["layers"]["seccomp"]["applied"]  # pyseccomp loaded without ctypes.util
