@@ -231,7 +231,10 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1,
     policy = runtime_policy(settings, manifest, install, plugin_uid(settings, record.uid_index), str(generation))
     # A fresh hook-signing secret for every start (host.hooks.signing): an old instance's cannot sign for the new.
     policy = dataclasses.replace(policy, env={**policy.env, **plugin_settings.environment(manifest, values, data),
-                                              signing.SECRET_ENV: signing.new_secret()})
+                                              signing.SECRET_ENV: signing.new_secret()},
+                                 # No resident runner per plugin (bwrap backend): the supervisor is bwrap's
+                                 # parent and does what the runner did after the command (host.supervisor.process).
+                                 resident=False)
     gunicorn = [
         f"{venv}/bin/python", "-m", "gunicorn",
         "--workers", str(res.workers),

@@ -130,7 +130,7 @@ def _parents(dests: list[str]) -> list[str]:
     return sorted((d for d in out if d not in mounts and not inside_bind(d)), key=lambda p: (p.count("/"), p))
 
 
-def argv(policy: Policy, facts: Launch, cmd: list[str], ctx_fd: int, report_fd: int, info_fd: int) -> list[str]:
+def argv(policy: Policy, facts: Launch, cmd: list[str], ctx_fd: int, report_fd: int, info_fd: int | None) -> list[str]:
     """Pure: the full bwrap command line whose payload is the inner stage, then ``cmd``."""
     out = [facts.bwrap, *_unshare(facts.root, policy.network.enabled or policy.network.netns_fd is not None)]
     # Not --as-pid-1: bwrap's own init stays pid 1 (root, so the parent-death signal from bwrap may reach
@@ -160,6 +160,8 @@ def argv(policy: Policy, facts: Launch, cmd: list[str], ctx_fd: int, report_fd: 
     out += [a for p, target in sorted(facts.symlinks.items()) for a in ("--symlink", target, p)]
     out += [a for bind in binds for a in bind]
     # The inner stage builds the command's environment from the policy alone.
-    out += ["--clearenv", "--chdir", "/", "--info-fd", str(info_fd)]
+    out += ["--clearenv", "--chdir", "/"]
+    if info_fd is not None:  # who needs the sandbox's pid 1 (a resident runner forwarding signals)
+        out += ["--info-fd", str(info_fd)]
     boot = _BOOT.format(lib=lib)
     return [*out, "--", facts.python, "-I", "-S", "-B", "-c", boot, str(ctx_fd), str(report_fd), "--", *cmd]

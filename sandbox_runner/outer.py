@@ -34,12 +34,18 @@ def run(policy: Policy, cmd: list[str]) -> int:
     outer: dict[str, Outcome] = {"namespaces": ns}
     if not ns["applied"] and "namespaces" in policy.required:
         raise LayerUnavailable("namespaces", ns["detail"])
+    groups, outer["cgroup"] = _cgroups(policy)
+    handoff = Handoff(policy, backend, outer)
+    if bwrap_path is not None and not policy.resident:
+        try:
+            _become_bwrap(handoff, bwrap_path, groups, cmd)
+        finally:  # only reached when bwrap could not be started
+            if groups is not None:
+                cgroup.remove(groups)
     # Our own subreaper: what the sandbox leaves when it ends (bwrap's init outliving bwrap for a moment, a
     # daemonised process without a pid namespace) comes back to us to be killed and reaped, instead of
     # going to the host's supervisor as an orphan.
     libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
-    groups, outer["cgroup"] = _cgroups(policy)
-    handoff = Handoff(policy, backend, outer)
 
     def started(report: bytes) -> None:
         # EOF on the report pipe: the inner stage is exec'ing the command (or gave up without a report).
@@ -143,6 +149,38 @@ def _run_bwrap(h: Handoff, path: str, groups: cgroup.Groups | None, cmd: list[st
     if not init:
         raise LayerFailed("namespaces", f"bwrap exited before starting the sandbox (status {status})")
     return _bwrap_exit(os.waitstatus_to_exitcode(status)), b"".join(report), child.received
+
+
+def _become_bwrap(h: Handoff, path: str, groups: cgroup.Groups | None, cmd: list[str]) -> None:
+    """Policy.resident=False: join the cgroups and the network namespace ourselves and execve bwrap, which
+    keeps our pid (the caller's child) and our parent-death signal. Returns only by raising."""
+    paths.check_etc_sources(h.policy)
+    ctx = os.memfd_create("sandbox-handoff")
+    os.write(ctx, h.to_json().encode())
+    os.lseek(ctx, 0, os.SEEK_SET)
+    # The inner stage writes its layer report straight into the file (root's run dir, opened here before
+    # any confinement); it closes the fd before it execs the command.
+    report = h.policy.report_path or os.devnull
+    try:
+        report_fd = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise LayerFailed("namespaces", f"report {report}: {exc.strerror}") from exc
+    argv = bwrap.argv(h.policy, bwrap.launch_facts(path), cmd, ctx, report_fd, None)
+    for fd in (ctx, report_fd):
+        os.set_inheritable(fd, True)
+    try:
+        _join_netns(h.policy)
+    except OSError as exc:
+        raise LayerFailed("namespaces", f"cannot join the network namespace: {exc}") from exc
+    # From here on we are inside the groups: a failure cannot remove them (it would kill us); the caller
+    # removes them, as it does after every non-resident sandbox.
+    try:
+        if groups is not None:
+            cgroup.join(groups)
+        os.execv(argv[0], argv)  # noqa: S606 - argv is ours, no shell involved
+    except BaseException as exc:
+        os.write(2, f"sandbox_runner: {h.policy.name}: cannot start bwrap: {exc}\n".encode())
+    os._exit(SETUP_FAILED)
 
 
 def _bwrap_exit(code: int) -> int:

@@ -85,6 +85,16 @@ class Policy:
     # the runner's own user that no one else may write (checked before bwrap starts). The syscalls backend has
     # no mount namespace to show them in: there the real files stay denied (Landlock) and these are ignored.
     etc_files: tuple[tuple[str, str], ...] = ()
+    # False (bwrap backend only): the runner does its set-up and then *becomes* bwrap (execve) instead of
+    # staying resident as the sandbox's parent (a Python process per plugin, ~7.7 MiB PSS). Then the caller
+    # owns what the resident runner did once the command ended: bwrap's exit status is the command's (128+N:
+    # killed by signal N; bwrap itself killed by a signal: the runner was killed), nothing writes exit_path,
+    # and the cgroups are the caller's to read (cgroup.counters) and remove (cgroup.cleanup). Signals sent
+    # to the runner's pid reach bwrap, and SIGTERM or SIGKILL there end the whole sandbox at once
+    # (--die-with-parent); send SIGTERM to the command itself for a graceful stop. The report at report_path
+    # is written by the inner stage itself, through a file the runner opened. The syscalls backend ignores
+    # this (no pid namespace ends its tree: it needs the resident subreaper).
+    resident: bool = True
 
     def __post_init__(self) -> None:
         dests = [dest for dest, _src in self.etc_files]

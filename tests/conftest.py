@@ -31,7 +31,8 @@ MODULE_SECONDS = {
     "test_disk_quota": 40, "test_install_hygiene": 40, "test_host_api": 37, "test_escape": 36, "test_hooks": 36,
     "test_isolation": 36, "test_idle_memory": 35, "test_wheel_cache": 35, "test_sandbox_policy": 30,
     "test_install_archive": 28, "test_egress": 25, "test_runner_attacks": 25, "test_registry_admin_cli": 22,
-    "test_dockerfile": 20, "test_runner_lifecycle": 8, "test_kernel_attacks": 4, "test_browser_isolation": 3,
+    "test_dockerfile": 20, "test_instance_tree": 9, "test_runner_lifecycle": 8, "test_kernel_attacks": 4,
+    "test_browser_isolation": 3,
     "test_sandbox_user": 2, "test_web_mounts": 2, "test_streaming": 2, "test_install_bundle": 2,
     "test_runner_fds": 2, "test_origins": 2, "test_upstream": 2, "test_runner_support": 2, "test_probe_deadline": 2,
 }

@@ -30,7 +30,7 @@ from host.supervisor import leftovers, metrics
 from host.supervisor.admin import AdminOps, prepare_uploads
 from host.supervisor.control_server import ControlServer
 from host.supervisor.hooks import SupervisorHooks
-from host.supervisor.process import Children, children_of, process_group
+from host.supervisor.process import Children, children_of, process_group, start_time
 from host.supervisor.state import SERVING
 from host.supervisor.web import WEB_OPS, RoutesPublisher, bind_listener, public_view, web_env
 from host.supervisor.worker import PluginWorker
@@ -361,10 +361,16 @@ class Supervisor:
 
         Not our own short-lived helpers (quota tools, probes: subprocess.run in a worker thread, reaped by
         it): they stay in our process group, while everything we adopt comes from an instance, the web tier
-        or the egress process, which all lead groups of their own."""
+        or the egress process, which all lead groups of their own. An instance's sandbox init, adopted when its
+        bwrap exits first (:attr:`Children.expected`), is reaped the same way but not reported: it is no leftover."""
         mine = os.getpgrp()
         with self.children.lock:
             adopted = {pid for pid in children_of(os.getpid()) - self.children.pids if process_group(pid) != mine}
+            expected = self.children.expected
+            inits = {pid for pid in adopted if pid in expected and expected[pid] == start_time(pid)}
+            for pid, st in list(expected.items()):
+                if pid in inits or start_time(pid) != st:  # adopted now, or gone (bwrap reaped it)
+                    del expected[pid]
             for pid in adopted:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -375,10 +381,10 @@ class Supervisor:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-        if adopted:
+        if adopted - inits:
             log.warning("killed %d orphaned process(es) left behind by a dead plugin or web tier: %s",
-                        len(adopted), sorted(adopted))
-        return len(adopted)
+                        len(adopted - inits), sorted(adopted - inits))
+        return len(adopted - inits)
 
     # -- web tier ---------------------------------------------------------------------------------------
 

@@ -1,7 +1,11 @@
 """One running instance of a plugin: spawn it (via the sandbox runner), wait until it is ready, stop it.
 
-The instance leads its own process group; the runner below it forwards SIGTERM into the sandbox, and the
-sandbox's pid namespace (or cgroup) guarantees that when the instance's root dies, its whole tree dies.
+The instance leads its own process group. With the bwrap backend the runner sets the sandbox up and becomes
+bwrap (``Policy.resident=False``): the instance's pid is bwrap's, SIGTERM goes to the command inside, and we
+read the exit status and the cgroup counters and remove the groups, as a resident runner would have. With
+the syscalls backend the runner stays as the instance's root, forwards SIGTERM and writes an exit report.
+Either way the sandbox's pid namespace (or cgroup) guarantees that when the instance's root dies, its whole
+tree dies.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ class Children:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.pids: set[int] = set()
+        # What becomes ours when an instance's bwrap exits: the sandbox's init, which bwrap does not wait for
+        # (it exits as soon as the init reports the command's status). {pid: start time}; adopted, killed and
+        # reaped like any orphan, but expected, so not reported as one.
+        self.expected: dict[int, int] = {}
 
 
 def children_of(pid: int) -> set[int]:
@@ -116,6 +124,13 @@ def kill_tree(snapshot: dict[int, int]) -> None:
                 pass
 
 
+def _written(path: str | None) -> bool:
+    try:
+        return path is not None and os.path.getsize(path) > 0
+    except OSError:
+        return False
+
+
 def runner_env() -> dict[str, str]:
     """The runner's own environment (the plugin's comes from its policy): PATH plus the operator's
     SANDBOX_RUNNER_* knobs (e.g. SANDBOX_RUNNER_BWRAP, a system bubblewrap)."""
@@ -171,6 +186,8 @@ class Instance:
         self._pump: threading.Thread | None = None
         self._exit_report: ExitReport | None = None
         self._exit_read = False
+        self.was_ready = False  # wait_ready saw it answer: the command surely started
+        self._init_noted = False
 
     @property
     def pid(self) -> int | None:
@@ -204,8 +221,26 @@ class Instance:
         if not self._exit_read:
             self._exit_read = True
             path = self.spec.policy.exit_path
-            self._exit_report = ExitReport.read(Path(path)) if path else None
+            if not self.spec.policy.resident:
+                self._exit_report = self._bwrap_exit_report()
+            else:
+                self._exit_report = ExitReport.read(Path(path)) if path else None
         return self._exit_report
+
+    def _bwrap_exit_report(self) -> ExitReport | None:
+        """The report a resident runner would have written, from bwrap's exit status and the cgroups' counters
+        (read here, before :meth:`cleanup` removes the groups). None when bwrap (or the runner before it became
+        bwrap) was killed by a signal: from outside, as a killed resident runner wrote nothing either."""
+        rc = self.returncode
+        if rc is None or rc < 0:
+            return None
+        # bwrap reports a command killed by signal N as exit 128+N, like a shell (a command that really
+        # exits with 128+N reads the same, as it did through the resident runner)
+        status = -(rc - 128) if 128 < rc < 128 + signal.NSIG else rc
+        name = self.spec.policy.cgroup_name
+        counted = cgroup.counters(cgroup.find(name)) if name else {}
+        return ExitReport(status, self.was_ready or _written(self.spec.policy.report_path), (),
+                          counted.get("oom_kills", 0), counted.get("forks_refused", 0))
 
     def cleanup(self) -> None:
         """Once it has exited: remove the socket it left in the run dir (gunicorn leaves it behind when
@@ -217,7 +252,7 @@ class Instance:
             self.on_cleanup()
             self.on_cleanup = None
         self.spec.instance_socket.unlink(missing_ok=True)
-        if self.exit_report() is None and self.spec.policy.cgroup_name:
+        if (self.exit_report() is None or not self.spec.policy.resident) and self.spec.policy.cgroup_name:
             try:
                 cgroup.cleanup(self.spec.policy.cgroup_name)
             except OSError as exc:
@@ -225,6 +260,9 @@ class Instance:
 
     def spawn(self) -> None:
         log_path = self.sink.begin_instance()
+        if not self.spec.policy.resident and self.spec.policy.report_path:
+            # the inner stage writes it as the command starts: present afterwards = it started
+            Path(self.spec.policy.report_path).unlink(missing_ok=True)
         r, w = os.pipe()
         try:
             with self.children.lock:
@@ -299,6 +337,8 @@ class Instance:
                     continue
                 self.last_probe_error = why
                 if why is None:
+                    self.was_ready = True
+                    self._expect_init()  # the sandbox's init surely exists now
                     return Readiness.READY
             else:
                 self.last_probe_error = "socket missing"
@@ -337,9 +377,34 @@ class Instance:
     def _signal(self, sig: int) -> None:
         if self.proc is not None and self.returncode is None:
             try:
-                self.proc.send_signal(sig)
+                if self.spec.policy.resident:
+                    self.proc.send_signal(sig)
+                else:
+                    os.kill(self._command() or self.proc.pid, sig)
             except ProcessLookupError:
                 pass
+
+    def _expect_init(self) -> None:
+        """Non-resident: note the sandbox's init (bwrap's child) in :attr:`Children.expected` once it exists."""
+        if self._init_noted or self.spec.policy.resident or self.proc is None or self.returncode is not None:
+            return
+        for pid in children_of(self.proc.pid):
+            st = start_time(pid)
+            if st is not None:
+                with self.children.lock:
+                    self.children.expected[pid] = st
+                self._init_noted = True
+
+    def _command(self) -> int | None:
+        """The sandboxed command (gunicorn's arbiter) below bwrap and the sandbox's init: a signal to bwrap
+        would end the sandbox at once (--die-with-parent), the command's own handler makes a graceful stop.
+        None before the sandbox is up (then there is nothing graceful to stop)."""
+        assert self.proc is not None
+        for init in sorted(children_of(self.proc.pid)):
+            kids = sorted(children_of(init))
+            if kids:
+                return kids[0]
+        return None
 
     def _killpg(self) -> None:
         if self.proc is None:

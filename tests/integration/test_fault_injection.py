@@ -60,9 +60,13 @@ def leftovers(home: Path) -> dict[str, list[str]]:
 
 
 def runners(host: ServedHost) -> list[int]:
-    """The sandbox runners among the supervisor's children (one per live instance)."""
+    """The instances' roots among the supervisor's children (one per live instance): the sandbox runner, or
+    bwrap once a non-resident runner has become it."""
     assert host.proc is not None
-    return [p for p in descendants(host.proc.pid) if "-m sandbox_runner" in cmdline(p)]
+    from host.supervisor.process import children_of
+
+    return [p for p in children_of(host.proc.pid)
+            if "-m sandbox_runner" in cmdline(p) or os.path.basename(cmdline(p).split(" ")[0]) == "bwrap"]
 
 
 def test_sigkill_anything_at_any_point_and_nothing_remains(home: Path) -> None:

@@ -186,7 +186,7 @@ def test_the_supervisor_probes_bubblewrap_once_not_at_every_start(home: Path, se
     run_host(home, "restart", "steady", check=True)  # and a second instance
     assert starts() == before + 2
     lines = calls.read_text().splitlines()
-    sandboxes = [ln for ln in lines if "--info-fd" in ln]
+    sandboxes = [ln for ln in lines if "--die-with-parent" in ln]
     probes = [ln for ln in lines if ln.endswith("-- /bin/true")]
     assert len(sandboxes) == 2, lines
     assert len(probes) <= 1, lines  # the supervisor's own, once

@@ -142,3 +142,10 @@ def test_landlock_allows_the_generated_files_only_where_bwrap_bound_them() -> No
     policy = dataclasses.replace(POLICY, etc_files=ETC)
     assert {"/etc/passwd", "/etc/group"} <= set(inner._landlock_paths(Handoff(policy, "bwrap"))[0])
     assert not {"/etc/passwd", "/etc/group"} & set(inner._landlock_paths(Handoff(policy, "syscalls"))[0])
+
+
+def test_a_non_resident_runner_asks_bwrap_for_no_info_fd() -> None:
+    # Policy.resident=False: the runner becomes bwrap, and nobody is left to read the sandbox's pid 1.
+    argv = bwrap.argv(Policy(name="p"), FACTS, ["/bin/true"], 5, 6, None)
+    assert "--info-fd" not in argv
+    assert argv[argv.index("--") + 1:][-3:] == ["6", "--", "/bin/true"]
