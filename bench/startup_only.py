@@ -5,7 +5,8 @@ start alone and N at once), on a home that is kept between runs so the installs 
 
 Prints the median of each figure (and every sample) as one line per test. ``runner`` is the sandbox's own
 cost without the plugin: the runner confining ``/bin/true`` under the plugin's policy, CPU time (robust on a
-loaded machine) and wall time.
+loaded machine) and wall time. With bubblewrap the runner becomes bwrap, which does not wait for the sandbox's
+init: the CPU of the init and the inner stage is then nobody's child's and missing from the CPU figure.
 """
 
 from __future__ import annotations
