@@ -159,10 +159,12 @@ def _become_bwrap(h: Handoff, path: str, groups: cgroup.Groups | None, cmd: list
     os.write(ctx, h.to_json().encode())
     os.lseek(ctx, 0, os.SEEK_SET)
     # The inner stage writes its layer report straight into the file (root's run dir, opened here before
-    # any confinement); it closes the fd before it execs the command.
-    report = h.policy.report_path or os.devnull
+    # any confinement); it closes the fd before it execs the command. Never through a symlink.
+    report = h.policy.report_path
+    flags = os.O_WRONLY | os.O_CLOEXEC
     try:
-        report_fd = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        report_fd = (os.open(report, flags | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644) if report
+                     else os.open(os.devnull, flags))
     except OSError as exc:
         raise LayerFailed("namespaces", f"report {report}: {exc.strerror}") from exc
     argv = bwrap.argv(h.policy, bwrap.launch_facts(path), cmd, ctx, report_fd, None)

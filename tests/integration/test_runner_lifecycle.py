@@ -7,6 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from sandbox_runner.errors import EXEC_FAILED, LAYER_UNAVAILABLE, USAGE
 from sandbox_runner.layers.cgroup import cleanup
@@ -181,3 +184,23 @@ def test_inner_stage_starts_without_heavy_imports() -> None:
     loaded = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert [m for m in HEAVY if m in loaded] == []
     assert json.loads(report)["layers"]["seccomp"]["applied"]  # pyseccomp loaded without ctypes.util
+
+
+def test_a_non_resident_runner_becomes_bwrap_and_exits_as_its_command(jail: Jail) -> None:
+    """Policy.resident=False: the runner's pid becomes bwrap's (nothing of the runner stays), the inner stage
+    writes the layer report itself, bwrap's status is the command's (128+N: killed by N), and the exit report
+    and the cgroups are left to the caller."""
+    if jail.backend != "bwrap":
+        pytest.skip("the syscalls backend keeps its resident runner")
+    exit_path = jail.root / "exit.json"
+    jail.with_(resident=False, exit_path=str(exit_path))
+    proc = jail.start("sleep", str(jail.data))
+    assert wait_until((jail.data / "ready").exists)
+    assert os.path.basename(os.readlink(f"/proc/{proc.pid}/exe")) == "bwrap"
+    report = json.loads((jail.root / "report.json").read_text())
+    assert all(report["layers"][layer]["applied"] for layer in jail.policy.required)
+    command = [p for p in support.pids_of_uid(jail.uid) if b"attack.py" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(command) == 1
+    os.kill(command[0], signal.SIGKILL)
+    assert proc.wait(timeout=10) == 128 + signal.SIGKILL
+    assert not exit_path.exists()  # the fixture removes the cgroups, as the caller must
