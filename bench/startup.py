@@ -31,6 +31,7 @@ from host import launch
 from host.registry import Registry
 from host.settings import HostSettings
 from host.supervisor.health import probe
+from sandbox_runner.layers import cgroup
 from tests.integration.harness import ServedHost, run_host
 
 TINY = Path(__file__).resolve().parent / "plugins" / "tiny"
@@ -94,6 +95,9 @@ def spawn(home: Path, plugin: str, runs: int) -> dict[str, list[float]]:
                 out[f"{kind} MiB"].append(pss_kib(tree(proc.pid)) / 1024)
             kill(proc)
             spec.instance_socket.unlink(missing_ok=True)
+            if kind == "sandboxed" and spec.policy.cgroup_name:
+                # what the supervisor does after an instance (the runner does not stay to remove them)
+                cgroup.cleanup(spec.policy.cgroup_name)
     return out
 
 
