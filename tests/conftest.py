@@ -36,7 +36,7 @@ MODULE_SECONDS = {
     "test_sandbox_user": 2, "test_web_mounts": 2, "test_streaming": 2, "test_install_bundle": 2,
     "test_runner_fds": 2, "test_origins": 2, "test_upstream": 2, "test_runner_support": 2, "test_probe_deadline": 2,
 }
-DEFAULT_SECONDS = 150
+DEFAULT_SECONDS = 40
 
 
 def pytest_configure(config: pytest.Config) -> None:
