@@ -176,7 +176,11 @@ class WebTier(BaseApplication):  # type: ignore[misc]
             opts["pre_fork"], opts["post_fork"] = web_balance.pre_fork, web_balance.post_fork
             exits.append(web_balance.child_exit)
         if exits:
-            opts["child_exit"] = lambda server, worker: [exit_(server, worker) for exit_ in exits]
+            def child_exit(server: Any, worker: Any) -> None:
+                for on_exit in exits:
+                    on_exit(server, worker)
+
+            opts["child_exit"] = child_exit
         for key, value in opts.items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
