@@ -47,7 +47,7 @@ from host.errors import HostError, InstallError, UnsafeTree, UsageError
 from host.exits import Cause, ExitReport, Limits, classify
 from host.hooks.events import emit_quietly, host_event
 from host.hooks.install_filter import install_policy
-from host.layout import Layout
+from host.layout import PARTIAL_MARKER, Layout
 from host.pip_options import UvCommand, index_options, redact, uv_command, without_constraints
 from host.quota import Quota, disk_usage, ensure_mounted, release, remove
 from host.registry import InstallRecord, Provenance, Registry
@@ -65,7 +65,6 @@ from sandbox_runner.policy import Policy
 
 log = logging.getLogger(__name__)
 
-PARTIAL_MARKER = ".partial"
 KEPT_VENV = ".venv-template"  # in the partial install: its venv, kept for reuse once the install commits
 # The plugin runtime every venv gets next to the plugin's own requirements. pip resolves them together,
 # so a plugin pinning its own Flask keeps it.

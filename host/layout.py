@@ -8,6 +8,8 @@ from pathlib import Path
 
 SOCKET_NAME = "http.sock"
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the NUL
+# In plugins/<name>/<install_id>/ while an install builds there (host.installer): gone once it commits.
+PARTIAL_MARKER = ".partial"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from host.egress.point import EgressPoint
 from host.errors import HostError
 from host.hooks import outbox
 from host.hostapi.server import HostApi
-from host.layout import Layout
+from host.layout import PARTIAL_MARKER, Layout
 from host.quota import release_all
 from host.registry import Registry
 from host.settings import HostSettings
@@ -261,6 +261,20 @@ class Supervisor:
             raise
         self._home_lock = lock
 
+    def _sweep_killed_installs(self) -> None:
+        """Remove what a `host install` killed mid-way left (its half-built install dir and, for a first install,
+        its data dir, disk image and run dir), as its next install would. Under the installer's home lock; builds
+        still running are left alone. The installer is imported only when a marker is there."""
+        plugins = self.layout.plugins
+        if not plugins.is_dir() or not any(plugins.glob(f"*/*/{PARTIAL_MARKER}")):
+            return
+        from host import installer
+
+        with installer.home_lock(self.layout):
+            gone = installer.sweep(self.layout, self.registry)
+        if gone:
+            log.info("removed half-finished installs of a killed `host install`: %s", ", ".join(map(str, gone)))
+
     def run(self) -> int:
         limit_malloc_arenas()  # before our threads: a worker thread per plugin, the control servers
         self.bind()
@@ -283,6 +297,7 @@ class Supervisor:
         log.info("supervisor %s serving %s", os.getpid(), self.layout.home)
         # Disk images a killed host left mounted stay mounted for the plugins still installed (adopted as
         # they are); those of plugins uninstalled since are unmounted.
+        self._sweep_killed_installs()
         installed = frozenset(r.name for r in self.registry.all())
         stale = release_all(self.layout, keep=installed)
         if stale:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import BUNDLED, FIXTURES, HOST, run_host, wait_for
+from tests.integration.harness import BUNDLED, FIXTURES, HOST, ServedHost, run_host, wait_for
 
 
 def snapshot(home: Path) -> tuple[set[str], list[tuple[str, ...]]]:
@@ -202,7 +202,7 @@ def mounted(point: Path) -> bool:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="disk images are a root host's (host.quota)")
-def test_install_killed_in_its_entrypoint_check_leaves_no_data_image_behind(home: Path) -> None:
+def test_install_killed_in_its_entrypoint_check_is_swept_by_the_next_serve(home: Path) -> None:
     run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", check=True)  # registered: its image stays
     before = snapshot(home)
     data, image = home / "data" / "hang-on-import", home / "data" / "hang-on-import.img"
@@ -215,11 +215,19 @@ def test_install_killed_in_its_entrypoint_check_leaves_no_data_image_behind(home
         os.killpg(proc.pid, signal.SIGKILL)
         out = proc.communicate(timeout=30)[0].decode()
     assert image.is_file() and mounted(data), out  # what the kill left: the image, mounted on its data dir
-    # the next command sweeps it (under the home lock): the plugin was never registered
-    run_host(home, "install", str(BUNDLED / "example_plugin"), "--yes", check=True)  # a no-op + sweep
+    assert list((home / "plugins").glob("hang-on-import/*/.partial"))
+    # the next `host serve` sweeps it (under the home lock) before it serves: the plugin was never registered
+    served = ServedHost(home).start(wait_plugins=("example",))
+    try:
+        assert "removed half-finished installs of a killed `host install`" in served.read_log()
+        assert not (home / "plugins" / "hang-on-import").exists()
+    finally:
+        assert served.stop() == 0
     assert not mounted(data)
     assert not image.exists() and not data.exists() and not (home / "run" / "hang-on-import").exists()
-    assert snapshot(home) == before  # the registered plugin's image and data dir included
+    after = snapshot(home)  # the registered plugin's install, image and data dir are still there
+    assert after[1] == before[1]
+    assert {f for f in before[0] if f.startswith(("plugins/", "data/example"))} <= after[0]
 
 
 def test_symlinks_out_of_the_plugin_dir_are_not_followed(home: Path) -> None:
