@@ -322,6 +322,7 @@ class Instance:
         deadline = time.monotonic() + timeout
         sock = self.spec.instance_socket
         while True:
+            self._expect_init()  # as soon as it exists: an instance that dies before it is ready leaves it too
             if self.poll() is not None:
                 return Readiness.EXITED
             if cancelled():

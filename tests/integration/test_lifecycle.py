@@ -91,6 +91,7 @@ def _ok(host: ServedHost, path: str) -> httpx.Response | None:
 
 
 def test_crash_loop_is_quarantined_loudly_while_neighbours_serve(host: ServedHost) -> None:
+    log_before = len(host.read_log())
     with RequestLoop(host.url + "/plugins/steady/") as loop:
         r = host.cli("enable", "crash-on-start")
         assert r.returncode == 0, r.stderr
@@ -118,6 +119,9 @@ def test_crash_loop_is_quarantined_loudly_while_neighbours_serve(host: ServedHos
     assert any("cannot reach the database" in line for line in event.detail["stderr"])
     # ... in the host log ...
     assert "crash-on-start: QUARANTINED" in host.read_log()
+    # ... and not as orphans: each crashed instance's sandbox init is the supervisor's to reap, not a leftover.
+    time.sleep(1.2)  # the reaper looks every second
+    assert [ln for ln in host.read_log()[log_before:].splitlines() if "orphaned" in ln] == []
     # ... and to clients, who are told to come back later instead of waiting.
     r = host.get("/plugins/crash-on-start/")
     assert r.status_code == 503
