@@ -9,6 +9,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import h11
 import httpx
 import pytest
 
@@ -350,6 +351,56 @@ def test_content_length_beside_chunked_does_not_truncate(served: ServedHost) -> 
                                 b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
     assert r.status_code == 200
     assert r.text == "hello"  # "he" before: the plugin's Content-Length was passed on beside the chunks
+
+
+SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Smuggled: 1\r\n\r\nsmuggled"
+
+
+@pytest.mark.parametrize(("method", "target", "status", "body"), [
+    ("GET", "/plugins/echo/lies/5", 200, b"\0" * 5),  # a small body, copied
+    ("GET", f"/plugins/echo/lies/{MiB}", 200, b"\0" * MiB),  # a large one, spliced (host.gunicorn_wire)
+    ("HEAD", f"/plugins/echo/lies/{MiB}", 200, b""),  # a body to a HEAD request
+    ("GET", "/plugins/echo/raw/" + (b"HTTP/1.1 204 No Content\r\nContent-Length: 58\r\n\r\n" + SMUGGLED).hex(),
+     204, b""),
+    ("GET", "/plugins/echo/raw/" + (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                                    + SMUGGLED).hex(), 200, b"ok"),  # bytes after the last chunk
+])
+def test_cant_smuggle_an_answer_into_the_next_one_on_the_clients_connection(served: ServedHost, method: str,
+                                                                           target: str, status: int,
+                                                                           body: bytes) -> None:
+    # A plugin writes an answer of its own behind the one it framed (at once and after a pause). The client's
+    # kept-alive connection carries its next request to another plugin (path mode shares one origin; a front
+    # proxy pooling its connections to the host sends other users' requests the same way): that answer must be
+    # the other plugin's, and nothing the first one sent beyond its answer may reach the client as an answer.
+    answers = _on_one_connection(served.port, [(method, target), ("GET", "/plugins/example/example")])
+    assert [(code, got) for code, _, got in answers] == [(status, body), (200, b"Hello from Example Plugin!")]
+    assert all(b"x-smuggled" not in names for _, names, _ in answers)
+
+
+def _on_one_connection(port: int, requests: list[tuple[str, str]]) -> list[tuple[int, list[bytes], bytes]]:
+    """Each request in turn on one kept-alive connection, its answer read as a client parses it (h11):
+    (status, header names, body)."""
+    conn = h11.Connection(h11.CLIENT)
+    out = []
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        for method, target in requests:
+            s.sendall(conn.send(h11.Request(method=method, target=target, headers=[("Host", "127.0.0.1")]))
+                      + conn.send(h11.EndOfMessage()))
+            status, names, body = 0, [], b""
+            for _ in range(10_000):
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(s.recv(65536))
+                elif isinstance(event, h11.Response):
+                    status, names = event.status_code, [k for k, _ in event.headers]
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                else:
+                    assert isinstance(event, h11.EndOfMessage), event
+                    break
+            out.append((status, names, body))
+            conn.start_next_cycle()  # fails if the host closed the connection
+    return out
 
 
 def test_body_over_the_manifest_limit_is_413(served: ServedHost) -> None:
