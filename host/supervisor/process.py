@@ -131,6 +131,17 @@ def _written(path: str | None) -> bool:
         return False
 
 
+def _signal_if_same(pid: int, born: int, sig: int) -> None:
+    """Send ``sig`` to ``pid`` only while it is the process that started at ``born`` (a pidfd pins it first:
+    the pid may have been reused since it was read from /proc)."""
+    fd = os.pidfd_open(pid)
+    try:
+        if start_time(pid) == born:
+            signal.pidfd_send_signal(fd, sig)
+    finally:
+        os.close(fd)
+
+
 def runner_env() -> dict[str, str]:
     """The runner's own environment (the plugin's comes from its policy): PATH plus the operator's
     SANDBOX_RUNNER_* knobs (e.g. SANDBOX_RUNNER_BWRAP, a system bubblewrap)."""
@@ -378,10 +389,11 @@ class Instance:
     def _signal(self, sig: int) -> None:
         if self.proc is not None and self.returncode is None:
             try:
-                if self.spec.policy.resident:
-                    self.proc.send_signal(sig)
+                command = None if self.spec.policy.resident else self._command()
+                if command is None:
+                    self.proc.send_signal(sig)  # ours and unreaped: its pid cannot have been reused
                 else:
-                    os.kill(self._command() or self.proc.pid, sig)
+                    _signal_if_same(*command, sig)
             except ProcessLookupError:
                 pass
 
@@ -396,15 +408,20 @@ class Instance:
                     self.children.expected[pid] = st
                 self._init_noted = True
 
-    def _command(self) -> int | None:
-        """The sandboxed command (gunicorn's arbiter) below bwrap and the sandbox's init: a signal to bwrap
-        would end the sandbox at once (--die-with-parent), the command's own handler makes a graceful stop.
-        None before the sandbox is up (then there is nothing graceful to stop)."""
+    def _command(self) -> tuple[int, int] | None:
+        """(pid, start time) of the sandboxed command (gunicorn's arbiter) below bwrap and the sandbox's init: a
+        signal to bwrap would end the sandbox at once (--die-with-parent), the command's own handler makes a
+        graceful stop. None before the sandbox is up (then there is nothing graceful to stop).
+
+        The init's first child by start time, not the lowest pid: every process the plugin orphans is
+        reparented to the init too, and once pids wrap (pid_max may be 32768) one of those can have a lower
+        pid than the command, which would then get the SIGTERM instead (and could ignore it)."""
         assert self.proc is not None
         for init in sorted(children_of(self.proc.pid)):
-            kids = sorted(children_of(init))
-            if kids:
-                return kids[0]
+            born = {kid: st for kid in children_of(init) if (st := start_time(kid)) is not None}
+            if born:
+                first = min(born, key=lambda kid: (born[kid], kid))
+                return first, born[first]
         return None
 
     def _killpg(self) -> None:
