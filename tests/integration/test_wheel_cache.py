@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import json
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -204,10 +205,21 @@ def test_cant_poison_the_shared_wheel_cache_and_a_later_install_needs_no_index(w
     assert (venv / "bin" / "gunicorn").read_text().startswith(f"#!{venv}/bin/python\n")
     assert (venv / "bin" / "python").resolve() == (kept / "venv" / "bin" / "python").resolve()
     assert list(site.glob("flask/__pycache__/*.pyc"))  # the bytecode came along, valid (mtimes kept)
+    # a copy, not links: no file of it shares an inode with the template (or anything else), and all of it is
+    # root's and read-only to the plugin, as a venv its installer built and root locked
+    kept_inodes = {(st.st_dev, st.st_ino) for st in _lstats(kept / "venv")}
+    for st in _lstats(venv):
+        assert (st.st_dev, st.st_ino) not in kept_inodes
+        assert stat.S_ISLNK(st.st_mode) or (st.st_uid == 0 and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+        assert not stat.S_ISREG(st.st_mode) or st.st_nlink == 1
     probe = subprocess.run([str(venv / "bin" / "python"), "-I", "-c", "import flask, importlib.util as u, os; "
                             "p = u.cache_from_source(flask.__file__); print(os.path.exists(p), flask.__file__)"],
                            capture_output=True, text=True, check=True)
     assert probe.stdout.split() == ["True", str(site / "flask" / "__init__.py")]
+
+
+def _lstats(top: Path) -> list[os.stat_result]:
+    return [os.lstat(p) for p in top.rglob("*")]
 
 
 SLOW = "plugin-host-test-slowbuild"
