@@ -73,8 +73,8 @@ def spawn(home: Path, plugin: str, runs: int) -> dict[str, list[float]]:
     backend = launch.serving_backend(settings)  # as the supervisor does: probed once, named in each policy
     for i in range(runs):
         for kind in ("bare", "sandboxed"):
-            spec = launch.build(settings, record, generation=2 * i + (kind == "bare") + 1)
-            listener = launch.prepare(settings, spec, uid, backend=backend)  # binds the socket, as the supervisor does
+            spec = launch.build(settings, record, generation=2 * i + (kind == "bare") + 1, backend=backend)
+            listener = launch.prepare(settings, spec, uid)  # binds the socket, as the supervisor does
             if kind == "bare":  # gunicorn alone, binding its own socket: no runner, no layers
                 listener.close()
                 argv, env = bare_argv(home, plugin)

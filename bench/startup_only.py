@@ -67,8 +67,8 @@ def runner_alone(home: Path, plugin: str, runs: int) -> tuple[list[float], list[
     cpu: list[float] = []
     wall: list[float] = []
     for i in range(runs):
-        spec = launch.build(settings, record, generation=1000 + i)
-        listener = launch.prepare(settings, spec, uid, backend=backend)
+        spec = launch.build(settings, record, generation=1000 + i, backend=backend)
+        listener = launch.prepare(settings, spec, uid)
         argv = [*spec.argv[: spec.argv.index("--") + 1], "/bin/true"]
         before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
         rc = subprocess.run(argv, env={"PATH": os.environ["PATH"]}, pass_fds=(listener.fileno(),),

@@ -215,9 +215,10 @@ def confined(policy_path: Path, cmd: list[str]) -> list[str]:
 
 
 def build(settings: HostSettings, record: PluginRecord, generation: int = 1,
-          stored_settings: Mapping[str, Any] | None = None) -> LaunchSpec:
+          stored_settings: Mapping[str, Any] | None = None, backend: str = "auto") -> LaunchSpec:
     """``stored_settings``: the operator's values for the manifest's [settings] (Registry.plugin_settings);
-    MissingSettings when a required one has none."""
+    MissingSettings when a required one has none. ``backend``: see :func:`serving_backend`; it only ever
+    replaces "auto", and only where namespaces are required."""
     layout = Layout(settings.home_dir)
     manifest = parse_manifest(record.manifest, f"registry:{record.name}")
     values = plugin_settings.for_start(manifest, stored_settings or {})
@@ -231,10 +232,13 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1,
     policy = runtime_policy(settings, manifest, install, plugin_uid(settings, record.uid_index), str(generation))
     # A fresh hook-signing secret for every start (host.hooks.signing): an old instance's cannot sign for the new.
     policy = dataclasses.replace(policy, env={**policy.env, **plugin_settings.environment(manifest, values, data),
-                                              signing.SECRET_ENV: signing.new_secret()},
-                                 # No resident runner per plugin (bwrap backend): the supervisor is bwrap's
-                                 # parent and does what the runner did after the command (host.supervisor.process).
-                                 resident=False)
+                                              signing.SECRET_ENV: signing.new_secret()})
+    if backend == "bwrap" and policy.backend == "auto" and "namespaces" in policy.required:
+        # No resident runner per plugin: it becomes bwrap, the supervisor is bwrap's parent and does what the
+        # runner did after the command (host.supervisor.process). Only when bwrap is sure to be the backend:
+        # with "auto" the runner may fall back to the syscalls backend, which stays resident, and the
+        # supervisor must then treat the instance as what it is.
+        policy = dataclasses.replace(policy, backend="bwrap", resident=False)
     gunicorn = [
         f"{venv}/bin/python", "-m", "gunicorn",
         "--workers", str(res.workers),
@@ -286,12 +290,10 @@ def serving_backend(settings: HostSettings) -> str:
     return "bwrap" if usable()[0] is not None else "auto"
 
 
-def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd: int | None = None,
-            backend: str = "auto") -> socket.socket:
+def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd: int | None = None) -> socket.socket:
     """Ready everything an instance needs and bind its listening socket (in the root-only socket dir);
     the policy hands the socket to the plugin. The caller passes it to the runner and then closes it.
-    ``netns_fd``: the plugin's egress namespace (the runner must inherit it too). ``backend``: see
-    :func:`serving_backend` (it only ever replaces "auto", and only where namespaces are required)."""
+    ``netns_fd``: the plugin's egress namespace (the runner must inherit it too)."""
     # The data dir is a mount of the plugin's quota image (mounted once, shared by every instance).
     ensure_mounted(settings, spec.name, Quota.of(spec.manifest.permissions.resources), uid)
     rootfs.prepare_plugin_dirs(Layout(settings.home_dir), spec.name, Path(spec.policy.ro_paths[0]), uid)
@@ -304,8 +306,6 @@ def prepare(settings: HostSettings, spec: LaunchSpec, uid: int | None, netns_fd:
         listener.bind(str(spec.instance_socket))
         listener.listen(1024)
         policy = dataclasses.replace(spec.policy, listen_fd=listener.fileno())
-        if backend == "bwrap" and policy.backend == "auto" and "namespaces" in policy.required:
-            policy = dataclasses.replace(policy, backend="bwrap")
         policy = with_user(settings, policy, uid)
         if netns_fd is not None:
             hosts = Layout(settings.home_dir).run / f".{spec.name}.hosts"

@@ -327,7 +327,8 @@ class PluginWorker(threading.Thread):
         instance, issued = str(self.generation), False
         try:
             self._check_integrity(rec)
-            spec = launch.build(self.settings, rec, self.generation, self.registry.plugin_settings(self.plugin))
+            spec = launch.build(self.settings, rec, self.generation, self.registry.plugin_settings(self.plugin),
+                                self.backend)
             if spec.manifest.permissions.host_api and self.host_api is not None:
                 sock, token = self.host_api.start_instance(spec.manifest, instance,
                                                            launch.plugin_uid(self.settings, rec.uid_index))
@@ -336,8 +337,7 @@ class PluginWorker(threading.Thread):
                             if "users:read" in spec.manifest.permissions.host_api and self.identity_secret else None)
                 spec = launch.with_host_api(spec, sock, token, user_key)
             netns_fd = self._egress_namespace(spec)
-            listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index), netns_fd,
-                                      self.backend)
+            listener = launch.prepare(self.settings, spec, launch.plugin_uid(self.settings, rec.uid_index), netns_fd)
             self._disk_applied = disk_usage(self.layout, self.plugin) is not None
             inst = Instance(spec, self.sink, spec.manifest.health_path, self.children, listener, netns_fd,
                             notify=self._wake)
