@@ -7,6 +7,7 @@ check) and for pip (which runs build scripts of sdists): all plugin-supplied cod
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ from manifests import Manifest, parse_manifest
 from manifests.model import Network as NetworkGrant
 from manifests.settings import Value
 from sandbox_runner.cli import command_line
+from sandbox_runner.layers import seccomp
 from sandbox_runner.policy import LAYERS, Network, Policy, Resources
 
 MiB = 1024 * 1024
@@ -204,10 +206,22 @@ def with_user(settings: HostSettings, policy: Policy, uid: int | None) -> Policy
 
 
 def write_policy(policy: Policy, path: Path) -> None:
+    """Write ``policy`` for the runner, with its seccomp filter compiled here (see :func:`seccomp_filter`)."""
+    if policy.seccomp_filter is None:
+        policy = dataclasses.replace(policy, seccomp_filter=seccomp_filter(seccomp.allowed_families(policy)))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(policy.to_json())
     os.chmod(tmp, 0o600)
     tmp.replace(path)
+
+
+@functools.cache
+def seccomp_filter(allowed_families: frozenset[int]) -> tuple[str, str] | None:
+    """The seccomp filter for policies that allow these socket families, compiled once per host process:
+    each runner start would otherwise load libseccomp (pyseccomp and typing, ~20 ms). None when libseccomp is
+    unusable here: the runner then tries itself, and reports the layer unavailable the same way."""
+    bpf, detail = seccomp.compile_bpf(allowed_families)
+    return (bpf.hex(), detail) if bpf is not None else None
 
 
 def confined(policy_path: Path, cmd: list[str]) -> list[str]:

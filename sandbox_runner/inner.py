@@ -1,18 +1,27 @@
 """The inner stage: apply the in-process layers in their one fixed order, report, then execve the command.
 
 Runs as the sandbox's first process (bwrap backend) or in the runner's forked child (syscalls backend).
+Under bwrap this is an interpreter of its own (``python -I -S -B``), and every module it imports is start-up time
+of every plugin: no json, re, enum, typing, collections, functools, contextlib, dataclasses or pyseccomp
+(tests/integration/test_runner_lifecycle.py lists what it may not load).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 
-from sandbox_runner import libc, paths
+from sandbox_runner import jsontext, libc, paths
 from sandbox_runner.errors import EXEC_FAILED, LayerUnavailable, SandboxError
 from sandbox_runner.handoff import Handoff, Outcome, outcome
-from sandbox_runner.layers import Step, landlock, no_new_privs, rlimits, seccomp, uid
+from sandbox_runner.layers import landlock, no_new_privs, rlimits, seccomp, uid
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import signal
+
+    from sandbox_runner.layers import Step
+else:  # the C module that signal.py wraps in enums: importing enum costs every start ~14 ms
+    import _signal as signal
 
 
 def _landlock_paths(h: Handoff) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -40,7 +49,7 @@ def prepare(h: Handoff) -> list[Step]:
         uid.prepare(policy),
         no_new_privs.prepare(),
         landlock.prepare(policy, ro, rw, dev_rw),
-        seccomp.prepare(policy),
+        seccomp.prepare(policy, h.seccomp),
     ]
 
 
@@ -94,7 +103,7 @@ def run(h: Handoff, cmd: list[str], report_fd: int) -> int:
         return fail(name, exc.layer, str(exc).split(": ", 1)[1], exc.exit_code, report_fd)
     except OSError as exc:
         return fail(name, "exec", f"cwd {h.policy.cwd}: {exc.strerror}", EXEC_FAILED, report_fd)
-    line = json.dumps({"plugin": name, "backend": h.backend, "layers": report}) + "\n"
+    line = jsontext.dumps({"plugin": name, "backend": h.backend, "layers": report}) + "\n"
     os.write(report_fd, line.encode())
     os.close(report_fd)
     # exec keeps ignored dispositions and the mask: give the command the defaults a fresh process has.
@@ -141,5 +150,5 @@ def main_from_fds(ctx_fd: int, report_fd: int, cmd: list[str]) -> int:
     for fd in (ctx_fd, report_fd):
         os.set_inheritable(fd, False)
     with os.fdopen(ctx_fd, "rb") as f:
-        h = Handoff.view_from_json(f.read().decode())
+        h = Handoff.from_bytes(f.read())
     return run(h, cmd, report_fd)

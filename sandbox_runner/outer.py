@@ -4,21 +4,30 @@ Runs unconfined on the host side (as the host user). Returns the command's wait 
 (negative = killed by that signal), so the caller can mirror it. Writes the layer report when the command
 starts (``report_path``) and, once it has ended, the exit report (``exit_path``): its status, the signals
 we forwarded to it, and the cgroup's counters (OOM kills, forks refused), read before the groups go.
+
+Every module this imports is start-up time of every plugin: no dataclasses, typing or enum here; what only the
+resident runner needs (its wait loop, json for the exit report) is imported where it is used.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import sys
-from collections.abc import Callable
 
-from sandbox_runner import bwrap, libc, paths, supervise
+from sandbox_runner import bwrap, libc, paths
 from sandbox_runner.errors import SETUP_FAILED, LayerFailed, LayerUnavailable, SandboxError
 from sandbox_runner.handoff import Handoff, Outcome, outcome
-from sandbox_runner.layers import cgroup
-from sandbox_runner.policy import LAYERS, Policy
+from sandbox_runner.layers import cgroup, seccomp
+from sandbox_runner.policy_file import LAYERS
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import Callable
+
+    from sandbox_runner.policy import Policy
+else:  # the C module that signal.py wraps in enums (enum: ~14 ms of every start)
+    import _signal as signal
 
 
 def run(policy: Policy, cmd: list[str]) -> int:
@@ -35,13 +44,16 @@ def run(policy: Policy, cmd: list[str]) -> int:
     if not ns["applied"] and "namespaces" in policy.required:
         raise LayerUnavailable("namespaces", ns["detail"])
     groups, outer["cgroup"] = _cgroups(policy)
-    handoff = Handoff(policy, backend, outer)
+    # libseccomp (pyseccomp) is loaded here, not in the sandbox: the inner stage gets the program ready to load.
+    handoff = Handoff(policy, backend, outer, seccomp.compiled(policy))
     if bwrap_path is not None and not policy.resident:
         try:
             _become_bwrap(handoff, bwrap_path, groups, cmd)
         finally:  # only reached when bwrap could not be started
             if groups is not None:
                 cgroup.remove(groups)
+    from sandbox_runner import supervise
+
     # Our own subreaper: what the sandbox leaves when it ends (bwrap's init outliving bwrap for a moment, a
     # daemonised process without a pid namespace) comes back to us to be killed and reaped, instead of
     # going to the host's supervisor as an orphan.
@@ -65,8 +77,11 @@ def run(policy: Policy, cmd: list[str]) -> int:
             cgroup.remove(groups)
         supervise.reap_orphans()
     if policy.exit_path:
+        import json
+        import signal as signals_enum
+
         _write_json(policy.exit_path, json.dumps({
-            "status": status, "started": bool(report), "signals": [signal.Signals(s).name for s in signals],
+            "status": status, "started": bool(report), "signals": [signals_enum.Signals(s).name for s in signals],
             **evidence}).encode())
     return status
 
@@ -112,9 +127,13 @@ def _cgroups(policy: Policy) -> tuple[cgroup.Groups | None, Outcome]:
 
 def _run_bwrap(h: Handoff, path: str, groups: cgroup.Groups | None, cmd: list[str], wake_fd: int,
                started: Callable[[bytes], None]) -> tuple[int, bytes, list[int]]:
+    import json
+
+    from sandbox_runner import supervise
+
     paths.check_etc_sources(h.policy)
     ctx = os.memfd_create("sandbox-handoff")
-    os.write(ctx, h.to_json().encode())
+    os.write(ctx, h.to_bytes())
     os.lseek(ctx, 0, os.SEEK_SET)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     info_r, info_w = os.pipe2(os.O_CLOEXEC)
@@ -156,7 +175,7 @@ def _become_bwrap(h: Handoff, path: str, groups: cgroup.Groups | None, cmd: list
     keeps our pid (the caller's child) and our parent-death signal. Returns only by raising."""
     paths.check_etc_sources(h.policy)
     ctx = os.memfd_create("sandbox-handoff")
-    os.write(ctx, h.to_json().encode())
+    os.write(ctx, h.to_bytes())
     os.lseek(ctx, 0, os.SEEK_SET)
     # The inner stage writes its layer report straight into the file (root's run dir, opened here before
     # any confinement); it closes the fd before it execs the command. Never through a symlink.
@@ -197,6 +216,8 @@ def _exec_child(argv: list[str], groups: cgroup.Groups | None, fds: tuple[int, .
     """In the forked child: join the cgroups (so the whole sandbox is born inside), the network namespace,
     and exec bwrap."""
     try:
+        from sandbox_runner import supervise
+
         supervise.reset_in_child()
         _join_netns(policy)
         if groups is not None:
@@ -212,11 +233,9 @@ def _exec_child(argv: list[str], groups: cgroup.Groups | None, fds: tuple[int, .
 def _run_forked(h: Handoff, groups: cgroup.Groups | None, cmd: list[str], wake_fd: int,
                 started: Callable[[bytes], None]) -> tuple[int, bytes, list[int]]:
     # Imported here, not at the top: with bwrap the inner stage runs in its own interpreter, and every
-    # module the outer one loads is start-up time and resident memory of each plugin.
-    from sandbox_runner import inner
-    from sandbox_runner.layers import seccomp
-
-    seccomp._import()  # load pyseccomp/libseccomp here, where the libraries are still reachable
+    # module the outer one loads is start-up time and resident memory of each plugin. (libseccomp was loaded
+    # by run(), which compiled the filter, while the libraries are still reachable.)
+    from sandbox_runner import inner, supervise
     # Orphans (double-forked daemons) re-parent to us (run() made us a subreaper), so we can kill them when
     # the command exits even without a cgroup; no pid namespace does it for us in this backend.
     report_r, report_w = os.pipe2(os.O_CLOEXEC)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from typing import TYPE_CHECKING
 
 from sandbox_runner.errors import LayerFailed
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (sandbox_runner.inner imports this)
 if TYPE_CHECKING:
     from sandbox_runner.policy import Policy
 

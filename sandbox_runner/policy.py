@@ -2,7 +2,8 @@
 
 Stdlib only. The host's ``launch`` module is the only writer; it serialises a :class:`Policy` to JSON with
 :func:`Policy.to_json` and passes the file to ``python -I -m sandbox_runner --policy FILE -- CMD...``.
-Unknown keys are an error, so host and runner cannot silently disagree about what is enforced.
+Unknown keys are an error, so host and runner cannot silently disagree about what is enforced. The runner
+itself reads the file with :mod:`sandbox_runner.policy_file` (same checks and defaults, no dataclasses).
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# Layer names, as printed by `host doctor` and used in Policy.required.
-LAYERS = ("namespaces", "rlimits", "uid", "no_new_privs", "landlock", "seccomp", "cgroup")
+from sandbox_runner.policy_file import ETC_FILES, LAYERS, check_etc_files
+
+# LAYERS, ETC_FILES and the etc_files check live with the runner's own reading of the file (policy_file), which
+# the runner stages import instead of this module.
+__all__ = ["ETC_FILES", "LAYERS", "Backend", "Network", "Policy", "Resources"]
 
 Backend = Literal["auto", "bwrap", "syscalls"]
-# The only paths Policy.etc_files may cover: who the plugin is (passwd, group) and which names its network
-# namespace resolves locally (hosts). Nothing else of /etc can be replaced, so a policy cannot swap the
-# runtime's libraries (ld.so.cache), certificates or time zone.
-ETC_FILES = ("/etc/passwd", "/etc/group", "/etc/hosts")
 
 
 @dataclass(frozen=True)
@@ -95,16 +95,13 @@ class Policy:
     # is written by the inner stage itself, through a file the runner opened. The syscalls backend ignores
     # this (no pid namespace ends its tree: it needs the resident subreaper).
     resident: bool = True
+    # (hex of the BPF program, the layer report's detail): the seccomp filter the host compiled for this policy
+    # (host.launch.write_policy, once per set of allowed socket families), so no runner start loads libseccomp
+    # (~20 ms). Must be seccomp.compile_bpf(seccomp.allowed_families(policy)); None: the runner compiles it.
+    seccomp_filter: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
-        dests = [dest for dest, _src in self.etc_files]
-        for dest, src in self.etc_files:
-            if dest not in ETC_FILES:
-                raise ValueError(f"etc_files: {dest!r} cannot be replaced (only {', '.join(ETC_FILES)})")
-            if not src.startswith("/"):
-                raise ValueError(f"etc_files: {dest}: the source {src!r} must be an absolute path")
-        if len(set(dests)) != len(dests):
-            raise ValueError("etc_files: a destination is listed twice")
+        check_etc_files(self.etc_files)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -1,6 +1,7 @@
 """The outer stage's wait loop: forward signals to the sandboxed process, collect its report, reap it.
 
-Signal handlers do nothing but wake the loop (via ``signal.set_wakeup_fd``); the loop does the work.
+Signal handlers do nothing but wake the loop (via ``signal.set_wakeup_fd``); the loop does the work. Imported by
+the outer runner stage: no dataclasses or typing (start-up time of every plugin; see sandbox_runner.inner).
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import contextlib
 import os
 import select
 import signal
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 # What a supervisor or terminal may send that the command (gunicorn's arbiter) acts on.
 FORWARDED = (
@@ -49,13 +52,16 @@ def reset_in_child() -> None:
         signal.signal(s, signal.SIG_DFL)
 
 
-@dataclass
 class Child:
-    pid: int  # our direct child (bwrap, or the forked inner stage)
-    target: int | None  # who gets forwarded signals; None until bwrap reports it
-    streams: dict[int, bytearray] = field(default_factory=dict)  # fd -> bytes read so far (until EOF)
-    on_eof: dict[int, Callable[[bytes], None]] = field(default_factory=dict)
-    received: list[int] = field(default_factory=list)  # the signals we were sent (and forwarded), in order
+    __slots__ = ("on_eof", "pid", "received", "streams", "target")
+
+    def __init__(self, pid: int, target: int | None, streams: dict[int, bytearray] | None = None,
+                 on_eof: dict[int, Callable[[bytes], None]] | None = None) -> None:
+        self.pid = pid  # our direct child (bwrap, or the forked inner stage)
+        self.target = target  # who gets forwarded signals; None until bwrap reports it
+        self.streams = streams if streams is not None else {}  # fd -> bytes read so far (until EOF)
+        self.on_eof = on_eof if on_eof is not None else {}
+        self.received: list[int] = []  # the signals we were sent (and forwarded), in order
 
 
 def wait(child: Child, wake_fd: int) -> int:

@@ -6,12 +6,12 @@ import ctypes
 import errno
 import os
 import stat
-from typing import TYPE_CHECKING, NamedTuple
 
 from sandbox_runner import libc
 from sandbox_runner.errors import LayerFailed, LayerUnavailable
 from sandbox_runner.layers import Step, unavailable
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (sandbox_runner.inner imports this)
 if TYPE_CHECKING:
     from sandbox_runner.policy import Policy
 
@@ -67,10 +67,15 @@ def ruleset_attr_size(abi: int) -> int:
     return 8 if abi < 4 else 16 if abi < 6 else 24
 
 
-class Plan(NamedTuple):
-    abi: int
-    paths: tuple[tuple[str, int], ...]  # (path, rights on a directory; masked to FILE_RIGHTS for files)
-    connect_ports: tuple[int, ...]
+class Plan:
+    """The rules to apply (a plain class: a NamedTuple would import typing into the inner stage)."""
+
+    __slots__ = ("abi", "connect_ports", "paths")
+
+    def __init__(self, abi: int, paths: tuple[tuple[str, int], ...], connect_ports: tuple[int, ...]) -> None:
+        self.abi = abi
+        self.paths = paths  # (path, rights on a directory; masked to FILE_RIGHTS for files)
+        self.connect_ports = connect_ports
 
 
 def plan(policy: Policy, abi: int, ro: tuple[str, ...], rw: tuple[str, ...]) -> Plan:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import resource
-from typing import TYPE_CHECKING
 
 from sandbox_runner.errors import LayerFailed
 from sandbox_runner.layers import Step
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (sandbox_runner.inner imports this)
 if TYPE_CHECKING:
     from sandbox_runner.policy import Policy
 

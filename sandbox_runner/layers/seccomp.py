@@ -1,17 +1,30 @@
-"""seccomp: default-allow filter that denies kernel attack surface and non-Unix sockets; loaded last."""
+"""seccomp: default-allow filter that denies kernel attack surface and non-Unix sockets; loaded last.
+
+The filter is compiled by libseccomp (pyseccomp) where that is cheap (:func:`compile_bpf`, in the outer stage)
+and handed to the inner stage as a raw BPF program, which it loads with one prctl: pyseccomp imports typing
+and weakref (~30 ms of every plugin start inside the sandbox). Must not import typing, so the inner stage
+that imports this module does not pay for it either.
+"""
 
 from __future__ import annotations
 
 import errno
+import os
 import sys
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, NamedTuple
 
+from sandbox_runner import libc
 from sandbox_runner.errors import LayerFailed
 from sandbox_runner.layers import Step, unavailable
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
+
     from sandbox_runner.policy import Policy
+
+# (BPF program, detail): what the filter denies, for the layer report; (None, why) when it cannot be built.
+Compiled = tuple[bytes | None, str]
 
 # Kernel attack surface a web plugin never needs; EPERM, like an unprivileged caller would get.
 DENY_EPERM = (
@@ -84,12 +97,27 @@ OP_NE, OP_EQ, OP_GE, OP_MASKED_EQ = 1, 4, 5, 7
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 
 
-class Rule(NamedTuple):
+class Rule:
     """Return ``-errno`` from ``syscall`` when all ``args`` (index, op, datum_a, datum_b) match."""
 
-    syscall: str
-    errno: int
-    args: tuple[tuple[int, int, int, int], ...] = ()
+    __slots__ = ("args", "errno", "syscall")
+
+    def __init__(self, syscall: str, errno: int, args: tuple[tuple[int, int, int, int], ...] = ()) -> None:
+        self.syscall = syscall
+        self.errno = errno
+        self.args = args
+
+    def _key(self) -> tuple[str, int, tuple[tuple[int, int, int, int], ...]]:
+        return self.syscall, self.errno, self.args
+
+    def __eq__(self, other: object) -> bool:
+        return self._key() == other._key() if isinstance(other, Rule) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Rule{self._key()!r}"
 
 
 def allowed_families(policy: Policy) -> frozenset[int]:
@@ -102,6 +130,11 @@ def allowed_families(policy: Policy) -> frozenset[int]:
 
 def rules(policy: Policy) -> list[Rule]:
     """Pure: the whole rule table for ``policy``."""
+    return rules_for(allowed_families(policy))
+
+
+def rules_for(allowed: frozenset[int]) -> list[Rule]:
+    """Pure: the whole rule table, which depends on nothing but the socket families a policy allows."""
     table = [Rule(name, errno.EPERM) for name in DENY_EPERM]
     # ENOSYS makes glibc fall back to clone(2), whose flags are visible to the filter (clone3's are not).
     table.append(Rule("clone3", errno.ENOSYS))
@@ -114,7 +147,6 @@ def rules(policy: Policy) -> list[Rule]:
     # one comparison per argument, so an allow-list of values cannot be written in a default-allow filter.
     # A value with high bits set is refused too (the kernel would truncate it), which errs the safe way.
     table.append(Rule("personality", errno.EPERM, ((0, OP_NE, PERSONALITY_QUERY, 0),)))
-    allowed = allowed_families(policy)
     for name in ("socket", "socketpair"):
         table += [
             Rule(name, errno.EAFNOSUPPORT, ((0, OP_EQ, fam, 0),)) for fam in range(FAMILY_BOUND) if fam not in allowed
@@ -139,7 +171,7 @@ def _import() -> ModuleType | str:
     if "pyseccomp" not in sys.modules and "ctypes.util" not in sys.modules:
         import ctypes
 
-        stand_in = ModuleType("ctypes.util")
+        stand_in = type(sys)("ctypes.util")
         stand_in.find_library = known.get  # type: ignore[attr-defined]
         sys.modules["ctypes.util"] = ctypes.util = stand_in
         try:
@@ -171,22 +203,59 @@ def _import() -> ModuleType | str:
     return mod
 
 
-def prepare(policy: Policy) -> Step:
+def compiled(policy: Policy) -> Compiled:
+    """The filter the host compiled into the policy (``Policy.seccomp_filter``), else compiled here."""
+    given = policy.seccomp_filter
+    if given is not None:
+        return bytes.fromhex(given[0]), given[1]
+    return compile_bpf(allowed_families(policy))
+
+
+def compile_bpf(allowed: frozenset[int]) -> Compiled:
+    """The filter (:func:`rules_for`) as libseccomp exports it for this machine's architecture, with the
+    report's detail; (None, why) when libseccomp is unusable here."""
     mod = _import()
     if isinstance(mod, str):
-        return unavailable("seccomp", mod)
+        return None, mod
+    table = rules_for(allowed)
     try:
-        flt, skipped = build(mod, rules(policy))
+        flt, skipped = build(mod, table)
+        bpf = export(flt)
     except OSError as exc:
-        return unavailable("seccomp", f"cannot build filter: {exc}")
+        return None, f"cannot build filter: {exc}"
     note = f"; unknown to libseccomp: {', '.join(skipped)}" if skipped else ""
+    return bpf, f"{len(table) - len(skipped)} deny rules{note}"
+
+
+def export(flt: Any) -> bytes:
+    """seccomp_export_bpf into a memfd: the program seccomp_load would install."""
+    fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+    try:
+
+        class _File:
+            def fileno(self) -> int:
+                return fd
+
+        flt.export_bpf(_File())
+        size = os.lseek(fd, 0, os.SEEK_CUR)
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+
+
+def prepare(policy: Policy, handed: Compiled | None = None) -> Step:
+    """``handed``: what the outer stage handed over (:func:`compiled`); else it is built here."""
+    bpf, detail = handed if handed is not None else compiled(policy)
+    if bpf is None:
+        return unavailable("seccomp", detail)
+    program = bpf
 
     def run() -> str:
         try:
-            flt.load()
+            libc.load_seccomp_filter(program)
         except OSError as exc:
             raise LayerFailed("seccomp", f"load: {exc}") from exc
-        return f"{len(rules(policy)) - len(skipped)} deny rules{note}"
+        return detail
 
     return Step("seccomp", run)
 

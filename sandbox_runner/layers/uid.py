@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import TYPE_CHECKING
 
 from sandbox_runner import libc
 from sandbox_runner.errors import LayerFailed
 from sandbox_runner.layers import Step, unavailable
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (sandbox_runner.inner imports this)
 if TYPE_CHECKING:
     from sandbox_runner.policy import Policy
 
@@ -30,8 +29,10 @@ def _drop(uid: int, gid: int) -> str:
     # Empty the bounding set while we still may (CAP_SETPCAP), so nothing exec'd later can regain a
     # capability; under bwrap it is already reduced and this is refused, which is fine.
     for cap in range(_LAST_CAP + 1):
-        with contextlib.suppress(OSError):
+        try:
             libc.prctl(libc.PR_CAPBSET_DROP, cap)
+        except OSError:
+            pass
     try:
         os.setgroups([])
         os.setresgid(gid, gid, gid)

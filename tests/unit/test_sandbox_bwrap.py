@@ -10,14 +10,18 @@ import pytest
 from sandbox_runner import bwrap, paths
 from sandbox_runner.policy import Network, Policy
 
-FACTS = bwrap.Launch(
-    bwrap="/opt/bwrap",
-    python="/root/.pyenv/versions/3.11.7/bin/python3.11",
-    runner_pkg="/site/sandbox_runner",
-    pyseccomp="/site/pyseccomp.py",
-    root=True,
-    symlinks={"/bin": "usr/bin", "/lib": "usr/lib"},
-)
+
+def launch(root: bool = True) -> bwrap.Launch:
+    return bwrap.Launch(
+        bwrap="/opt/bwrap",
+        python="/root/.pyenv/versions/3.11.7/bin/python3.11",
+        runner_pkg="/site/sandbox_runner",
+        root=root,
+        symlinks={"/bin": "usr/bin", "/lib": "usr/lib"},
+    )
+
+
+FACTS = launch()
 POLICY = Policy(
     name="demo",
     ro_paths=("/srv/h/plugins/demo", "/srv/h/plugins/demo/venv"),
@@ -43,7 +47,7 @@ def test_no_network_gets_its_own_empty_netns() -> None:
 def test_as_root_there_is_no_user_namespace_so_the_uid_drop_inside_works() -> None:
     argv = build()
     assert "--unshare-user" not in argv and "--unshare-all" not in argv
-    assert "--unshare-user" in build(facts=dataclasses.replace(FACTS, root=False))
+    assert "--unshare-user" in build(facts=launch(root=False))
 
 
 def test_only_the_caps_for_the_uid_drop_survive_into_the_sandbox() -> None:
@@ -98,7 +102,9 @@ def test_the_inner_stage_runs_isolated_from_a_clean_environment() -> None:
     assert tail[:5] == [FACTS.python, "-I", "-S", "-B", "-c"]
     assert paths.RUNNER_LIB in tail[5]
     assert tail[6:] == ["5", "6", "--", "/venv/bin/gunicorn", "app:app"]
-    assert binds(argv, "--ro-bind")[:2] == [f"{paths.RUNNER_LIB}/sandbox_runner", f"{paths.RUNNER_LIB}/pyseccomp.py"]
+    assert binds(argv, "--ro-bind")[:1] == [f"{paths.RUNNER_LIB}/sandbox_runner"]
+    # pyseccomp stays outside: the outer stage compiles the filter and the inner loads the raw program
+    assert not any("seccomp" in b for b in binds(argv, "--ro-bind") + binds(argv, "--ro-bind-try"))
 
 
 ETC = (("/etc/passwd", "/srv/h/run/.demo.passwd"), ("/etc/group", "/srv/h/run/.demo.group"))

