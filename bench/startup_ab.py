@@ -1,11 +1,18 @@
-"""Spawn-to-ready of one plugin three ways, alternated round by round: bare gunicorn, the sandboxed command as
-this tree's host starts it, and the same policy under another tree's runner (``--baseline-python``: that
-tree's venv python, started the documented way, ``python -I -m sandbox_runner --policy FILE -- CMD``):
+"""Start-up figures of this tree against another one (``--baseline-python``: that tree's venv python),
+alternated sample by sample so that the shared machine's load drifts over both alike:
 
     .venv/bin/python -m bench.startup_ab --home /tmp/sb --baseline-python /tmp/main/.venv/bin/python [--runs 15]
+        [--only spawn,lifecycle]
 
-The home is the one bench.startup_only keeps (its tiny0 is installed when missing). Prints the median of each
-and the ratios to bare, with the load average.
+spawn      spawn-to-ready of tiny0: bare gunicorn, the sandboxed command as this tree's host starts it, and the
+           same policy under the other tree's runner, started the documented way (``python -I -m sandbox_runner
+           --policy FILE -- CMD``)
+lifecycle  one `host serve` of each tree at once, on two homes (``--home``/s and ``--home``/base): per round, on
+           each, kill-to-serving (SIGKILL, GET until the new instance answers) and cold start (the first GET of
+           the scaled-to-zero plugin)
+
+The homes are kept between runs (tiny0 is installed into each when missing, the baseline's by its own tree).
+Prints the median of each and the ratios, with the load average.
 """
 
 from __future__ import annotations
@@ -13,10 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import time
 from pathlib import Path
+
+import httpx
 
 from bench import startup
 from bench.fronts import bare_argv, kill, spawn_bare
@@ -33,17 +43,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", type=Path, required=True)
     ap.add_argument("--baseline-python", required=True, help="another tree's venv python (its runner)")
     ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--only", default="spawn,lifecycle")
     args = ap.parse_args(argv)
     home: Path = args.home / "s"
     if not (home / "plugins" / "tiny0").exists():
         print(f"installing tiny0: {startup.install(home, args.home, 0):.1f}s", flush=True)
+    print(subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(), flush=True)
+    if "spawn" in args.only.split(","):
+        spawn(home, args.baseline_python, args.runs)
+    if "lifecycle" in args.only.split(","):
+        lifecycle(home, args.home / "base", args.baseline_python, args.runs)
+    print(subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(), flush=True)
+    return 0
+
+
+def spawn(home: Path, baseline_python: str, runs: int) -> None:
     settings = HostSettings(home=home)
     record = Registry(home / "registry.db").require("tiny0")
     uid = launch.plugin_uid(settings, record.uid_index)
     backend = launch.serving_backend(settings)
     out: dict[str, list[float]] = {"bare": [], "baseline": [], "this tree": []}
-    print(subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(), flush=True)
-    for i in range(args.runs):
+    for i in range(runs):
         for k, kind in enumerate(out):
             spec = launch.build(settings, record, generation=3 * i + k + 1)
             listener = launch.prepare(settings, spec, uid, backend=backend)
@@ -55,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cmd = list(spec.argv)
                 if kind == "baseline":
-                    cmd = [args.baseline_python, "-I", "-m", "sandbox_runner", "--policy",
+                    cmd = [baseline_python, "-I", "-m", "sandbox_runner", "--policy",
                            baseline_policy(spec.policy_path), *cmd[cmd.index("--policy") + 2:]]
                 t0 = time.perf_counter()
                 proc = subprocess.Popen(cmd, env={"PATH": os.environ["PATH"]}, stdout=subprocess.DEVNULL,
@@ -72,11 +92,59 @@ def main(argv: list[str] | None = None) -> int:
                 cgroup.cleanup(spec.policy.cgroup_name)
     bare = statistics.median(out["bare"])
     for kind, xs in out.items():
-        med = statistics.median(xs)
-        print(f"spawn-to-ready {kind:10} median {med:6.1f} ms  {med / bare:4.2f}x bare   "
-              f"({', '.join(f'{x:.0f}' for x in xs)})", flush=True)
-    print(subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(), flush=True)
-    return 0
+        show(f"spawn-to-ready {kind}", xs, f"{statistics.median(xs) / bare:4.2f}x bare")
+
+
+def lifecycle(home: Path, base_home: Path, baseline_python: str, runs: int) -> None:
+    from tests.integration import harness
+
+    if not (base_home / "plugins" / "tiny0").exists():
+        subprocess.run([baseline_python, "-m", "host", "--home", str(base_home), "install",
+                        str(startup.tiny_copy(base_home.parent, 0)), "--yes"], check=True, capture_output=True)
+    # Each kill a first failure (restarted at once); asleep 1.5 s after the last request.
+    env = {"HOST_FAILURE_WINDOW": "0.5", "HOST_MAX_FAILURES": "1000", "HOST_IDLE_TIMEOUT": "1.5"}
+    hosts: dict[str, harness.ServedHost] = {}
+    mine = harness.HOST
+    try:
+        harness.HOST = [baseline_python, "-m", "host"]  # what ServedHost.start runs
+        hosts["baseline"] = startup.serve(base_home, env)
+        harness.HOST = mine
+        hosts["this tree"] = startup.serve(home, env)
+        kills: dict[str, list[float]] = {k: [] for k in hosts}
+        colds: dict[str, list[float]] = {k: [] for k in hosts}
+        with httpx.Client(timeout=startup.DEADLINE) as client:
+            for i in range(runs):
+                # every other round the other one first: the one measured second shares the machine with the
+                # tail of the first one's restart (its other workers still booting)
+                for kind, host in sorted(hosts.items(), reverse=bool(i % 2)):
+                    url = f"{host.url}/plugins/tiny0"
+                    if not poll_until(lambda h=host: startup.asleep(h, ["tiny0"]), 30, 0.02):  # type: ignore[misc]
+                        raise RuntimeError(f"{kind}: tiny0 did not scale to zero")
+                    errors: list[str] = []
+                    startup.get_timed(f"{url}/started", colds[kind], errors)
+                    if errors:
+                        raise RuntimeError(f"{kind}: cold start: {errors[0]}")
+                    pid = int(host.status()["plugins"]["tiny0"]["pid"])
+                    before = startup.started(client, url)
+                    t0 = time.perf_counter()
+                    os.kill(pid, signal.SIGKILL)
+                    if not poll_until(lambda b=before, u=url: startup.started(client, u) not in (None, b), 30):  # type: ignore[misc]
+                        raise RuntimeError(f"{kind}: tiny0 did not serve again after SIGKILL")
+                    kills[kind].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        harness.HOST = mine
+        for host in hosts.values():
+            host.stop()
+    for what, samples in (("kill-to-serving", kills), ("cold start", colds)):
+        base = statistics.median(samples["baseline"])
+        for kind, xs in samples.items():
+            show(f"{what} {kind}", [x * (1e3 if what == "cold start" else 1) for x in xs],
+                 f"{statistics.median(xs) / base:4.2f}x baseline")
+
+
+def show(what: str, xs: list[float], ratio: str) -> None:
+    print(f"{what:32} median {statistics.median(xs):7.1f} ms  {ratio}   ({', '.join(f'{x:.0f}' for x in xs)})",
+          flush=True)
 
 
 def baseline_policy(path: Path) -> str:
