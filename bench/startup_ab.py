@@ -65,8 +65,8 @@ def spawn(home: Path, baseline_python: str, runs: int) -> None:
     out: dict[str, list[float]] = {"bare": [], "baseline": [], "this tree": []}
     for i in range(runs):
         for k, kind in enumerate(out):
-            spec = launch.build(settings, record, generation=3 * i + k + 1)
-            listener = launch.prepare(settings, spec, uid, backend=backend)
+            spec = launch.build(settings, record, generation=3 * i + k + 1, backend=backend)
+            listener = launch.prepare(settings, spec, uid)
             if kind == "bare":
                 listener.close()
                 cmd, env = bare_argv(home, "tiny0")
