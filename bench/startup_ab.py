@@ -7,9 +7,9 @@ alternated sample by sample so that the shared machine's load drifts over both a
 spawn      spawn-to-ready of tiny0: bare gunicorn, the sandboxed command as this tree's host starts it, and the
            same policy under the other tree's runner, started the documented way (``python -I -m sandbox_runner
            --policy FILE -- CMD``)
-lifecycle  one `host serve` of each tree at once, on two homes (``--home``/s and ``--home``/base): per round, on
-           each, kill-to-serving (SIGKILL, GET until the new instance answers) and cold start (the first GET of
-           the scaled-to-zero plugin)
+lifecycle  `host serve` of each tree in turn, on two homes (``--home``/s and ``--home``/base), three samples
+           per turn of cold start (the first GET of the scaled-to-zero plugin) and kill-to-serving (SIGKILL, GET
+           until the new instance answers)
 
 The homes are kept between runs (tiny0 is installed into each when missing, the baseline's by its own tree).
 Prints the median of each and the ratios, with the load average.
@@ -36,6 +36,7 @@ from host.registry import Registry
 from host.settings import HostSettings
 from host.supervisor.health import probe
 from sandbox_runner.layers import cgroup
+from tests.integration.harness import ServedHost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +96,7 @@ def spawn(home: Path, baseline_python: str, runs: int) -> None:
         show(f"spawn-to-ready {kind}", xs, f"{statistics.median(xs) / bare:4.2f}x bare")
 
 
-def lifecycle(home: Path, base_home: Path, baseline_python: str, runs: int) -> None:
+def lifecycle(home: Path, base_home: Path, baseline_python: str, runs: int, per_host: int = 3) -> None:
     from tests.integration import harness
 
     if not (base_home / "plugins" / "tiny0").exists():
@@ -103,43 +104,48 @@ def lifecycle(home: Path, base_home: Path, baseline_python: str, runs: int) -> N
                         str(startup.tiny_copy(base_home.parent, 0)), "--yes"], check=True, capture_output=True)
     # Each kill a first failure (restarted at once); asleep 1.5 s after the last request.
     env = {"HOST_FAILURE_WINDOW": "0.5", "HOST_MAX_FAILURES": "1000", "HOST_IDLE_TIMEOUT": "1.5"}
-    hosts: dict[str, harness.ServedHost] = {}
+    sides = {"baseline": ([baseline_python, "-m", "host"], base_home), "this tree": (harness.HOST, home)}
+    kills: dict[str, list[float]] = {k: [] for k in sides}
+    colds: dict[str, list[float]] = {k: [] for k in sides}
     mine = harness.HOST
-    try:
-        harness.HOST = [baseline_python, "-m", "host"]  # what ServedHost.start runs
-        hosts["baseline"] = startup.serve(base_home, env)
-        harness.HOST = mine
-        hosts["this tree"] = startup.serve(home, env)
-        kills: dict[str, list[float]] = {k: [] for k in hosts}
-        colds: dict[str, list[float]] = {k: [] for k in hosts}
-        with httpx.Client(timeout=startup.DEADLINE) as client:
-            for i in range(runs):
-                # every other round the other one first: the one measured second shares the machine with the
-                # tail of the first one's restart (its other workers still booting)
-                for kind, host in sorted(hosts.items(), reverse=bool(i % 2)):
-                    url = f"{host.url}/plugins/tiny0"
-                    if not poll_until(lambda h=host: startup.asleep(h, ["tiny0"]), 30, 0.02):  # type: ignore[misc]
-                        raise RuntimeError(f"{kind}: tiny0 did not scale to zero")
-                    errors: list[str] = []
-                    startup.get_timed(f"{url}/started", colds[kind], errors)
-                    if errors:
-                        raise RuntimeError(f"{kind}: cold start: {errors[0]}")
-                    pid = int(host.status()["plugins"]["tiny0"]["pid"])
-                    before = startup.started(client, url)
-                    t0 = time.perf_counter()
-                    os.kill(pid, signal.SIGKILL)
-                    if not poll_until(lambda b=before, u=url: startup.started(client, u) not in (None, b), 30):  # type: ignore[misc]
-                        raise RuntimeError(f"{kind}: tiny0 did not serve again after SIGKILL")
-                    kills[kind].append((time.perf_counter() - t0) * 1e3)
-    finally:
-        harness.HOST = mine
-        for host in hosts.values():
-            host.stop()
+    # One host at a time (two idle hosts slow each other's starts), ``per_host`` samples of each per turn;
+    # every other round the other tree first.
+    for i in range(max(1, runs // per_host)):
+        for kind, (command, where) in sorted(sides.items(), reverse=bool(i % 2)):
+            harness.HOST = command  # what ServedHost.start runs
+            try:
+                host = startup.serve(where, env)
+            finally:
+                harness.HOST = mine
+            try:
+                _lifecycle_samples(host, kind, per_host, kills[kind], colds[kind])
+            finally:
+                host.stop()
     for what, samples in (("kill-to-serving", kills), ("cold start", colds)):
         base = statistics.median(samples["baseline"])
         for kind, xs in samples.items():
-            show(f"{what} {kind}", [x * (1e3 if what == "cold start" else 1) for x in xs],
-                 f"{statistics.median(xs) / base:4.2f}x baseline")
+            show(f"{what} {kind}", xs, f"{statistics.median(xs) / base:4.2f}x baseline")
+
+
+def _lifecycle_samples(host: ServedHost, kind: str, n: int, kills: list[float], colds: list[float]) -> None:
+    url = f"{host.url}/plugins/tiny0"
+    with httpx.Client(timeout=startup.DEADLINE) as client:
+        for _ in range(n):
+            if not poll_until(lambda: startup.asleep(host, ["tiny0"]), 30, 0.02):
+                raise RuntimeError(f"{kind}: tiny0 did not scale to zero")
+            seconds: list[float] = []
+            errors: list[str] = []
+            startup.get_timed(f"{url}/started", seconds, errors)
+            if errors:
+                raise RuntimeError(f"{kind}: cold start: {errors[0]}")
+            colds.append(seconds[0] * 1e3)
+            pid = int(host.status()["plugins"]["tiny0"]["pid"])
+            before = startup.started(client, url)
+            t0 = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            if not poll_until(lambda b=before: startup.started(client, url) not in (None, b), 30):  # type: ignore[misc]
+                raise RuntimeError(f"{kind}: tiny0 did not serve again after SIGKILL")
+            kills.append((time.perf_counter() - t0) * 1e3)
 
 
 def show(what: str, xs: list[float], ratio: str) -> None:
