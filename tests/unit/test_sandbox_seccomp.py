@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import socket
 
+import pytest
+
+from sandbox_runner import libc
 from sandbox_runner.layers import seccomp
 from sandbox_runner.policy import Network, Policy
 
@@ -64,3 +67,18 @@ def test_with_network_inet_is_allowed_but_netlink_packet_and_raw_are_not() -> No
 def test_tiocsti_is_matched_on_the_low_32_bits_only() -> None:
     ioctl = [r for r in seccomp.rules(OFF) if r.syscall == "ioctl"]
     assert seccomp.Rule("ioctl", errno.EPERM, ((1, seccomp.OP_MASKED_EQ, 0xFFFFFFFF, 0x5412),)) in ioctl
+
+
+def test_the_compiled_filter_is_a_whole_bpf_program_with_the_reported_rule_count() -> None:
+    bpf, detail = seccomp.compile_bpf(seccomp.allowed_families(OFF))
+    if bpf is None:
+        pytest.skip(f"libseccomp unusable here: {detail}")
+    assert len(bpf) % libc.BPF_INSN_SIZE == 0 and 0 < len(bpf) // libc.BPF_INSN_SIZE <= libc.BPF_MAXINSNS
+    count = int(detail.split(" deny rules")[0])
+    assert count == len(seccomp.rules(OFF)) or (count < len(seccomp.rules(OFF)) and "unknown to libseccomp" in detail)
+
+
+@pytest.mark.parametrize("program", [b"", b"\x06\x00\x00\x00\x00\x00\xff", b"\x00" * 8 * (libc.BPF_MAXINSNS + 1)])
+def test_a_program_the_kernel_could_not_take_is_refused_before_prctl(program: bytes) -> None:
+    with pytest.raises(OSError, match="not 1-4096 instructions"):
+        libc.load_seccomp_filter(program)
