@@ -149,3 +149,20 @@ def test_a_non_resident_runner_asks_bwrap_for_no_info_fd() -> None:
     argv = bwrap.argv(Policy(name="p"), FACTS, ["/bin/true"], 5, 6, None)
     assert "--info-fd" not in argv
     assert argv[argv.index("--") + 1:][-3:] == ["6", "--", "/bin/true"]
+
+
+def test_the_sandbox_has_a_private_writable_dev_shm_for_posix_semaphores() -> None:
+    # multiprocessing's locks, queues and pools are POSIX semaphores in /dev/shm
+    argv = build()
+    shm = argv.index("/dev/shm")
+    assert argv[shm - 3:shm + 1] == ["--perms", "1777", "--tmpfs", "/dev/shm"]
+    assert shm > argv.index("--dev")  # on top of bwrap's fresh /dev, not the host's
+    assert "/dev/shm" not in binds(argv, "--bind-try") + binds(argv, "--ro-bind-try")
+
+
+def test_landlock_allows_dev_shm_only_where_bwrap_made_it_private() -> None:
+    from sandbox_runner import inner
+    from sandbox_runner.handoff import Handoff
+
+    assert "/dev/shm" in inner._landlock_paths(Handoff(POLICY, "bwrap"))[1]
+    assert "/dev/shm" not in inner._landlock_paths(Handoff(POLICY, "syscalls"))[1]  # the host's, shared
