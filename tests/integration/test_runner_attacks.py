@@ -183,6 +183,18 @@ def test_multiprocessing_works_with_a_private_dev_shm(jail: Jail) -> None:
         assert r.errno == "EACCES"
 
 
+def test_a_pty_of_its_own_works_where_its_devpts_is_private(jail: Jail) -> None:
+    """pty.fork, pexpect and web terminals need /dev/ptmx: with bubblewrap the sandbox has a devpts instance of
+    its own (its first pty is number 0, whatever the host has open), and pushing input into a terminal is still
+    refused; without it /dev/pts is the host's and stays denied."""
+    r = jail.run("pty")
+    if jail.backend == "bwrap":
+        assert r.result == {"ok": True, "tty": "/dev/pts/0", "ptys": ["0", "ptmx"], "read": "typed\n",
+                            "tiocsti": "EPERM"}
+    else:
+        assert r.errno == "EACCES"
+
+
 def test_threads_still_work(jail: Jail) -> None:
     # clone3 answers ENOSYS; glibc must fall back to clone for pthread_create.
     assert jail.run("threads").result == {"ok": True}

@@ -160,9 +160,10 @@ def test_the_sandbox_has_a_private_writable_dev_shm_for_posix_semaphores() -> No
     assert "/dev/shm" not in binds(argv, "--bind-try") + binds(argv, "--ro-bind-try")
 
 
-def test_landlock_allows_dev_shm_only_where_bwrap_made_it_private() -> None:
+def test_landlock_allows_dev_shm_and_ptys_only_where_bwrap_made_them_private() -> None:
     from sandbox_runner import inner
     from sandbox_runner.handoff import Handoff
 
-    assert "/dev/shm" in inner._landlock_paths(Handoff(POLICY, "bwrap"))[1]
-    assert "/dev/shm" not in inner._landlock_paths(Handoff(POLICY, "syscalls"))[1]  # the host's, shared
+    assert {"/dev/shm", "/dev/pts"} <= set(inner._landlock_paths(Handoff(POLICY, "bwrap"))[1])
+    syscalls = inner._landlock_paths(Handoff(POLICY, "syscalls"))
+    assert not {"/dev/shm", "/dev/pts", "/dev/ptmx"} & {*syscalls[0], *syscalls[1], *syscalls[2]}  # the host's
