@@ -115,21 +115,12 @@ def writable_defaults(data: str) -> None:
     SQLAlchemy, ``logging.FileHandler("app.log")``, ``uploads/``... (gunicorn's ``--chdir`` is the bundle, so
     that it lands on ``sys.path``; the data dir never does). And Flask's instance folder (``app.instance_path``,
     where Flask-SQLAlchemy puts ``sqlite:///app.db`` and creates the folder at import) when the one Flask
-    finds does not exist: ``<bundle>/instance`` or ``<venv>/var/<app>-instance``, both read-only. An
-    instance folder the bundle ships (holding configuration) stays where it is, and an explicit
-    ``instance_path`` is the app's own choice."""
+    finds does not exist (plugin_host_defaults, which the venv's .pth file also applies in every other Python
+    process of the plugin)."""
     os.chdir(data)
-    try:
-        import flask
-    except ImportError:  # not a Flask app
-        return
-    found = flask.Flask.auto_find_instance_path
+    from plugin_host_defaults import install  # type: ignore[import-not-found]  # ships beside this module
 
-    def auto_find_instance_path(self: Any) -> str:
-        path = found(self)
-        return path if os.path.isdir(path) else os.path.join(data, "instance")
-
-    flask.Flask.auto_find_instance_path = auto_find_instance_path  # type: ignore[method-assign]
+    install()
 
 
 def _application() -> Any:

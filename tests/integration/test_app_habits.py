@@ -41,6 +41,13 @@ def test_multiprocessing_works(habits: ServedHost) -> None:
     assert (r.status_code, r.json()) == (200, [1, 4, 9])
 
 
+def test_a_spawned_child_that_imports_the_app_anew_writes_into_the_data_dir_too(habits: ServedHost) -> None:
+    # before: the child died importing the app ("Read-only file system: '.../bundle/instance'") and the pool broke
+    r = habits.get("/plugins/habits/spawn")
+    assert r.status_code == 200, r.text
+    assert r.json() == [16]
+
+
 def test_a_pty_works(habits: ServedHost) -> None:
     # before: "OSError: out of pty devices"
     r = habits.get("/plugins/habits/pty")

@@ -71,3 +71,31 @@ def test_an_instance_folder_the_bundle_ships_stays_where_it_is(
     bundle, _data, app = serve(runtime, tmp_path, monkeypatch)
     assert app.instance_path == str(bundle / "instance")
     assert app.config.from_pyfile(os.path.join(app.instance_path, "config.py")) and app.config["GREETING"] == "hi"
+
+
+def test_every_python_process_of_the_venv_gets_the_instance_folder_once_it_imports_flask(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The venv's .pth runs plugin_host_defaults.install() at every start: a finder that patches Flask when it
+    is first imported (a "spawn" child imports the app, and so Flask, anew)."""
+    from host.runtime import RUNTIME_DIR
+
+    assert (RUNTIME_DIR / "plugin_host_defaults.pth").read_text() == (
+        "import plugin_host_defaults; plugin_host_defaults.install()\n")
+    fake = tmp_path / "site" / "flask"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("class Flask:\n    def auto_find_instance_path(self):\n"
+                                      "        return '/read-only/venv/var/app-instance'\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.syspath_prepend(str(RUNTIME_DIR))
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    for mod in ("flask", "plugin_host_defaults"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+    monkeypatch.setenv("PLUGIN_DATA_DIR", str(tmp_path / "data"))
+    import plugin_host_defaults  # type: ignore[import-not-found]
+
+    plugin_host_defaults.install()
+    plugin_host_defaults.install()  # idempotent: one finder
+    assert sum(type(f).__name__ == "_AfterFlask" for f in sys.meta_path) == 1
+    import flask as fresh
+
+    assert fresh.Flask().auto_find_instance_path() == str(tmp_path / "data" / "instance")
