@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from host import control, plugin_settings
+from host import control, plugin_settings, setting_paths
 from host.errors import HostError, SupervisorUnavailable
 from host.layout import Layout
 from host.registry import Registry
@@ -39,6 +39,8 @@ def change(settings: HostSettings, registry: Registry, name: str, assignments: t
     registry.set_plugin_settings(name, values, dropped, who=who)
     what = ", ".join([*values, *(f"{k} (unset)" for k in dropped)])
     progress(f"{name}: saved {what}")
+    for hint in setting_paths.hidden_paths(manifest, values, Layout(settings.home_dir)):
+        progress(f"warning: {hint}")
     restart_if_running(settings, registry, name, progress)
     return True
 

@@ -38,6 +38,7 @@ from host.proxy import (
     ProxyError,
     Slots,
     Unavailable,
+    body_limit,
     body_stream,
     escapes_prefix,
     upstream_errors,
@@ -272,7 +273,7 @@ class PluginProxy:
         timeout, max_body = entry.limits.timeout, entry.limits.max_body
         length = env.get("CONTENT_LENGTH") or None
         if length is not None and (not length.isdigit() or int(length) > max_body):
-            raise ProxyError(413, "Request body too large", f"the plugin accepts at most {max_body} bytes")
+            raise ProxyError(413, "Request body too large", body_limit(max_body))
         chunked = "chunked" in env.get("HTTP_TRANSFER_ENCODING", "").lower()
         has_body = chunked or (length is not None and int(length) > 0)
         client_ip, host = req.client()

@@ -33,6 +33,7 @@ from host import (
     lockfile,
     plugin_settings,
     rootfs,
+    setting_paths,
     signing,
     snapshots,
     trust,
@@ -296,6 +297,8 @@ class Installer:
             self.progress(f"dropping setting{'s' if len(dropped) > 1 else ''} {', '.join(dropped)}: not "
                           f"declared by {name} {manifest.version}, or no longer valid for its type")
         values = {**kept, **given}
+        for hint in setting_paths.hidden_paths(manifest, plugin_settings.effective(manifest, values), self.layout):
+            self.progress(f"warning: {hint}")
         committed = False
         try:
             built = self._build(source, manifest, target, log_path, uid_index, values, (overrides, decision))

@@ -66,6 +66,19 @@ class Limits:
     websocket_idle: float = 300.0
 
 
+def body_limit(max_body: int) -> str:
+    """What a 413 says: the limit, and the manifest field that raises it (the operator reads it from the
+    client's error or the access log; the plugin's users cannot change it)."""
+    size = f"{max_body // (1 << 20)} MiB" if max_body and max_body % (1 << 20) == 0 else f"{max_body} bytes"
+    return f"the plugin accepts request bodies of at most {size} (its manifest's permissions.requests.max_body_mb)"
+
+
+def timed_out(plugin: str, timeout: float) -> str:
+    """What a 504 says, naming the manifest field that raises the limit."""
+    return (f"plugin {plugin!r} did not answer within {timeout:g}s "
+            "(its manifest's permissions.requests.timeout_seconds)")
+
+
 @contextmanager
 def upstream_errors(plugin: str, timeout: float) -> Iterator[None]:
     """Translate the upstream client's exceptions (host.upstream) into ProxyError at this one boundary."""
@@ -78,7 +91,7 @@ def upstream_errors(plugin: str, timeout: float) -> Iterator[None]:
     except ConnectFailed as exc:
         raise Unavailable(f"plugin {plugin!r} is not accepting connections") from exc
     except UpstreamTimeout as exc:
-        raise ProxyError(504, "Plugin timed out", f"plugin {plugin!r} did not answer within {timeout:g}s") from exc
+        raise ProxyError(504, "Plugin timed out", timed_out(plugin, timeout)) from exc
     except (BadUpstream, RequestRefused) as exc:
         raise ProxyError(502, "Bad gateway", f"plugin {plugin!r} closed the connection or answered garbage") from exc
 
@@ -229,5 +242,5 @@ def body_stream(stream: object, max_body: int) -> Iterator[bytes]:
             return
         total += len(chunk)
         if total > max_body:
-            raise BodyTooLarge(f"request body exceeds the plugin's limit of {max_body} bytes")
+            raise BodyTooLarge(body_limit(max_body))
         yield chunk

@@ -31,7 +31,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from host.directory import Directory
 from host.headers import response_headers
-from host.proxy import CHUNK, Limits, ProxyError, Unavailable
+from host.proxy import CHUNK, Limits, ProxyError, Unavailable, timed_out
 from host.upstream import RawHeaders
 from host.ws_relay import Gate, Link, Relay, Ticket
 
@@ -104,7 +104,7 @@ class WebSockets:
         ticket = self._gate.acquire(name, limits.max_websockets)
         if ticket is None:
             raise ProxyError(503, "Too many WebSockets", f"plugin {name!r} has {limits.max_websockets} WebSockets "
-                             "open already", 5)
+                             "open already (its manifest's permissions.requests.max_websockets)", 5)
         head = handshake_headers(headers, list(request.headers.items()))
         try:
             upstream, conn, answer = _exchange(name, sock, target, head, limits.timeout, wait)
@@ -233,7 +233,7 @@ def _read_answer(name: str, sock: socket.socket, target: str, headers: list[tupl
                 return conn, event
             raise ProxyError(502, "Bad gateway", f"plugin {name!r} closed the connection or answered garbage")
     except TimeoutError as exc:
-        raise ProxyError(504, "Plugin timed out", f"plugin {name!r} did not answer within {timeout:g}s") from exc
+        raise ProxyError(504, "Plugin timed out", timed_out(name, timeout)) from exc
     except ConnectionResetError as exc:
         if not got:
             raise _NoAnswer from exc

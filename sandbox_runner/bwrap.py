@@ -113,7 +113,7 @@ def _depth_sorted(items: tuple[str, ...]) -> list[str]:
 def _parents(dests: list[str]) -> list[str]:
     """Directories bwrap would create for these mount points, which it makes 0700 (unusable after the
     uid drop): we create them 0755 first. Not the mounts themselves, nor anything inside a bind."""
-    mounts = {*dests, "/proc", "/dev", "/tmp"}
+    mounts = {*dests, "/proc", "/dev", "/dev/shm", "/tmp"}
     out: set[str] = set()
     for dest in dests:
         parent = os.path.dirname(dest)
@@ -140,7 +140,11 @@ def argv(policy: Policy, facts: Launch, cmd: list[str], ctx_fd: int, report_fd: 
         out += ["--cap-drop", "ALL"] + [a for cap in _KEEP_CAPS for a in ("--cap-add", cap)]
     else:
         out += ["--cap-drop", "ALL"]
-    out += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+    # /dev/shm: a private tmpfs like /tmp (bwrap's --dev leaves a root-owned 0755 directory there). POSIX
+    # semaphores live in it, so without it multiprocessing.Lock/Queue/Pool and ProcessPoolExecutor fail with
+    # EACCES; being the sandbox's own, no other plugin or host process shares its names or its memory.
+    out += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
+            "--perms", "1777", "--tmpfs", "/tmp"]
     lib = paths.RUNNER_LIB
     binds: list[tuple[str, str, str]] = []  # (option, source, destination)
     etc = paths.etc_binds(policy)

@@ -32,7 +32,11 @@ def _landlock_paths(h: Handoff) -> tuple[tuple[str, ...], tuple[str, ...], tuple
         # Inside bwrap /proc shows only the sandbox's pids and /tmp is a private tmpfs. Without a pid
         # namespace /proc would list host processes, so the syscalls backend leaves it out.
         ro += ("/proc",)
-        rw += ("/tmp",)
+        # Private mounts of this sandbox (sandbox_runner.bwrap): tmpfs on /tmp and /dev/shm (POSIX semaphores),
+        # and bwrap's own devpts instance on /dev/pts (/dev/ptmx links into it), where pty.fork, pexpect and
+        # web terminals open terminals that only this sandbox sees (TIOCSTI stays denied by seccomp). Without
+        # bwrap all three are the host's, shared by every process on the machine, and stay denied.
+        rw += ("/tmp", "/dev/shm", "/dev/pts")
         # The generated /etc files bwrap bound there; without bwrap these paths are the host's own, denied.
         ro += tuple(paths.etc_binds(h.policy))
     return ro, rw, paths.DEV_RW

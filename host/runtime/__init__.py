@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 RUNTIME_DIR = Path(__file__).parent
-# module files installed into the plugin venv's site-packages
-RUNTIME_MODULES = ("plugin_base.py", "plugin_host_wsgi.py")
+# module (and .pth) files installed into the plugin venv's site-packages
+RUNTIME_MODULES = ("plugin_base.py", "plugin_host_wsgi.py", "plugin_host_defaults.py",
+                   "plugin_host_defaults.pth")  # the .pth runs plugin_host_defaults in every process of the venv
 # packages installed the same way, every .py file of each (the plugin SDK: ``import plugin_sdk``)
 RUNTIME_PACKAGES = ("plugin_sdk",)
 

@@ -4,6 +4,10 @@
 ``module`` holding a seed-style ``PluginBase`` subclass. The host's ``X-Forwarded-Prefix`` (``/plugins/<name>``
 when the request came by path) becomes SCRIPT_NAME so ``url_for`` and redirects stay under the plugin's prefix;
 without it (the plugin's own origin, ``<name>.<domain>``) SCRIPT_NAME is empty. Imports nothing of the host.
+
+Before the app is imported, the places apps write to by default move into ``PLUGIN_DATA_DIR`` (the plugin's
+code and venv are read-only): the working directory, and Flask's instance folder when the app's own does not
+exist (see :func:`writable_defaults`).
 """
 
 from __future__ import annotations
@@ -104,11 +108,29 @@ class _Prefixed:
         return self.app(environ, start_response)
 
 
+def writable_defaults(data: str) -> None:
+    """Make the data dir where an unchanged app writes when it names no directory.
+
+    The working directory: Flask-Session's default ``./flask_session``, a relative SQLite URL in plain
+    SQLAlchemy, ``logging.FileHandler("app.log")``, ``uploads/``... (gunicorn's ``--chdir`` is the bundle, so
+    that it lands on ``sys.path``; the data dir never does). And Flask's instance folder (``app.instance_path``,
+    where Flask-SQLAlchemy puts ``sqlite:///app.db`` and creates the folder at import) when the one Flask
+    finds does not exist (plugin_host_defaults, which the venv's .pth file also applies in every other Python
+    process of the plugin)."""
+    os.chdir(data)
+    from plugin_host_defaults import install  # type: ignore[import-not-found]  # ships beside this module
+
+    install()
+
+
 def _application() -> Any:
     entrypoint = os.environ.get("PLUGIN_ENTRYPOINT", "")
     bundle = os.environ.get("PLUGIN_BUNDLE")
     if bundle and bundle not in sys.path:
         sys.path.insert(0, bundle)
+    data = os.environ.get("PLUGIN_DATA_DIR")
+    if data and os.path.isdir(data):
+        writable_defaults(data)
     try:
         app = load(entrypoint)
     except EntrypointError as exc:

@@ -16,6 +16,21 @@ MAX_STATUS_LINE = 1024
 _STATUS_LINE = re.compile(rb"^HTTP/1\.[01] [1-5]\d\d\b")
 
 
+def not_ready(timeout: float, path: str, why: str | None) -> str:
+    """Why a start timed out, naming what the operator can change: the page probed and the wait."""
+    return (f"not ready within {timeout:g}s (last probe: {why or 'none'}; it probes GET {path}, its manifest's "
+            "health_path, for up to HOST_START_TIMEOUT)")
+
+
+def unhealthy(path: str, why: str) -> str:
+    """Why a running instance was killed by its liveness probe. A probe that got no answer in time most often
+    met an app whose every thread was held (long polls, WebSockets, slow requests), else a slow page."""
+    if why.startswith("no answer"):
+        return (f"unhealthy: {why} to GET {path} (its manifest's health_path): every one of its threads busy "
+                "(resources.threads), or a slow page")
+    return f"unhealthy: {why}"
+
+
 def probe(sock_path: Path, path: str, timeout: float, wake_fd: int | None = None) -> str | None:
     """None when the plugin answered with any HTTP status line within ``timeout`` seconds in all;
     otherwise why not, in a few words (or INTERRUPTED)."""

@@ -27,7 +27,7 @@ from host.layout import Layout
 from host.quota import FullAlarm, disk_usage, refusal, with_disk_layer
 from host.registry import PluginRecord, Registry
 from host.settings import HostSettings
-from host.supervisor.health import INTERRUPTED, probe
+from host.supervisor.health import INTERRUPTED, not_ready, probe, unhealthy
 from host.supervisor.logs import LogSink
 from host.supervisor.process import Children, Instance, Readiness
 from host.supervisor.state import (
@@ -416,8 +416,8 @@ class PluginWorker(threading.Thread):
         if result == Readiness.TIMEOUT:
             inst.kill()  # it never served anything: no grace to give (a hung import ignores SIGTERM anyway)
             inst.cleanup()
-            return host_killed(Cause.READINESS, f"not ready within {self.settings.start_timeout:g}s (last probe: "
-                               f"{inst.last_probe_error or 'none'})", inst.returncode,
+            return host_killed(Cause.READINESS, not_ready(self.settings.start_timeout, inst.health_path,
+                                                          inst.last_probe_error), inst.returncode,
                                inst.last_lines(TAIL, drain=DRAIN_OUTPUT), inst.ran_for, during_start=True)
         return self._exited(inst, during_start=True)
 
@@ -689,7 +689,8 @@ class PluginWorker(threading.Thread):
             inst.kill()
             tail = inst.last_lines(TAIL, drain=DRAIN_OUTPUT)
             inst.cleanup()
-            self._failed(host_killed(Cause.UNHEALTHY, f"unhealthy: {why}", inst.returncode, tail, inst.ran_for))
+            self._failed(host_killed(Cause.UNHEALTHY, unhealthy(inst.health_path, why), inst.returncode, tail,
+                                     inst.ran_for))
 
     def _check_disk(self) -> None:
         """Say once, loudly, when the plugin's data dir fills up (its writes now fail with ENOSPC)."""

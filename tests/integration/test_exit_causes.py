@@ -249,7 +249,9 @@ def test_a_health_path_that_trickles_cannot_hold_the_supervisor(host: ServedHost
         crash = wait_for(lambda: _new_crash(served, before), 15, what="the trickling plugin to be found unhealthy")
         # Found at all: a per-read timeout never fires on a byte every 0.5 s (the wait above would time out);
         # the reason names the whole probe's 1 s deadline. No stopwatch: under load the kill itself is slow.
-        assert (crash["cause"], crash["reason"]) == ("unhealthy", "unhealthy: no answer within 1.0s")
+        assert (crash["cause"], crash["reason"]) == ("unhealthy", "unhealthy: no answer within 1.0s to GET /health "
+                                                     "(its manifest's health_path): every one of its threads busy "
+                                                     "(resources.threads), or a slow page")
         # Its next instance never gets ready: every readiness probe trickles. Disable it in the middle of one.
         served.wait_state(NAME, "starting", timeout=15)
         time.sleep(1)

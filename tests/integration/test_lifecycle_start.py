@@ -98,7 +98,8 @@ def test_liveness_probe_restarts_a_hung_plugin(home: Path, serve: list[ServedHos
         # Every request hangs now, the probe's too: after two missed probes it is killed and restarted.
         wait_for(lambda: events(home, "hang-on-request", "crashed"), 15, what="the hung plugin to be killed")
         (crash,) = events(home, "hang-on-request", "crashed")
-        assert crash.detail["reason"] == "unhealthy: no answer within 0.5s"
+        assert crash.detail["reason"] == ("unhealthy: no answer within 0.5s to GET / (its manifest's health_path): "
+                                          "every one of its threads busy (resources.threads), or a slow page")
         wait_gone(old)
         host.wait_state("hang-on-request", "running", timeout=15)
         assert host.get("/plugins/hang-on-request/").text == "alive"

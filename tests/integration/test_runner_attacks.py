@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -164,6 +165,34 @@ def test_cant_exceed_cpu_seconds_in_a_worker(jail: Jail) -> None:
 
 def test_cant_exceed_cpu_seconds(jail: Jail) -> None:
     assert jail.resources(cpu_seconds=1).run("spin").returncode == -signal.SIGXCPU
+
+
+def test_multiprocessing_works_with_a_private_dev_shm(jail: Jail) -> None:
+    """multiprocessing's Lock, Queue, Value and Pool (and ProcessPoolExecutor) need POSIX semaphores, which
+    live in /dev/shm: with bubblewrap the sandbox has a tmpfs of its own there, where nothing of the host's
+    shows; without it /dev/shm is the machine's, shared by everyone, and stays denied."""
+    planted = Path(f"/dev/shm/plugin-host-test-{os.getpid()}")
+    planted.write_text("the host's")
+    try:
+        r = jail.run("semlock")
+    finally:
+        planted.unlink()
+    if jail.backend == "bwrap":
+        assert r.result == {"ok": True, "value": 42, "shm": []}
+    else:
+        assert r.errno == "EACCES"
+
+
+def test_a_pty_of_its_own_works_where_its_devpts_is_private(jail: Jail) -> None:
+    """pty.fork, pexpect and web terminals need /dev/ptmx: with bubblewrap the sandbox has a devpts instance of
+    its own (its first pty is number 0, whatever the host has open), and pushing input into a terminal is still
+    refused; without it /dev/pts is the host's and stays denied."""
+    r = jail.run("pty")
+    if jail.backend == "bwrap":
+        assert r.result == {"ok": True, "tty": "/dev/pts/0", "ptys": ["0", "ptmx"], "read": "typed\n",
+                            "tiocsti": "EPERM"}
+    else:
+        assert r.errno == "EACCES"
 
 
 def test_threads_still_work(jail: Jail) -> None:

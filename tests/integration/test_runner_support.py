@@ -136,6 +136,25 @@ def act(name, *a):
         t = threading.Thread(target=lambda: out.append(1))
         t.start(); t.join()
         return {"ok": out == [1]}
+    if name == "semlock":
+        import multiprocessing
+        ctx = multiprocessing.get_context("fork")
+        value = ctx.Value("i", 0)  # a shared counter behind a POSIX semaphore (sem_open in /dev/shm)
+        child = ctx.Process(target=lambda: setattr(value, "value", 42))
+        child.start(); child.join(10)
+        return {"ok": True, "value": value.value, "shm": sorted(os.listdir("/dev/shm"))}
+    if name == "pty":
+        import fcntl, termios
+        master, slave = os.openpty()
+        tty = os.ttyname(slave)
+        os.write(master, b"typed\n")
+        echoed = os.read(slave, 64).decode()
+        try:
+            fcntl.ioctl(slave, termios.TIOCSTI, b"x")
+            sti = "allowed"
+        except OSError as exc:
+            sti = errno.errorcode[exc.errno]
+        return {"ok": True, "tty": tty, "ptys": sorted(os.listdir("/dev/pts")), "read": echoed, "tiocsti": sti}
     if name == "exit":
         os._exit(int(a[0]))
     if name == "segv":

@@ -260,6 +260,19 @@ def test_body_stream_stops_at_the_limit() -> None:
         b"".join(body_stream(io.BytesIO(b"x" * 11), 10))
 
 
+def test_limit_errors_name_the_manifest_field_that_raises_them() -> None:
+    """A 413 or 504 says what to grant, not just that a limit was hit."""
+    import io
+    with pytest.raises(BodyTooLarge) as big:
+        b"".join(body_stream(io.BytesIO(b"x" * (16 << 20 | 1)), 16 << 20))
+    assert str(big.value) == ("the plugin accepts request bodies of at most 16 MiB "
+                              "(its manifest's permissions.requests.max_body_mb)")
+    with pytest.raises(ProxyError) as slow, upstream_errors("wiki", 30.0):
+        raise UpstreamTimeout("slow")
+    assert slow.value.detail == ("plugin 'wiki' did not answer within 30s "
+                                 "(its manifest's permissions.requests.timeout_seconds)")
+
+
 class BrokenChunks:
     """A wsgi.input whose parser finds broken framing after the first read (as gunicorn's raises)."""
 

@@ -155,3 +155,21 @@ def test_a_non_resident_runner_asks_bwrap_for_no_info_fd() -> None:
     argv = bwrap.argv(Policy(name="p"), FACTS, ["/bin/true"], 5, 6, None)
     assert "--info-fd" not in argv
     assert argv[argv.index("--") + 1:][-3:] == ["6", "--", "/bin/true"]
+
+
+def test_the_sandbox_has_a_private_writable_dev_shm_for_posix_semaphores() -> None:
+    # multiprocessing's locks, queues and pools are POSIX semaphores in /dev/shm
+    argv = build()
+    shm = argv.index("/dev/shm")
+    assert argv[shm - 3:shm + 1] == ["--perms", "1777", "--tmpfs", "/dev/shm"]
+    assert shm > argv.index("--dev")  # on top of bwrap's fresh /dev, not the host's
+    assert "/dev/shm" not in binds(argv, "--bind-try") + binds(argv, "--ro-bind-try")
+
+
+def test_landlock_allows_dev_shm_and_ptys_only_where_bwrap_made_them_private() -> None:
+    from sandbox_runner import inner
+    from sandbox_runner.handoff import Handoff
+
+    assert {"/dev/shm", "/dev/pts"} <= set(inner._landlock_paths(Handoff(POLICY, "bwrap"))[1])
+    syscalls = inner._landlock_paths(Handoff(POLICY, "syscalls"))
+    assert not {"/dev/shm", "/dev/pts", "/dev/ptmx"} & {*syscalls[0], *syscalls[1], *syscalls[2]}  # the host's

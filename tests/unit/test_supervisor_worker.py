@@ -239,7 +239,9 @@ def test_failed_probes_kill_and_restart(make: Any, monkeypatch: pytest.MonkeyPat
         w._next_probe = 0.0
         w._step()
     assert w.spawned[0].stopped
-    assert w.lc.state == State.BACKOFF and w.lc.reason == "unhealthy: no answer within 3.0s"
+    assert w.lc.state == State.BACKOFF and w.lc.reason == (
+        "unhealthy: no answer within 3.0s to GET / (its manifest's health_path): every one of its threads busy "
+        "(resources.threads), or a slow page")
 
 
 def test_a_missing_public_socket_is_restored_not_restarted(make: Any) -> None:
@@ -339,7 +341,8 @@ def test_a_start_that_times_out_says_what_the_last_probe_saw(make: Any) -> None:
     w.submit("enable")
     w._step()
     assert w.lc.state == State.BACKOFF
-    assert w.lc.reason == "not ready within 2s (last probe: none)"
+    assert w.lc.reason == ("not ready within 2s (last probe: none; it probes GET /, its manifest's health_path, "
+                           "for up to HOST_START_TIMEOUT)")
     (crash,) = [e for e in w.registry.events("p") if e.kind == "crashed"]
     assert crash.detail["cause"] == "readiness"
 
