@@ -20,7 +20,7 @@ from host.operations import local_who
 from host.quota import disk_usage, usage_cell
 from host.registry import Registry
 from host.settings import HostSettings
-from host.terminal import PrintableFormatter, printable
+from host.terminal import permission_denied, printable
 from manifests import Manifest, ManifestError, json_schema, load_manifest
 
 
@@ -386,29 +386,11 @@ def serve(obj: Ctx, bind: str | None, workers: int | None, admin_bind: str | Non
           verbose: bool, create: bool) -> None:
     """Run the supervisor, every enabled plugin and the web tier until SIGTERM/Ctrl-C. Exits 1 with one line
     when the port cannot be bound."""
-    from host.supervisor.core import Supervisor
+    from host.supervisor import serve as supervisor
 
     obj.layout(create=create)
-
-    console = logging.StreamHandler()
-    console.setFormatter(PrintableFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[console])
-    if not verbose:
-        logging.getLogger("plugins").setLevel(logging.INFO)
     settings = obj.settings(bind=bind, web_workers=workers, plugin_domain=plugin_domain, admin_bind=admin_bind)
-    supervisor = Supervisor(settings)
-    supervisor.bind()  # a port in use fails here, in one line, before anything is started or said
-    log = logging.getLogger("host.serve")
-    if os.geteuid() != 0:
-        log.warning("not running as root (uid %d): plugins run without their own uid, cgroup limits and disk "
-                    "quota, and one with a network grant does not start (HOST_SANDBOX=weak starts it without "
-                    "egress control); `host doctor` shows what else this machine can enforce", os.geteuid())
-    if settings.origin_domain:
-        log.info("each plugin on its own origin: http://<name>.%s%s/", settings.origin_domain,
-                 origins.split_host(settings.bind)[1])
-    if settings.path_mode:
-        log.info("path mode on: %s", origins.SHARED_ORIGIN_WARNING)
-    sys.exit(supervisor.run())
+    supervisor.handoff(settings, verbose=verbose)  # this process becomes the supervisor, without the CLI's imports
 
 
 @cli.command()
@@ -683,10 +665,7 @@ def main() -> None:
     except PermissionError as exc:
         if os.environ.get("HOST_DEBUG"):
             raise
-        hint = "" if os.geteuid() == 0 else (
-            f"; this runs as uid {os.geteuid()}, not root: use a home this user owns (--home DIR), where plugins run "
-            "without their own uids, cgroup limits and disk quota (`host doctor` shows what it can enforce)")
-        click.echo(f"error: permission denied: {printable(exc.filename or exc)}{hint}", err=True)
+        click.echo(f"error: {permission_denied(exc)}", err=True)
         sys.exit(1)
     except Exception as exc:
         if os.environ.get("HOST_DEBUG"):

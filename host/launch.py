@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host import plugin_settings, rootfs
 from host.egress import point as egress
@@ -29,13 +29,15 @@ from host.quota import Quota, ensure_mounted
 from host.registry import PluginRecord
 from host.runtime import GUNICORN_CONFIG, RUNTIME_DIR, WSGI_TARGET
 from host.sandbox_user import write_etc_files
-from host.settings import HostSettings
 from manifests import Manifest, parse_manifest
 from manifests.model import Network as NetworkGrant
 from manifests.settings import Value
 from sandbox_runner.cli import command_line
 from sandbox_runner.layers import seccomp
 from sandbox_runner.policy import LAYERS, Network, Policy, Resources
+
+if TYPE_CHECKING:
+    from host.settings import HostSettings
 
 MiB = 1024 * 1024
 ROOT_ONLY_LAYERS = ("uid", "cgroup")

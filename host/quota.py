@@ -28,13 +28,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host import loopfs, rootfs
 from host.errors import QuotaError, QuotaUnavailable
 from host.layout import Layout
-from host.settings import HostSettings
 from manifests.model import Resources
+
+if TYPE_CHECKING:
+    from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ HostSettings (host.settings) stays the one source of truth: its fields, defaults
 messages. `host serve` validates them once; the supervisor hands each web tier the result as JSON in one
 environment variable (:func:`carry`), and :func:`received` turns it back into a frozen :class:`SettingsView`
 with the same field values and the same derived properties (:class:`Derived`, which HostSettings inherits).
-Importing pydantic and pydantic-settings would cost each web tier ~15 MiB resident (issue 12: host idle PSS).
+The supervisor gets them the same way from `host serve` (host.supervisor.serve), all fields included.
+Importing pydantic and pydantic-settings would cost each process ~15 MiB resident (issue 12: host idle PSS).
 
 Must not import pydantic or host.settings at run time.
 """
@@ -92,9 +93,16 @@ class SettingsView(Derived):
         return f"SettingsView(home={self.__dict__.get('home')!r}, bind={self.__dict__.get('bind')!r})"
 
 
+def fields(settings: HostSettings) -> dict[str, Any]:
+    """Every field's value, of HostSettings or of a SettingsView (the supervisor has the latter)."""
+    if isinstance(settings, SettingsView):
+        return dict(vars(settings))
+    return settings.model_dump()
+
+
 def carry(settings: HostSettings, withheld: Collection[str] = ()) -> str:
     """``settings`` as the value of :data:`ENV`: every field but ``withheld``; the home resolved."""
-    values = {k: v for k, v in settings.model_dump().items() if k not in withheld}
+    values = {k: v for k, v in fields(settings).items() if k not in withheld}
     values["home"] = settings.home_dir
     paths = sorted(k for k, v in values.items() if isinstance(v, PurePath))
     return json.dumps({"values": {k: str(v) if k in paths else v for k, v in values.items()}, "paths": paths})
@@ -106,8 +114,11 @@ def received(environ: Mapping[str, str] = os.environ) -> HostSettings | None:
     Typed as HostSettings, whose fields and properties it has (tests/unit/test_settings_view.py compares them);
     pydantic's own methods (model_dump ...) it has not."""
     text = environ.get(ENV)
-    if not text:
-        return None
+    return from_text(text) if text else None
+
+
+def from_text(text: str) -> HostSettings:
+    """The settings in :func:`carry`'s ``text``."""
     data = json.loads(text)
     values = dict(data["values"])
     for key in data["paths"]:

@@ -9,6 +9,7 @@ can rewrite what the operator sees, e.g. erase the lines above a consent prompt 
 from __future__ import annotations
 
 import logging
+import os
 
 # C0 controls (ESC, CR, BS, BEL ...), DEL, the C1 range (0x9b is an 8-bit CSI to many terminals) and the
 # bidirectional overrides and isolates (they reorder the rest of the line on screen).
@@ -31,3 +32,11 @@ class PrintableFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return printable(super().format(record), multiline=True)
+
+
+def permission_denied(exc: PermissionError) -> str:
+    """The one line for a PermissionError nothing else explained: the file, and what a non-root user can do."""
+    hint = "" if os.geteuid() == 0 else (
+        f"; this runs as uid {os.geteuid()}, not root: use a home this user owns (--home DIR), where plugins run "
+        "without their own uids, cgroup limits and disk quota (`host doctor` shows what it can enforce)")
+    return f"permission denied: {printable(exc.filename or exc)}{hint}"

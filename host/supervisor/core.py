@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from host import identity, launch
 from host.arenas import limit_malloc_arenas
@@ -25,7 +25,6 @@ from host.hostapi.server import HostApi
 from host.layout import PARTIAL_MARKER, Layout
 from host.quota import release_all
 from host.registry import Registry
-from host.settings import HostSettings
 from host.supervisor import leftovers, metrics
 from host.supervisor.admin import AdminOps, prepare_uploads
 from host.supervisor.control_server import ControlServer
@@ -35,6 +34,9 @@ from host.supervisor.state import SERVING
 from host.supervisor.web import WEB_OPS, RoutesPublisher, bind_listener, public_view, web_env
 from host.supervisor.worker import PluginWorker
 from host.webuser import web_user
+
+if TYPE_CHECKING:
+    from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
 WEB_RESTART_DELAY = (0.1, 5.0)  # first and maximum delay between web tier restarts

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import TYPE_CHECKING
 
 from host import archive, launch, rootfs
 from host.layout import Layout
-from host.settings import HostSettings
 from sandbox_runner.layers import cgroup
+
+if TYPE_CHECKING:
+    from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
 INSTALL_STEPS = ("-pip", "-check")  # a `host install` of this home may be running right now

@@ -17,14 +17,16 @@ import os
 import socket
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host import routes
 from host.errors import HostError
 from host.registry import PluginRecord
-from host.settings import HostSettings
 from host.settings_view import ENV as SETTINGS_ENV
-from host.settings_view import carry
+from host.settings_view import carry, fields
+
+if TYPE_CHECKING:
+    from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
 WEB_OPS = ("status", "wake", "active", "user_login", "filter_tripped")
@@ -63,7 +65,7 @@ def web_env(settings: HostSettings) -> dict[str, str]:
     """The web tier's settings, plus the little it needs: the validated values in one variable (which the web
     tier reads without importing pydantic, host.settings_view), and as the HOST_* variables they came from."""
     env = {k: v for k, v in os.environ.items() if k in ENV_KEEP or k.startswith(ENV_KEEP_PREFIXES)}
-    for key, value in settings.model_dump().items():
+    for key, value in fields(settings).items():
         # None is "unset" (e.g. plugin_domain: derived from bind), which str() would turn into "None"
         if key not in SETTINGS_WITHHELD and value is not None:
             env[f"HOST_{key.upper()}"] = str(settings.home_dir if key == "home" else value)

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host import identity, integrity, launch
 from host.egress.point import EgressPoint
@@ -26,7 +26,6 @@ from host.launch import LaunchSpec
 from host.layout import Layout
 from host.quota import FullAlarm, disk_usage, refusal, with_disk_layer
 from host.registry import PluginRecord, Registry
-from host.settings import HostSettings
 from host.supervisor.health import INTERRUPTED, not_ready, probe, unhealthy
 from host.supervisor.logs import LogSink
 from host.supervisor.process import Children, Instance, Readiness
@@ -50,6 +49,9 @@ from host.supervisor.state import (
 from host.supervisor.web import sandbox_summary
 from host.webuser import WebUser, share_path
 from sandbox_runner.errors import SETUP_EXIT_CODES
+
+if TYPE_CHECKING:
+    from host.settings import HostSettings
 
 log = logging.getLogger(__name__)
 

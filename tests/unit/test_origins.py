@@ -4,6 +4,7 @@ routes by Host (Flask test client; the plugins are an httpx-style handler that e
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -165,28 +166,25 @@ def test_serve_takes_the_plugin_domain(monkeypatch: pytest.MonkeyPatch, tmp_path
     from click.testing import CliRunner
 
     from host import cli
-    from host.supervisor import core
+    from host.settings_view import from_text
 
-    seen: list[HostSettings] = []
+    seen: list[list[str]] = []
 
-    class Supervisor:
-        def __init__(self, settings: HostSettings) -> None:
-            seen.append(settings)
+    def execv(path: str, argv: list[str]) -> None:  # where `host serve` becomes the supervisor process
+        seen.append(argv)
+        raise SystemExit(0)
 
-        def run(self) -> int:
-            return 0
-
-        def __getattr__(self, name: str) -> Any:  # bind() and whatever else serve calls before run()
-            return lambda *args, **kwargs: None
-
-    monkeypatch.setattr(core, "Supervisor", Supervisor)
+    monkeypatch.setattr(os, "execv", execv)
     monkeypatch.delenv("HOST_PLUGIN_DOMAIN", raising=False)
     layout = Layout(tmp_path)
     layout.ensure()
     Registry(layout.registry)  # an existing home
     result = CliRunner().invoke(cli.cli, ["--home", str(tmp_path), "serve", *args])
     assert result.exit_code == 0, result.output
-    assert seen[0].origin_domain == domain
+    argv = seen[0]
+    assert argv[argv.index("-m") + 1] == "host.supervisor"
+    with os.fdopen(int(argv[argv.index("--settings-fd") + 1])) as fh:
+        assert from_text(fh.read()).origin_domain == domain
 
 
 def test_doctor_says_whether_plugins_share_an_origin(monkeypatch: pytest.MonkeyPatch) -> None:
