@@ -11,7 +11,7 @@ or a missing one shows in the walk itself. HOST_INTEGRITY=full hashes every file
 host whose root is not trusted to keep clocks honest); =off skips the check. Why not hash only what can be
 imported: Python can import nearly anything in site-packages (.pth files, namespace packages, data files read by
 code), so the safe subset is the whole tree anyway.
-Imports nothing from the host but errors and the signing hash helper.
+Imports nothing from the host but errors (the supervisor imports it: no pydantic, no cryptography).
 """
 
 from __future__ import annotations
@@ -24,11 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from host.errors import IntegrityError
-from host.signing import sha256_file
 
 RECORD = "integrity.json"
 TREES = ("bundle", "venv")
 _LINK = "->"
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a regular file, opened without following a link (host.signing's file hashes too)."""
+    h = hashlib.sha256()
+    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _walk(root: Path) -> dict[str, os.stat_result]:

@@ -29,15 +29,16 @@ from host.quota import Quota, ensure_mounted
 from host.registry import PluginRecord
 from host.runtime import GUNICORN_CONFIG, RUNTIME_DIR, WSGI_TARGET
 from host.sandbox_user import write_etc_files
-from manifests import Manifest, parse_manifest
-from manifests.model import Network as NetworkGrant
-from manifests.settings import Value
+from manifests.setting_rules import Value
+from manifests.view import manifest_view
 from sandbox_runner.cli import command_line
 from sandbox_runner.layers import seccomp
 from sandbox_runner.policy import LAYERS, Network, Policy, Resources
 
 if TYPE_CHECKING:
     from host.settings import HostSettings
+    from manifests import Manifest
+    from manifests.model import Network as NetworkGrant
 
 MiB = 1024 * 1024
 ROOT_ONLY_LAYERS = ("uid", "cgroup")
@@ -236,7 +237,7 @@ def build(settings: HostSettings, record: PluginRecord, generation: int = 1,
     MissingSettings when a required one has none. ``backend``: see :func:`serving_backend`; it only ever
     replaces "auto", and only where namespaces are required."""
     layout = Layout(settings.home_dir)
-    manifest = parse_manifest(record.manifest, f"registry:{record.name}")
+    manifest = manifest_view(record.manifest, f"registry:{record.name}")  # validated at install
     values = plugin_settings.for_start(manifest, stored_settings or {})
     name = manifest.name
     install = layout.install_dir(name, record.install_id)

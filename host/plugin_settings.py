@@ -18,13 +18,16 @@ import sys
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host import rootfs
 from host.errors import MissingSettings, SettingsError
 from host.layout import Layout
-from manifests import Manifest
-from manifests.settings import Setting, Value, env_name, to_env
+from manifests.setting_rules import Value, env_name, to_env
+
+if TYPE_CHECKING:
+    from manifests import Manifest
+    from manifests.settings import Setting
 
 MASK = "••••"
 SETTINGS_FILE = "settings.json"

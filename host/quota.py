@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 from host import loopfs, rootfs
 from host.errors import QuotaError, QuotaUnavailable
 from host.layout import Layout
-from manifests.model import Resources
 
 if TYPE_CHECKING:
     from host.settings import HostSettings
+    from manifests.model import Resources
 
 log = logging.getLogger(__name__)
 

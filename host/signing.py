@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from host.bundle import BundleError, copy_bundle
 from host.errors import SignatureError, UsageError
+from host.integrity import sha256_file
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -44,7 +45,6 @@ _SUCCESSION_DOMAIN = b"plugin-host-succession-1\n"
 _SECRET_HEADER = "plugin-host secret key (ed25519): keep this file private"
 KEY_PREFIX = "ed25519:"
 _HEX64 = r"^[0-9a-f]{64}$"
-_CHUNK = 1 << 20
 
 
 class Succession(BaseModel):
@@ -155,14 +155,6 @@ def _verify(public: str, signature: str, message: bytes) -> bool:
 
 
 # -- hashing --------------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def bundle_hashes(root: Path) -> dict[str, str]:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 
 from manifests.hooks import EVENT_PATTERN, Hooks, check_permissions
 from manifests.requirements import check_requirement
+from manifests.rules import EVENT_TYPE_PATTERN, Destination, ManifestRules, NetworkRules, parse_destination
 from manifests.settings import Setting, SettingKey, check_environment, check_keys
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
@@ -29,69 +30,15 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 FORBIDDEN_ENV = frozenset({"LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"})
 
 MiB = 1024 * 1024
+# Destination and parse_destination live in manifests.rules (no pydantic), re-exported here.
+__all__ = ["EVENT_TYPE_PATTERN", "Destination", "parse_destination"]
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-# An egress destination: "host:port", where host is a name ("api.example.com"), a wildcard name
-# ("*.example.org": any subdomain, not the bare domain), an IPv4 literal or a bracketed IPv6 literal.
-_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_DEST_NAME = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
-
-
-class Destination(_Frozen):
-    """One parsed egress destination (see :data:`Network.outbound`)."""
-
-    host: str  # lower-case name without a trailing dot, or an IP literal (IPv6 without brackets)
-    port: int
-    wildcard: bool = False  # host "*.x.org": any name ending in ".x.org"
-    ip: bool = False  # host is an IP literal: granted exactly, even loopback or private (high risk)
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'*.' if self.wildcard else ''}{host}:{self.port}"
-
-    def matches(self, host: str, port: int) -> bool:
-        if port != self.port:
-            return False
-        host = host.lower().rstrip(".")
-        if self.wildcard:
-            return host.endswith("." + self.host)
-        return host == self.host
-
-
-def parse_destination(text: str) -> Destination:
-    """``"api.example.com:443"`` → Destination; ValueError with a one-line reason otherwise."""
-    import ipaddress
-
-    if not isinstance(text, str) or not text.isascii() or not text.isprintable() or " " in text:
-        raise ValueError(f"{text!r}: a destination is 'host:port' in printable ASCII")
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: a destination is 'host:port' with a port from 1 to 65535")
-    port = int(port_text)
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            return Destination(host=str(ipaddress.IPv6Address(host[1:-1])), port=port, ip=True)
-        except ValueError:
-            raise ValueError(f"{text!r}: {host} is not an IPv6 address") from None
-    try:
-        return Destination(host=str(ipaddress.IPv4Address(host)), port=port, ip=True)
-    except ValueError:
-        pass
-    name = host.lower().rstrip(".")
-    if len(name) > 253 or not _DEST_NAME.match(name) or name.replace(".", "").isdigit():
-        raise ValueError(f"{text!r}: {host!r} is not a host name, '*.' wildcard name or IP address")
-    if name.startswith("*."):
-        if name.count(".") < 2:
-            raise ValueError(f"{text!r}: a wildcard must name a domain below a public suffix, e.g. '*.example.org'")
-        return Destination(host=name[2:], port=port, wildcard=True)
-    return Destination(host=name, port=port)
-
-
-class Network(_Frozen):
+class Network(NetworkRules, _Frozen):
     """Outbound network. Default: none at all (an empty network namespace, no IP sockets).
 
     Every plugin gets its own network namespace; what it may reach goes through the host's egress point,
@@ -121,20 +68,6 @@ class Network(_Frozen):
             for d in value:
                 parse_destination(d)
         return value
-
-    @property
-    def enabled(self) -> bool:
-        return self.outbound is not False
-
-    @property
-    def destinations(self) -> tuple[Destination, ...]:
-        """The listed destinations (empty for ``true`` and ``false``)."""
-        return tuple(parse_destination(d) for d in self.outbound) if isinstance(self.outbound, tuple) else ()
-
-    @property
-    def any_public(self) -> bool:
-        """``outbound = true``: any public address, on ``ports`` (or any port)."""
-        return self.outbound is True
 
 
 class Filesystem(_Frozen):
@@ -180,8 +113,6 @@ class Requests(_Frozen):
 
 # Host API permissions (host.hostapi enforces them): fixed ones, and events:* ones that name an event type.
 HOST_API_PERMISSIONS = frozenset({"kv:read", "kv:write", "settings:read", "users:read", "events:read"})
-# An event type a plugin emits: "<plugin>.<noun>.<verb>" (CloudEvents "type"), lower case.
-EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9-]{0,31}\.[a-z][a-z0-9_]{0,31}\.[a-z][a-z0-9_]{0,31}$"
 _EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
 # events:subscribe:<pattern>: an event type or pattern as [hooks] events takes them (manifests.hooks).
 _SUBSCRIBE_PATTERN = re.compile(EVENT_PATTERN)
@@ -253,7 +184,7 @@ class Permissions(_Frozen):
         return names
 
 
-class Manifest(_Frozen):
+class Manifest(ManifestRules, _Frozen):
     """A plugin's ``plugin.toml``."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="Becomes paths and URLs.")]
@@ -311,8 +242,3 @@ class Manifest(_Frozen):
         for r in reqs:
             check_requirement(r)
         return reqs
-
-    @property
-    def is_wsgi_entrypoint(self) -> bool:
-        """True for ``module:attr``; False for a bare module holding a PluginBase subclass."""
-        return ":" in self.entrypoint

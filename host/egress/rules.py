@@ -10,10 +10,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from manifests import Destination, parse_destination
-from manifests.model import Network
+from manifests.rules import Destination, parse_destination
+
+if TYPE_CHECKING:
+    from manifests.model import Network
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[Address]]

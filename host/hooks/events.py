@@ -14,44 +14,51 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from host.registry import Registry
+
+if TYPE_CHECKING:
+    from host.hooks.cloudevent import CloudEvent
 
 log = logging.getLogger(__name__)
 # <plugin>.<noun>.<verb>, or the host's own plugin.* / host.* events: lower case, dot-separated segments.
 TYPE_PATTERN = r"^[a-z][a-z0-9-]{0,31}(\.[a-z][a-z0-9_-]{0,31}){1,4}$"
 MAX_DATA = 64 * 1024  # bytes of JSON in ``data``: events are notifications, not a bulk transport
+_VALID_TYPE = re.compile(TYPE_PATTERN)
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
-class CloudEvent(BaseModel):
-    """One event, CloudEvents 1.0 structured JSON mode (``application/cloudevents+json``). ``id`` is the
-    dedupe id: every delivery and retry of this event to any subscriber carries it (``webhook-id`` too)."""
+@dataclass(frozen=True)
+class HostEvent:
+    """An event of the host's own (``plugin.*``, ``host.*``), as :class:`CloudEvent` would hold and serialize it,
+    without pydantic: the supervisor emits these and must not load pydantic for them (issue 12: idle memory).
+    Events from plugins arrive through the host API and are validated as CloudEvents."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    specversion: str = Field("1.0", pattern=r"^1\.0$")
-    id: str = Field(default_factory=lambda: f"evt_{uuid.uuid4().hex}", pattern=r"^[A-Za-z0-9._:-]{1,128}$")
-    source: str = Field(..., min_length=1, max_length=256, pattern=r"^[!-~]+$",
-                        description="'/host' for host events, '/plugins/<name>' for a plugin's")
-    type: str = Field(..., pattern=TYPE_PATTERN)
-    time: str = Field(default_factory=_now, max_length=64)
-    datacontenttype: str = "application/json"
+    type: str
     data: dict[str, Any] | None = None
+    source: str = "/host"
+    id: str = field(default_factory=lambda: f"evt_{uuid.uuid4().hex}")
+    time: str = field(default_factory=_now)
+    specversion: str = "1.0"
+    datacontenttype: str = "application/json"
 
     def to_json(self) -> str:
-        return self.model_dump_json()
+        """CloudEvent.model_dump_json()'s text: its field order, compact, non-ASCII as is."""
+        fields = {"specversion": self.specversion, "id": self.id, "source": self.source, "type": self.type,
+                  "time": self.time, "datacontenttype": self.datacontenttype, "data": self.data}
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
 
-def host_event(kind: str, **data: Any) -> CloudEvent:
+def host_event(kind: str, **data: Any) -> HostEvent:
     """A host event, e.g. ``host_event("plugin.installed", plugin="notes", version="1.0")``."""
-    return CloudEvent(source="/host", type=kind, data=data)
+    if not _VALID_TYPE.match(kind):
+        raise ValueError(f"{kind!r}: not an event type")
+    return HostEvent(type=kind, data=data)
 
 
 # -- subscriptions ------------------------------------------------------------------------------------
@@ -72,10 +79,9 @@ def subscriptions(manifest: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(p) for p in hooks.get("events", ()))
 
 
-_VALID_TYPE = re.compile(TYPE_PATTERN)
 
 
-def emit(registry: Registry, event: CloudEvent) -> int:
+def emit(registry: Registry, event: CloudEvent | HostEvent) -> int:
     """Durably enqueue ``event`` for every installed plugin subscribed to its type (not one that answered
     ``410 Gone`` for it, nor the emitting plugin itself). Returns how many deliveries were queued; the
     supervisor's dispatcher (:mod:`host.hooks.dispatch`) delivers them at least once. Emitting the same id
@@ -101,10 +107,19 @@ def emit(registry: Registry, event: CloudEvent) -> int:
     return queued
 
 
-def emit_quietly(registry: Registry, event: CloudEvent) -> None:
+def emit_quietly(registry: Registry, event: CloudEvent | HostEvent) -> None:
     """:func:`emit` for the host's own events: a failure is logged, never raised into the operation that
     happened (the operation is done; its audit event is the record of truth)."""
     try:
         emit(registry, event)
     except Exception:
         log.exception("cannot queue host event %s", event.type)
+
+
+def __getattr__(name: str) -> Any:
+    """``CloudEvent`` (pydantic) is imported when first asked for: by the host API, for a plugin's event."""
+    if name == "CloudEvent":
+        from host.hooks.cloudevent import CloudEvent
+
+        return CloudEvent
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from host.errors import HostApiError
 from host.registry import Registry
-from manifests.model import KvQuota
+
+if TYPE_CHECKING:
+    from manifests.model import KvQuota
 
 MAX_KEY = 150  # characters, as Mattermost's KEY_VALUE_KEY_MAX_RUNES
 MAX_VALUE = 64 * 1024  # bytes

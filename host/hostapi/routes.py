@@ -11,17 +11,27 @@ import binascii
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
 from host import plugin_settings
 from host.errors import HostApiError, MissingSettings
 from host.hostapi import kv
 from host.registry import Registry
-from manifests import Manifest
-from manifests.model import EVENT_TYPE_PATTERN, KvQuota
+from manifests.rules import EVENT_TYPE_PATTERN
+
+if TYPE_CHECKING:
+    from manifests import Manifest
+    from manifests.model import KvQuota
 
 MAX_BODY = 128 * 1024  # a 64 KiB value is ~88 KiB as base64, plus the JSON around it
+
+
+def _default_kv_quota() -> KvQuota:
+    """The manifest's default quota (a grant made from a manifest has that manifest's own)."""
+    from manifests.model import KvQuota
+
+    return KvQuota()
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,7 @@ class Grant:
 
     plugin: str
     permissions: frozenset[str]
-    kv_quota: KvQuota = field(default_factory=KvQuota)
+    kv_quota: KvQuota = field(default_factory=_default_kv_quota)
     manifest: Manifest | None = field(default=None, compare=False)
 
     @classmethod
@@ -144,7 +154,7 @@ def emit(registry: Registry, grant: Grant, call: Call, kind: str) -> Reply:
     if data is not None and not isinstance(data, dict):
         raise HostApiError(400, "Bad event", "data is a JSON object or null", grant.plugin)
     try:
-        from host.hooks.events import CloudEvent  # type: ignore[import-not-found, unused-ignore]
+        from host.hooks.cloudevent import CloudEvent  # type: ignore[import-not-found, unused-ignore]
         from host.hooks.events import emit as enqueue  # type: ignore[import-not-found, unused-ignore]
     except ImportError as exc:  # the hooks half of issue 13 (host.hooks) is not on this host yet
         raise HostApiError(501, "Events unavailable", "this host does not deliver events", grant.plugin) from exc

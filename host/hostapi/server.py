@@ -14,7 +14,7 @@ import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host.errors import HostApiError
 from host.hostapi import tokens
@@ -22,7 +22,9 @@ from host.hostapi.limits import Audit, RateLimit
 from host.hostapi.routes import MAX_BODY, Call, Grant, dispatch
 from host.layout import MAX_SOCKET_PATH, Layout
 from host.registry import Registry
-from manifests import Manifest
+
+if TYPE_CHECKING:
+    from manifests import Manifest
 
 log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 16  # per plugin, at once; more are closed at once (its workers share a handful)

@@ -29,12 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from host import configure, operations, origins
+from host import origins
 from host.errors import AdminError, HostError, PluginNotFound, SettingsError, SupervisorUnavailable, UsageError
 from host.registry import PluginRecord, TokenRecord
 from host.supervisor import metrics as supervisor_metrics
 from host.webuser import WebUser
-from manifests import ManifestError, parse_manifest
+from manifests import ManifestError
+from manifests.setting_rules import values_schema
 
 if TYPE_CHECKING:
     from host.supervisor.core import Supervisor
@@ -169,6 +170,7 @@ class AdminOps:
     def _view(self, rec: PluginRecord, live: dict[str, Any] | None) -> dict[str, Any]:
         from host.risk import assess, grants
         from host.signing import signature_badge
+        from manifests import parse_manifest
 
         st = live or {}
         try:
@@ -215,11 +217,11 @@ class AdminOps:
         return {"plugin": self._view(rec, self._live().get(rec.name))}
 
     def get_settings(self, token: TokenRecord, req: dict[str, Any]) -> dict[str, Any]:
+        from host import configure
+
         name = _name(req)
         shown = configure.view(self.settings, self.registry, name)
         schema = configure.manifest_of(self.registry, name).settings
-        from manifests.settings import values_schema
-
         return {"plugin": name, "settings": shown["settings"], "schema": values_schema(schema)}
 
     def logs(self, token: TokenRecord, req: dict[str, Any]) -> dict[str, Any]:
@@ -259,21 +261,29 @@ class AdminOps:
         return self._set_enabled(token, _name(req), False)
 
     def _set_enabled(self, token: TokenRecord, name: str, enabled: bool) -> dict[str, Any]:
+        from host import operations  # the installer's modules: loaded when the admin first changes something
+
         changed, _ = operations.set_enabled(self.settings, self.registry, self.layout, name, enabled, _who(token))
         return {"changed": changed, "plugin": self._view(self.registry.require(name), self._live().get(name))}
 
     def restart(self, token: TokenRecord, req: dict[str, Any]) -> dict[str, Any]:
+        from host import operations
+
         name = _name(req)
         operations.restart(self.settings, self.registry, self.layout, name, _who(token))
         return {"plugin": self._view(self.registry.require(name), self._live().get(name))}
 
     def uninstall(self, token: TokenRecord, req: dict[str, Any]) -> dict[str, Any]:
+        from host import operations
+
         name = _name(req)
         kept = operations.uninstall(self.settings, self.registry, self.layout, name, _who(token), log.info,
                                     keep_data=bool(req.get("keep_data")))
         return {"uninstalled": name, "kept": kept}
 
     def put_settings(self, token: TokenRecord, req: dict[str, Any]) -> dict[str, Any]:
+        from host import operations
+
         name = _name(req)
         values = req.get("values")
         if not isinstance(values, dict):

@@ -1,6 +1,7 @@
 """What an idle host keeps resident (issue 12): heavy modules it needs only to install or sign stay out of the
 supervisor, and the web tier's workers share the app their arbiter built. Observed from outside, in /proc,
-on the session's host (no host of its own). The figures are bench/memory.py's, not asserted here."""
+on the session's host and on one host of this module's whose plugin has started and gone to sleep. The figures
+are bench/memory.py's, not asserted here."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from host.settings import HostSettings
 from host.supervisor.web import web_env
-from tests.integration.harness import ServedHost, descendants, short_home
+from tests.integration.harness import FIXTURES, ServedHost, descendants, served_plugins, short_home, wait_for
 
 # What the web tiers build their apps without: httpx (~5 MiB resident per tier; the proxy speaks http.client
 # and filters headers as sent) and cryptography (~6 MiB; only installs and `host sign` verify or sign).
@@ -63,7 +67,7 @@ def test_the_idle_supervisor_has_not_loaded_cryptography(served: ServedHost) -> 
     assert served.proc is not None
     supervisor = served.proc.pid
     files = mapped_files(supervisor)
-    assert any("/pydantic_core/" in f for f in files)  # the look works: a compiled module it does load
+    assert any("/_sqlite3." in f for f in files)  # the look works: a compiled module it does load
     assert not [f for f in files if "/cryptography/" in f]
 
 
@@ -125,3 +129,45 @@ def test_the_web_tiers_build_their_apps_without_modules_they_do_not_need() -> No
         assert json.loads(got.stdout) == {"public": [], "imported by patching": [],
                                          "package metadata scans by patching": 0,
                                          "templates compiled for the first page": [200, 0], "admin": []}
+
+
+# What the supervisor never imports while it serves (host.supervisor.serve): the CLI and settings validation
+# (`host serve` did that before it became the supervisor), the manifest models (it reads stored manifests through
+# manifests.view), and what only installs, signing, upgrades and the admin's changes use.
+NOT_IN_SUPERVISOR = ("click", "pydantic", "pydantic_core", "pydantic_settings", "manifests.model", "manifests.loader",
+                     "host.settings", "host.cli", "host.installer", "host.operations", "host.signing", "cryptography")
+SUPERVISOR_IMPORTS = """
+import json, sys
+from host.supervisor.serve import main
+from host.supervisor.core import Supervisor
+print(json.dumps(sorted(m for m in json.loads(sys.argv[1]) if m in sys.modules)))
+"""
+
+
+def test_the_supervisor_imports_neither_pydantic_nor_the_cli() -> None:
+    got = subprocess.run([sys.executable, "-c", SUPERVISOR_IMPORTS, json.dumps(NOT_IN_SUPERVISOR)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert json.loads(got.stdout) == []
+
+
+@pytest.fixture(scope="module")
+def slept() -> Iterator[ServedHost]:
+    """A host whose one plugin has served a request and then scaled to zero: its supervisor launched it."""
+    with served_plugins(FIXTURES / "echo", env={"HOST_IDLE_TIMEOUT": "1"}) as host:
+        assert host.get("/plugins/echo/status/204").status_code == 204  # answered by the plugin, woken for it
+        wait_for(lambda: host.status()["plugins"]["echo"]["state"] == "stopped", 30, 0.1, what="echo asleep")
+        yield host
+
+
+def test_a_supervisor_that_launched_a_plugin_has_not_loaded_pydantic(slept: ServedHost) -> None:
+    """`host serve` validated its settings and then became a fresh interpreter without them; plugins start from
+    their stored manifests read through manifests.view. pydantic's compiled core (~15 MiB with the models) is
+    never mapped into the serving supervisor."""
+    assert slept.proc is not None
+    files = mapped_files(slept.proc.pid)
+    assert any("/_sqlite3." in f for f in files)
+    assert not [f for f in files if "/pydantic_core/" in f or "/cryptography/" in f]
+    with open(f"/proc/{slept.proc.pid}/cmdline", "rb") as fh:
+        argv = fh.read().split(b"\0")
+    assert argv[argv.index(b"-m") + 1] == b"host.supervisor"  # the pid `host serve` started as, a new program
