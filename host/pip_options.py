@@ -15,12 +15,10 @@ network access goes through a proxy that adds them.
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 import shlex
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +83,8 @@ def machine_config_files(environ: Mapping[str, str]) -> list[str]:
 
 def _configured(files: list[str], env: Mapping[str, str]) -> dict[str, str]:
     """Key -> value as pip resolves them: files merged in order, [global] then [install], then PIP_* vars."""
+    import configparser  # installs only: not resident in the supervisor
+
     merged: dict[tuple[str, str], str] = {}
     for path in files:
         parser = configparser.RawConfigParser()
@@ -114,7 +114,9 @@ def local_paths(args: list[str]) -> tuple[str, ...]:
         if option not in PATH_OPTIONS:
             continue
         if value.startswith("file:"):
-            path = urllib.request.url2pathname(urllib.parse.urlparse(value).path)
+            from urllib.request import url2pathname
+
+            path = url2pathname(urllib.parse.urlparse(value).path)
         elif "://" in value:
             continue
         else:

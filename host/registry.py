@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packaging.version import InvalidVersion, Version
-
 from host.errors import PluginNotFound, RegistryError
 
 _SCHEMA = """
@@ -636,6 +634,8 @@ def _event(db: sqlite3.Connection, plugin: str | None, kind: str, detail: dict[s
 
 
 def _raise_high_water(db: sqlite3.Connection, name: str, version: str) -> None:
+    from packaging.version import InvalidVersion, Version  # installs only: not resident in the supervisor
+
     row = db.execute("SELECT version FROM high_water WHERE plugin = ?", (name,)).fetchone()
     try:
         if row is not None and Version(str(row[0])) >= Version(version):

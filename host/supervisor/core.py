@@ -17,7 +17,7 @@ import time
 from typing import IO, TYPE_CHECKING, Any
 
 from host import identity, launch
-from host.arenas import limit_malloc_arenas
+from host.arenas import Trimmer, limit_malloc_arenas
 from host.egress.point import EgressPoint
 from host.errors import HostError
 from host.hooks import outbox
@@ -59,6 +59,7 @@ class Supervisor:
         self.web_enabled = web
         self.workers: dict[str, PluginWorker] = {}
         self.children = Children()
+        self._trimmer = Trimmer()
         self._lock = threading.Lock()
         self._sig_r, self._sig_w = os.pipe()
         os.set_blocking(self._sig_w, False)
@@ -363,6 +364,9 @@ class Supervisor:
                 if fd in ready:
                     self._start_web(app)  # it accepts the waiting connection once it serves
             self.reap_orphans()
+            with self.children.lock:
+                alive = len(self.children.pids)
+            self._trimmer.look(alive)  # a plugin stopped or fell asleep: give its freed heap back
             if self.egress is not None:
                 self.egress.check()
             self.publish_routes()
