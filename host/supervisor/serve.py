@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
             raise
         print(f"error: {permission_denied(exc)}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the supervisor's own handlers are in place, as `host` says it
+        print("error: interrupted; nothing was changed", file=sys.stderr)
         sys.exit(130)
 
 

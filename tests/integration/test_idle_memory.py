@@ -135,7 +135,8 @@ def test_the_web_tiers_build_their_apps_without_modules_they_do_not_need() -> No
 # (`host serve` did that before it became the supervisor), the manifest models (it reads stored manifests through
 # manifests.view), and what only installs, signing, upgrades and the admin's changes use.
 NOT_IN_SUPERVISOR = ("click", "pydantic", "pydantic_core", "pydantic_settings", "manifests.model", "manifests.loader",
-                     "host.settings", "host.cli", "host.installer", "host.operations", "host.signing", "cryptography")
+                     "host.settings", "host.cli", "host.installer", "host.operations", "host.signing", "cryptography",
+                     "packaging", "configparser", "urllib.request")
 SUPERVISOR_IMPORTS = """
 import json, sys
 from host.supervisor.serve import main
