@@ -6,29 +6,28 @@ on says which plugin is calling; the token proves it is that plugin's live insta
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import socketserver
 import threading
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from host.errors import HostApiError
 from host.hostapi import tokens
 from host.hostapi.limits import Audit, RateLimit
-from host.hostapi.routes import MAX_BODY, Call, Grant, dispatch
+from host.hostapi.routes import Call, Grant, dispatch
 from host.layout import MAX_SOCKET_PATH, Layout
 from host.registry import Registry
 
 if TYPE_CHECKING:
+    from http.server import BaseHTTPRequestHandler
+
     from manifests import Manifest
 
 log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 16  # per plugin, at once; more are closed at once (its workers share a handful)
-IDLE_TIMEOUT = 10.0  # seconds a kept-alive connection may sit idle, or a request take to arrive
 
 
 class HostApi:
@@ -106,9 +105,13 @@ class HostApi:
         if gid is not None:
             os.chown(path.parent, 0, gid)
             os.chmod(path.parent, 0o750)  # noqa: S103 - root and the plugin's own group
+        # http.server (with email, http.client and ssl: ~3.5 MiB resident) only once a plugin with host-API
+        # permissions starts: a supervisor none of whose plugins has any never loads it (issue 12).
+        from host.hostapi.handler import Handler
+
         old = os.umask(0o177)
         try:
-            server = _Server(str(path), _Handler)
+            server = _Server(str(path), Handler)
         finally:
             os.umask(old)
         if gid is not None:
@@ -176,40 +179,3 @@ class _Server(socketserver.ThreadingUnixStreamServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = IDLE_TIMEOUT
-    server: _Server
-
-    def address_string(self) -> str:
-        return self.server.plugin
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s: " + format, self.server.plugin, *args)
-
-    def _serve(self) -> None:
-        length = self.headers.get("Content-Length", "0")
-        if not length.isdigit() or int(length) > MAX_BODY or "Transfer-Encoding" in self.headers:
-            self._answer(413, {"type": "about:blank", "title": "Body too large", "status": 413,
-                               "detail": f"a call's body has a Content-Length of at most {MAX_BODY} bytes"}, {})
-            self.close_connection = True
-            return
-        body = self.rfile.read(int(length))
-        status, reply, headers = self.server.api.handle(self.server.plugin, self.command, self.path,
-                                                        self.headers.get("Authorization", ""), body)
-        self._answer(status, reply, headers)
-
-    def _answer(self, status: int, reply: dict[str, Any] | None, headers: dict[str, str]) -> None:
-        data = json.dumps(reply).encode() if reply is not None else b""
-        self.send_response(status)
-        if reply is not None:
-            self.send_header("Content-Type", "application/problem+json" if status >= 400 else "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_PUT = do_POST = do_DELETE = _serve

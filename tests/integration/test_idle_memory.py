@@ -133,10 +133,11 @@ def test_the_web_tiers_build_their_apps_without_modules_they_do_not_need() -> No
 
 # What the supervisor never imports while it serves (host.supervisor.serve): the CLI and settings validation
 # (`host serve` did that before it became the supervisor), the manifest models (it reads stored manifests through
-# manifests.view), and what only installs, signing, upgrades and the admin's changes use.
+# manifests.view), what only installs, signing, upgrades and the admin's changes use, and the host API's HTTP
+# server (http.server, with email and ssl), which the first plugin with host-API permissions brings in.
 NOT_IN_SUPERVISOR = ("click", "pydantic", "pydantic_core", "pydantic_settings", "manifests.model", "manifests.loader",
                      "host.settings", "host.cli", "host.installer", "host.operations", "host.signing", "cryptography",
-                     "packaging", "configparser", "urllib.request")
+                     "packaging", "configparser", "urllib.request", "http.server", "http.client", "email", "ssl")
 SUPERVISOR_IMPORTS = """
 import json, sys
 from host.supervisor.serve import main
@@ -169,6 +170,7 @@ def test_a_supervisor_that_launched_a_plugin_has_not_loaded_pydantic(slept: Serv
     files = mapped_files(slept.proc.pid)
     assert any("/_sqlite3." in f for f in files)
     assert not [f for f in files if "/pydantic_core/" in f or "/cryptography/" in f]
+    assert not [f for f in files if "/_ssl." in f]  # echo has no host-API permission: no http.server, no ssl
     with open(f"/proc/{slept.proc.pid}/cmdline", "rb") as fh:
         argv = fh.read().split(b"\0")
     assert argv[argv.index(b"-m") + 1] == b"host.supervisor"  # the pid `host serve` started as, a new program
