@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from host import rootfs
-from host.archive_formats import LIMITS, Limits, Writer, mib, untar, unzip
+from host.archive_limits import LIMITS, Limits, mib
 from host.errors import ArchiveError, UsageError
 from host.layout import Layout
 
@@ -93,6 +93,8 @@ def extract_counted(archive_path: Path, dest: Path, limits: Limits = LIMITS) -> 
                 if size > limits.max_archive_bytes:
                     raise ArchiveError(archive_path.name, None, f"{size} bytes, over the "
                                        f"{mib(limits.max_archive_bytes)} limit for an archive")
+                from host.archive_formats import Writer, untar, unzip  # tarfile, zipfile: installs only
+
                 writer = Writer(archive_path.name, out, limits)
                 if fmt == "zip":
                     unzip(fh, writer)

@@ -14,44 +14,18 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO, Any, BinaryIO
 
 from host import rootfs
+from host.archive_limits import Limits, mib
 from host.errors import ArchiveError
 from host.terminal import printable
 
-MiB = 1024 * 1024
 CHUNK = 1 << 20  # what one read of a member asks for: the memory one extraction holds at most, about
 EXT_HEADER_MAX = 1 << 20  # a pax / GNU long-name header's size: tarfile reads it whole into memory
 ZIP_CD_PER_MEMBER = 512  # central directory bytes allowed per allowed member (zipfile reads it whole)
 SKIPPED_TOP = frozenset({"__MACOSX"})  # macOS Finder's resource-fork shadows: never part of a plugin
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What an archive may hold. The defaults match what `host install DIR` copies (host.bundle)."""
-
-    max_members: int = 20000
-    max_member_bytes: int = 100 * MiB
-    max_total_bytes: int = 200 * MiB
-    max_archive_bytes: int = 200 * MiB  # the archive file itself
-    max_depth: int = 32  # path components
-    max_path_bytes: int = 1024
-    max_name_bytes: int = 255  # one component (NAME_MAX)
-
-    @property
-    def max_stream_bytes(self) -> int:
-        """A tar's decompressed stream: the data plus headers and padding (2 blocks a member, + slack)."""
-        return self.max_total_bytes + self.max_members * 1024 + 16 * MiB
-
-
-LIMITS = Limits()
-
-
-
-LIMITS = Limits()
 
 
 class Writer:
@@ -189,10 +163,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def mib(n: int) -> str:
-    return f"{n / MiB:g} MiB"
 
 
 # ------------------------------------------------------------------------------------------------------- zip

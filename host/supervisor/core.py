@@ -17,7 +17,7 @@ import time
 from typing import IO, TYPE_CHECKING, Any
 
 from host import identity, launch
-from host.arenas import Trimmer, limit_malloc_arenas
+from host.arenas import Trimmer, limit_malloc_arenas, release_free_memory
 from host.egress.point import EgressPoint
 from host.errors import HostError
 from host.hooks import outbox
@@ -321,6 +321,7 @@ class Supervisor:
                 log.info("admin listener on http://%s (its web tier starts with the first connection)",
                          self.settings.admin_bind)
             self.hooks.start()
+            release_free_memory()  # what starting up freed (migrations, leftovers, the first reconcile)
             self._loop()
         finally:
             log.info("shutting down")

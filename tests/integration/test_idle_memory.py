@@ -134,10 +134,12 @@ def test_the_web_tiers_build_their_apps_without_modules_they_do_not_need() -> No
 # What the supervisor never imports while it serves (host.supervisor.serve): the CLI and settings validation
 # (`host serve` did that before it became the supervisor), the manifest models (it reads stored manifests through
 # manifests.view), what only installs, signing, upgrades and the admin's changes use, and the host API's HTTP
-# server (http.server, with email and ssl), which the first plugin with host-API permissions brings in.
+# server (http.server, with email and ssl), which the first plugin with host-API permissions brings in, and the
+# archive readers (an upload's install).
 NOT_IN_SUPERVISOR = ("click", "pydantic", "pydantic_core", "pydantic_settings", "manifests.model", "manifests.loader",
                      "host.settings", "host.cli", "host.installer", "host.operations", "host.signing", "cryptography",
-                     "packaging", "configparser", "urllib.request", "http.server", "http.client", "email", "ssl")
+                     "packaging", "configparser", "urllib.request", "http.server", "http.client", "email", "ssl",
+                     "host.archive_formats", "tarfile", "zipfile")
 SUPERVISOR_IMPORTS = """
 import json, sys
 from host.supervisor.serve import main
