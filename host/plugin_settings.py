@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,6 +82,8 @@ def read_file(manifest: Manifest, path: Path) -> dict[str, Value]:
         raise SettingsError(manifest.name, None, f"{path}: cannot read: {exc}") from exc
     if len(text) > MAX_FILE:
         raise SettingsError(manifest.name, None, f"{path}: larger than {MAX_FILE} bytes")
+    import tomllib  # `host config --from-file` only: not resident in the supervisor
+
     try:
         raw: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except ValueError as exc:  # TOMLDecodeError and JSONDecodeError both are; their messages quote no text

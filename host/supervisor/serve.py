@@ -11,7 +11,6 @@ Must not import click, pydantic or host.settings at run time (tests/integration/
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import subprocess
@@ -52,17 +51,20 @@ def handoff(settings: HostSettings, *, verbose: bool) -> NoReturn:
 def main(argv: list[str] | None = None) -> NoReturn:
     """The supervisor process: log to the console, bind, start everything, serve until SIGTERM/SIGINT. A
     failure before serving is one ``error:`` line on stderr and the exit code `host` gives it."""
-    ap = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
-    ap.add_argument("--settings-fd", type=int, required=True, help="memfd holding host.settings_view.carry()")
-    ap.add_argument("--verbose", action="store_true", help="also echo plugin output to the console")
-    args = ap.parse_args(argv)
-    with os.fdopen(args.settings_fd, encoding="utf-8") as fh:
+    # Only handoff() starts this, with exactly these arguments (argparse would stay resident: ~0.3 MiB).
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (2, 3) or args[0] != "--settings-fd" or not args[1].isdigit() or args[2:] not in ([], [
+            "--verbose"]):
+        print(f"usage: python -m {MODULE} --settings-fd FD [--verbose]  (what `host serve` runs)", file=sys.stderr)
+        sys.exit(2)
+    verbose = args[2:] == ["--verbose"]
+    with os.fdopen(int(args[1]), encoding="utf-8") as fh:
         settings = from_text(fh.read())
 
     console = logging.StreamHandler()
     console.setFormatter(PrintableFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[console])
-    if not args.verbose:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[console])
+    if not verbose:
         logging.getLogger("plugins").setLevel(logging.INFO)
     try:
         sys.exit(serve(settings))

@@ -139,7 +139,7 @@ def test_the_web_tiers_build_their_apps_without_modules_they_do_not_need() -> No
 NOT_IN_SUPERVISOR = ("click", "pydantic", "pydantic_core", "pydantic_settings", "manifests.model", "manifests.loader",
                      "host.settings", "host.cli", "host.installer", "host.operations", "host.signing", "cryptography",
                      "packaging", "configparser", "urllib.request", "http.server", "http.client", "email", "ssl",
-                     "host.archive_formats", "tarfile", "zipfile")
+                     "host.archive_formats", "tarfile", "zipfile", "argparse", "tomllib")
 SUPERVISOR_IMPORTS = """
 import json, sys
 from host.supervisor.serve import main
