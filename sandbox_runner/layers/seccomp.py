@@ -8,6 +8,7 @@ that imports this module does not pay for it either.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import sys
@@ -162,7 +163,18 @@ def rules_for(allowed: frozenset[int]) -> list[Rule]:
     return table
 
 
+_IMPORTING = _thread.allocate_lock()  # the host imports it from several threads (a worker per plugin)
+
+
 def _import() -> ModuleType | str:
+    """pyseccomp, or why it is unusable. One thread at a time: the stand-in below is put into sys.modules and
+    ctypes and taken out again, and another thread meanwhile would take it for the real module, or find
+    ``ctypes.util`` gone under its feet (AttributeError: module 'ctypes' has no attribute 'util')."""
+    with _IMPORTING:
+        return _import_unlocked()
+
+
+def _import_unlocked() -> ModuleType | str:
     # pyseccomp resolves libc and libseccomp with ctypes.util.find_library at import, which runs `ldconfig -p`
     # twice (~20 ms per start-up, and inside the sandbox); dlopen finds glibc's sonames through ld.so.cache
     # anyway. Where ctypes.util is not loaded yet (the inner stage), pyseccomp gets a stand-in that only knows
